@@ -1,0 +1,939 @@
+/**
+ * `npm run bench`: builds the server, starts it as a child process (`node dist/main.js`) and
+ * drives it with autocannon from this process, so that server and load generator are separate
+ * processes (on the same machine: they compete for its CPUs, see `cpu` in the results).
+ *
+ *   1. create Observation, 16 connections, 3 s warm-up + 15 s measured   — PostgreSQL
+ *   2. read Observation by id at 500 requests/s for 15 s, round-robin
+ *      over 2,000 Observations created beforehand, with 1 connection
+ *      (judged) and with 10 (bursty, for information; see READ_CONNECTIONS) — PostgreSQL
+ *   3. scenario 1 again                                                    — embedded PGlite
+ *
+ * PostgreSQL: a fresh database bench_<timestamp> on the server named by BENCH_PG_URL (default
+ * postgres://postgres@127.0.0.1:5432/postgres), dropped at the end. PGlite: a fresh temporary
+ * DATA_DIR, removed at the end. The server's peak RSS is sampled from /proc/<pid>/status every
+ * 250 ms. Prints a table to stdout (progress goes to stderr), writes bench/results/<timestamp>.json
+ * and the server logs to bench/results/server-<timestamp>-<engine>.log.
+ *
+ * Exit status: 0 when the run completed, whether or not the targets were met (missed targets are
+ * printed as MISSED); 1 when the run itself failed (build, server start or stop, database, load).
+ *
+ * Optional environment: BENCH_PG_URL, BENCH_DURATION_S (15), BENCH_WARMUP_S (3).
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { createServer } from 'node:net';
+import os from 'node:os';
+import { dirname, join, relative } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import autocannon from 'autocannon';
+import pg from 'pg';
+
+// ---------------------------------------------------------------------------------------------
+// Settings and targets
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+const RESULTS_DIR = join(ROOT, 'bench', 'results');
+
+const DURATION_S = positiveInt('BENCH_DURATION_S', 15);
+const WARMUP_S = positiveInt('BENCH_WARMUP_S', 3);
+const PG_ADMIN_URL = process.env.BENCH_PG_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
+
+const CREATE_CONNECTIONS = 16;
+const READ_RATE = 500;
+/**
+ * autocannon's rate limit is per connection and per second: each connection sends its share of
+ * READ_RATE back to back (each request as soon as the previous answer arrives) at the start of
+ * every second, then waits for the next second. It never spaces requests evenly. So the read
+ * scenario runs twice:
+ *  - READ_CONNECTIONS = 1: 500 sequential requests a second, never two at once: the server's own
+ *    latency at that rate, close to evenly spaced arrivals (which would add a little queueing).
+ *    The read target is judged on this one; a server too slow for 500/s cannot reach the rate.
+ *  - READ_BURST_CONNECTIONS = 10 (autocannon's default): bursts of 10 concurrent requests until
+ *    the second's 500 are done, i.e. queueing behind up to 9 others: for information.
+ */
+const READ_CONNECTIONS = 1;
+const READ_BURST_CONNECTIONS = 10;
+const SEED_COUNT = 2_000;
+const SEED_CONCURRENCY = 16;
+const RSS_SAMPLE_MS = 250;
+const START_TIMEOUT_MS = 60_000;
+const STOP_TIMEOUT_MS = 20_000;
+
+const TARGET_CREATE_RPS = 1_500;
+const TARGET_READ_P99_MS = 5;
+/** The rate the read scenario must reach for its latency to count as "at 500/s". */
+const READ_RATE_TOLERANCE = 0.98;
+/** The issue's 300 MB (10^6 bytes), in MiB: RSS is read from /proc in KiB. */
+const TARGET_RSS_MIB = 300e6 / 2 ** 20;
+/** Foreign CPU load (in % of one core) above which a scenario's figures are flagged as disturbed. */
+const OTHER_CPU_WARNING_PCT = 15;
+
+const FHIR_JSON = 'application/fhir+json';
+/** USER_HZ: the unit of utime/stime in /proc/<pid>/stat; 100 on every mainstream Linux build. */
+const CLOCK_TICKS_PER_S = 100;
+
+function positiveInt(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  if (!/^\d+$/.test(raw) || Number(raw) < 1) throw new Error(`${name}=${raw} is invalid: expected a whole number ≥ 1`);
+  return Number(raw);
+}
+
+function log(message: string): void {
+  process.stderr.write(`[bench] ${message}\n`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Result shapes
+
+type Engine = 'postgresql' | 'pglite';
+
+interface CpuFigures {
+  /** CPU time of the server process, in % of one core. */
+  serverPct: number;
+  /** CPU time of this (load generator) process, in % of one core. */
+  loadGeneratorPct: number;
+  /** Whole machine busy time, in % of all cores. */
+  machinePct: number;
+  /** CPU time of the PostgreSQL server's processes serving the bench database (0 for PGlite), in % of one core. */
+  postgresPct: number;
+  /** Machine busy time not spent in any of those (other workloads on the machine), in % of one core. */
+  otherPct: number;
+}
+
+interface ScenarioResult {
+  id: string;
+  name: string;
+  engine: Engine;
+  mode: 'closed-loop' | 'fixed-rate';
+  connections: number;
+  targetRate?: number;
+  warmupS: number;
+  durationS: number;
+  requestsPerSecond: { mean: number; median: number; min: number; max: number; samples: number };
+  totalResponses: number;
+  /** Responses divided by the measured duration. */
+  achievedRate: number;
+  /** From every response's own time (sub-millisecond resolution), not autocannon's integer-ms histogram. */
+  latencyMs: { median: number; p90: number; p99: number; max: number; mean: number; samples: number };
+  /** autocannon's own histogram (whole milliseconds), for reference. */
+  autocannonLatencyMs: { p50: number; p99: number; max: number };
+  non2xx: number;
+  errors: number;
+  timeouts: number;
+  statusCodes: Record<string, number>;
+  peakRssMiB: number;
+  rssSamples: number;
+  cpu: CpuFigures;
+}
+
+interface TargetResult {
+  name: string;
+  target: string;
+  actual: string;
+  pass: boolean;
+}
+
+interface Report {
+  startedAt: string;
+  finishedAt?: string;
+  ok: boolean;
+  error?: string;
+  commit?: string;
+  machine: {
+    cpus: number;
+    cpuModel: string;
+    totalMemoryBytes: number;
+    totalMemoryGiB: number;
+    platform: string;
+    release: string;
+    loadAverage: number[];
+    /** All cores' busy time during one second before the run, in %: other workloads on the machine. */
+    busyBeforeStartPct: number;
+  };
+  node: string;
+  loadGenerator: { name: string; version: string; process: string };
+  server: { command: string; env: Record<string, string> };
+  databases: { postgresql?: Record<string, string>; pglite?: { version: string } };
+  settings: Record<string, number | string>;
+  scenarios: ScenarioResult[];
+  pgliteToPostgresqlCreateRatio?: number;
+  targets: TargetResult[];
+  allTargetsMet?: boolean;
+  /** The server's RSS once ready, before any load, per engine. */
+  idleRssMiB: Partial<Record<Engine, number>>;
+  files: { results: string; serverLogs: string[] };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cleanup: everything started is registered here and undone in reverse order, also on Ctrl-C.
+
+const cleanups: Array<{ name: string; run: () => Promise<void> }> = [];
+
+async function runCleanups(): Promise<string[]> {
+  const problems: string[] = [];
+  while (cleanups.length > 0) {
+    const cleanup = cleanups.pop();
+    if (!cleanup) break;
+    try {
+      await cleanup.run();
+    } catch (error) {
+      problems.push(`${cleanup.name}: ${message(error)}`);
+    }
+  }
+  return problems;
+}
+
+function message(error: unknown): string {
+  if (error instanceof Error) return error.message;
+  return typeof error === 'string' ? error : (JSON.stringify(error) ?? 'unknown error');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Build, free port, server child process
+
+function build(): void {
+  log('building (npm run build)…');
+  const started = Date.now();
+  const result = spawnSync('npm', ['run', 'build', '--silent'], { cwd: ROOT, encoding: 'utf8' });
+  if (result.error) throw new Error(`build could not run: ${result.error.message}`);
+  if (result.status !== 0) {
+    process.stderr.write(result.stdout);
+    process.stderr.write(result.stderr);
+    throw new Error(`build failed (exit ${result.status ?? result.signal ?? '?'})`);
+  }
+  log(`built in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.unref();
+    probe.once('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const address = probe.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      probe.close(() => (port ? resolve(port) : reject(new Error('no free port'))));
+    });
+  });
+}
+
+interface ServerProcess {
+  child: ChildProcess;
+  pid: number;
+  url: string;
+  logPath: string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  stop(): Promise<void>;
+}
+
+/** The node flags of package.json's start script (`node <flags> dist/main.js`), so the bench runs the server as deployed. */
+function startScriptNodeFlags(): string[] {
+  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
+  const match = /\bnode((?: --[^\s]+)*) dist\/main\.js/.exec(pkg.scripts.start ?? '');
+  if (!match) throw new Error('package.json start script does not run `node … dist/main.js`');
+  return (match[1] ?? '').trim().split(/\s+/).filter(Boolean);
+}
+
+/** The server is started exactly as `npm start` starts it (package.json's start script). */
+const SERVER_NODE_FLAGS = startScriptNodeFlags();
+const SERVER_ENV = { HOST: '127.0.0.1', LOG_LEVEL: 'warn', NODE_ENV: 'production', HL7_PORT: '0' };
+
+async function startServerProcess(engine: Engine, dbEnv: Record<string, string>, logPath: string): Promise<ServerProcess> {
+  const port = await freePort();
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  for (const name of ['DATABASE_URL', 'DATA_DIR', 'PORT', 'BASE_URL', 'DB_POOL_SIZE']) delete env[name];
+  Object.assign(env, SERVER_ENV, { PORT: String(port) }, dbEnv);
+
+  // The server writes its logs straight into the file: they never reach this process or the table.
+  const logFd = openSync(logPath, 'a');
+  const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, 'dist/main.js'], { cwd: ROOT, env, stdio: ['ignore', logFd, logFd] });
+  closeSync(logFd);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.once('exit', (code, signal) => resolve({ code, signal }));
+  });
+  const spawned = new Promise<void>((resolve, reject) => {
+    child.once('spawn', () => resolve());
+    child.once('error', reject);
+  });
+  await spawned;
+  const pid = child.pid;
+  if (pid === undefined) throw new Error('server process has no pid');
+  let running = true;
+  void exited.then(() => {
+    running = false;
+  });
+
+  const stop = async (): Promise<void> => {
+    if (!running) return;
+    child.kill('SIGTERM');
+    const timer = sleep(STOP_TIMEOUT_MS).then(() => 'timeout' as const);
+    const outcome = await Promise.race([exited, timer]);
+    if (outcome === 'timeout') {
+      child.kill('SIGKILL');
+      await exited;
+      throw new Error(`${engine} server did not stop within ${STOP_TIMEOUT_MS / 1000} s of SIGTERM (killed)`);
+    }
+    if (outcome.code !== 0) {
+      throw new Error(`${engine} server exited with ${outcome.code ?? outcome.signal} after SIGTERM; see ${relative(ROOT, logPath)}`);
+    }
+  };
+  cleanups.push({ name: `stop ${engine} server`, run: stop });
+
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  for (;;) {
+    if (!running) {
+      const { code, signal } = await exited;
+      throw new Error(`${engine} server exited during start (${code ?? signal}):\n${tail(logPath)}`);
+    }
+    try {
+      const response = await fetch(`${url}/readyz`, { signal: AbortSignal.timeout(2_000) });
+      if (response.ok) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) throw new Error(`${engine} server not ready within ${START_TIMEOUT_MS / 1000} s:\n${tail(logPath)}`);
+    await sleep(100);
+  }
+  return { child, pid, url, logPath, exited, stop };
+}
+
+function tail(path: string, lines = 20): string {
+  try {
+    return readFileSync(path, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+  } catch {
+    return '(no server log)';
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc sampling: peak RSS every 250 ms, CPU time at the start and end of a window
+
+function readRssKiB(pid: number): number | undefined {
+  try {
+    const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return match?.[1] ? Number(match[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** utime + stime of a process, in seconds. */
+function processCpuS(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name (which may contain spaces): state is field 3, utime 14, stime 15.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_S;
+}
+
+/** Machine-wide busy and total CPU time (all cores), in clock ticks. */
+function machineCpu(): { busy: number; total: number } {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
+  const values = line.trim().split(/\s+/).slice(1, 9).map(Number);
+  const total = values.reduce((sum, value) => sum + value, 0);
+  const idle = (values[3] ?? 0) + (values[4] ?? 0);
+  return { busy: total - idle, total };
+}
+
+/**
+ * utime + stime, in seconds, of every PostgreSQL process that works for the bench database: its
+ * backends (whose title names the database) and the server's own auxiliary processes. Other
+ * databases' backends on the same server are left out: they count as "other".
+ */
+function postgresCpuS(database: string): Map<number, number> {
+  const times = new Map<number, number>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (!stat.includes(' (postgres) ')) continue;
+      const title = readFileSync(`/proc/${entry}/cmdline`, 'utf8').replace(/\0/g, ' ');
+      if (!title.includes(` ${database} `) && !POSTGRES_AUXILIARY.test(title)) continue;
+      times.set(Number(entry), processCpuS(Number(entry)));
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  return times;
+}
+
+const POSTGRES_AUXILIARY = /bin\/postgres |: (checkpointer|background writer|walwriter|autovacuum launcher|autovacuum worker|logical replication launcher|stats collector|archiver)/;
+
+interface Window {
+  end(): { peakRssMiB: number; rssSamples: number; cpu: CpuFigures };
+}
+
+function openWindow(pid: number, postgresDatabase?: string): Window {
+  let peakKiB = 0;
+  let samples = 0;
+  const sample = (): void => {
+    const kib = readRssKiB(pid);
+    if (kib === undefined) return;
+    samples += 1;
+    if (kib > peakKiB) peakKiB = kib;
+  };
+  sample();
+  const timer = setInterval(sample, RSS_SAMPLE_MS);
+  const wallStart = process.hrtime.bigint();
+  const serverStart = processCpuS(pid);
+  const selfStart = process.cpuUsage();
+  const machineStart = machineCpu();
+  const postgresStart = postgresDatabase ? postgresCpuS(postgresDatabase) : new Map<number, number>();
+  return {
+    end() {
+      clearInterval(timer);
+      sample();
+      const wallS = Number(process.hrtime.bigint() - wallStart) / 1e9;
+      const serverS = processCpuS(pid) - serverStart;
+      const self = process.cpuUsage(selfStart);
+      const selfS = (self.user + self.system) / 1e6;
+      const machineEnd = machineCpu();
+      let postgresS = 0;
+      if (postgresDatabase) {
+        for (const [processId, seconds] of postgresCpuS(postgresDatabase)) postgresS += seconds - (postgresStart.get(processId) ?? 0);
+      }
+      const postgresPct = (100 * postgresS) / wallS;
+      const busy = machineEnd.busy - machineStart.busy;
+      const total = machineEnd.total - machineStart.total;
+      const machinePct = total > 0 ? (100 * busy) / total : 0;
+      const cores = os.cpus().length;
+      const serverPct = (100 * serverS) / wallS;
+      const loadGeneratorPct = (100 * selfS) / wallS;
+      return {
+        peakRssMiB: round(peakKiB / 1024, 1),
+        rssSamples: samples,
+        cpu: {
+          serverPct: round(serverPct, 0),
+          loadGeneratorPct: round(loadGeneratorPct, 0),
+          machinePct: round(machinePct, 0),
+          postgresPct: round(postgresPct, 0),
+          otherPct: round(Math.max(0, machinePct * cores - serverPct - loadGeneratorPct - postgresPct), 0),
+        },
+      };
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load
+
+interface LoadRun {
+  result: autocannon.Result;
+  latenciesMs: number[];
+}
+
+function runLoad(options: autocannon.Options): Promise<LoadRun> {
+  return new Promise((resolve, reject) => {
+    const latenciesMs: number[] = [];
+    const instance = autocannon(options, (error: unknown, result: autocannon.Result) => {
+      if (error) reject(error instanceof Error ? error : new Error(message(error)));
+      else resolve({ result, latenciesMs });
+    });
+    instance.on('response', (_client, _status, _bytes, responseTime) => {
+      latenciesMs.push(responseTime);
+    });
+  });
+}
+
+/** Nearest-rank percentile of an ascending array. */
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return 0;
+  const index = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[index] ?? 0;
+}
+
+function round(value: number, digits: number): number {
+  const factor = 10 ** digits;
+  return Math.round(value * factor) / factor;
+}
+
+/** A heart-rate Observation in the shape of the FHIR R4 vital-signs profile. */
+function heartRate(i: number): string {
+  const effective = new Date(Date.UTC(2025, 0, 1) + i * 60_000).toISOString();
+  return JSON.stringify({
+    resourceType: 'Observation',
+    status: 'final',
+    category: [
+      {
+        coding: [{ system: 'http://terminology.hl7.org/CodeSystem/observation-category', code: 'vital-signs', display: 'Vital Signs' }],
+        text: 'Vital Signs',
+      },
+    ],
+    code: { coding: [{ system: 'http://loinc.org', code: '8867-4', display: 'Heart rate' }], text: 'Heart rate' },
+    subject: { reference: `Patient/bench-patient-${(i % 50) + 1}` },
+    effectiveDateTime: effective,
+    valueQuantity: { value: 55 + ((i * 7) % 60), unit: '/min', system: 'http://unitsofmeasure.org', code: '/min' },
+  });
+}
+
+const BODIES = Array.from({ length: 1_000 }, (_, i) => heartRate(i));
+
+function createRequests(): autocannon.Request[] {
+  let next = 0;
+  return [
+    {
+      method: 'POST',
+      path: '/fhir/Observation',
+      headers: { 'content-type': FHIR_JSON, accept: FHIR_JSON },
+      setupRequest: (request) => ({ ...request, body: BODIES[next++ % BODIES.length] ?? BODIES[0] }),
+    },
+  ];
+}
+
+function readRequests(ids: string[]): autocannon.Request[] {
+  const paths = ids.map((id) => `/fhir/Observation/${id}`);
+  let next = 0;
+  return [
+    {
+      method: 'GET',
+      path: paths[0] ?? '/fhir/Observation',
+      headers: { accept: FHIR_JSON },
+      setupRequest: (request) => ({ ...request, path: paths[next++ % paths.length] ?? paths[0] }),
+    },
+  ];
+}
+
+interface ScenarioSpec {
+  id: string;
+  name: string;
+  engine: Engine;
+  connections: number;
+  overallRate?: number;
+  /** The PostgreSQL database the server uses, to account its backends' CPU time. */
+  postgresDatabase?: string;
+  requests: () => autocannon.Request[];
+}
+
+async function runScenario(server: ServerProcess, spec: ScenarioSpec): Promise<ScenarioResult> {
+  const base: autocannon.Options = {
+    url: server.url,
+    connections: spec.connections,
+    // autocannon's coordinated-omission correction assumes an interval of ceil(1 / per-connection
+    // rate) = 1 ms and would invent samples; the raw times are recorded instead.
+    ...(spec.overallRate ? { overallRate: spec.overallRate, ignoreCoordinatedOmission: true } : {}),
+    timeout: 10,
+  };
+  log(`${spec.name} on ${spec.engine}: warm-up ${WARMUP_S} s`);
+  const warm = await runLoad({ ...base, duration: WARMUP_S, requests: spec.requests() });
+  if (warm.result['2xx'] === 0) throw new Error(`${spec.name} on ${spec.engine}: no successful response during warm-up (${JSON.stringify(warm.result.statusCodeStats)}, ${warm.result.errors} errors)`);
+
+  log(`${spec.name} on ${spec.engine}: measuring ${DURATION_S} s`);
+  const window = openWindow(server.pid, spec.postgresDatabase);
+  const run = await runLoad({ ...base, duration: DURATION_S, requests: spec.requests() });
+  const { peakRssMiB, rssSamples, cpu } = window.end();
+  const { result } = run;
+  if (result['2xx'] === 0) throw new Error(`${spec.name} on ${spec.engine}: no successful response (${JSON.stringify(result.statusCodeStats)}, ${result.errors} errors)`);
+
+  const sorted = Float64Array.from(run.latenciesMs).sort();
+  const latencies = Array.from(sorted);
+  const total = latencies.length;
+  const mean = total ? latencies.reduce((sum, value) => sum + value, 0) / total : 0;
+  const statusCodes: Record<string, number> = {};
+  for (const [code, stats] of Object.entries(result.statusCodeStats ?? {})) statusCodes[code] = stats.count ?? 0;
+  const samples = (result as autocannon.Result & { samples?: number }).samples ?? 0;
+
+  return {
+    id: spec.id,
+    name: spec.name,
+    engine: spec.engine,
+    mode: spec.overallRate ? 'fixed-rate' : 'closed-loop',
+    connections: spec.connections,
+    ...(spec.overallRate ? { targetRate: spec.overallRate } : {}),
+    warmupS: WARMUP_S,
+    durationS: result.duration,
+    requestsPerSecond: {
+      mean: round(result.requests.mean, 1),
+      median: result.requests.p50,
+      min: result.requests.min,
+      max: result.requests.max,
+      samples,
+    },
+    totalResponses: total,
+    achievedRate: round(total / result.duration, 1),
+    latencyMs: {
+      median: round(percentile(latencies, 50), 2),
+      p90: round(percentile(latencies, 90), 2),
+      p99: round(percentile(latencies, 99), 2),
+      max: round(percentile(latencies, 100), 2),
+      mean: round(mean, 2),
+      samples: total,
+    },
+    autocannonLatencyMs: { p50: result.latency.p50, p99: result.latency.p99, max: result.latency.max },
+    non2xx: result.non2xx,
+    errors: result.errors,
+    timeouts: result.timeouts,
+    statusCodes,
+    peakRssMiB,
+    rssSamples,
+    cpu,
+  };
+}
+
+/** Creates `count` Observations through the API (not measured) and returns their ids. */
+async function seed(url: string, count: number): Promise<string[]> {
+  const ids: string[] = new Array<string>(count);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    for (let i = next++; i < count; i = next++) {
+      const response = await fetch(`${url}/fhir/Observation`, {
+        method: 'POST',
+        headers: { 'content-type': FHIR_JSON, accept: FHIR_JSON },
+        body: heartRate(100_000 + i),
+      });
+      const text = await response.text();
+      if (response.status !== 201) throw new Error(`seeding: POST /fhir/Observation answered ${response.status}: ${text.slice(0, 300)}`);
+      const id = (JSON.parse(text) as { id?: unknown }).id;
+      if (typeof id !== 'string') throw new Error('seeding: created Observation has no id');
+      ids[i] = id;
+    }
+  };
+  await Promise.all(Array.from({ length: SEED_CONCURRENCY }, worker));
+  return ids;
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL database and environment facts
+
+async function withAdmin<T>(work: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString: PG_ADMIN_URL, connectionTimeoutMillis: 5_000 });
+  await client.connect();
+  try {
+    return await work(client);
+  } finally {
+    await client.end();
+  }
+}
+
+async function createBenchDatabase(name: string): Promise<Record<string, string>> {
+  return withAdmin(async (client) => {
+    await client.query(`CREATE DATABASE "${name}"`);
+    const facts: Record<string, string> = { database: name };
+    for (const setting of ['server_version', 'max_connections', 'shared_buffers', 'synchronous_commit', 'fsync']) {
+      const { rows } = await client.query<Record<string, string>>(`SHOW ${setting}`);
+      facts[setting] = rows[0]?.[setting] ?? '?';
+    }
+    return facts;
+  });
+}
+
+async function dropBenchDatabase(name: string): Promise<void> {
+  await withAdmin(async (client) => {
+    await client.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+  });
+}
+
+/** The installed version of a package (read from its folder: some packages do not export package.json). */
+function packageVersion(name: string): string {
+  let dir = dirname(createRequire(import.meta.url).resolve(name));
+  for (;;) {
+    try {
+      const manifest = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { name?: string; version?: string };
+      if (manifest.name === name && manifest.version) return manifest.version;
+    } catch {
+      // no package.json here
+    }
+    const parent = dirname(dir);
+    if (parent === dir) return 'unknown';
+    dir = parent;
+  }
+}
+
+function gitCommit(): string | undefined {
+  // Read-only: rev-parse neither writes the index nor anything else.
+  const result = spawnSync('git', ['rev-parse', 'HEAD'], { cwd: ROOT, encoding: 'utf8' });
+  return result.status === 0 ? result.stdout.trim() : undefined;
+}
+
+/** ISO 8601 basic format (no colons, so it is a valid file name everywhere): 20250101T120000Z. */
+function basicTimestamp(date: Date): string {
+  return date.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+
+function fmt(value: number, digits = 0): string {
+  return value.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+}
+
+function printTable(report: Report): void {
+  const out: string[] = [];
+  const { machine } = report;
+  out.push('');
+  out.push(`FHIR server benchmark  ${report.startedAt}${report.commit ? `  commit ${report.commit.slice(0, 12)}` : ''}`);
+  out.push(`Machine: ${machine.cpus} × ${machine.cpuModel}, ${machine.totalMemoryGiB} GiB RAM, ${machine.platform} ${machine.release}`);
+  out.push(`Node ${report.node}; load generator ${report.loadGenerator.name} ${report.loadGenerator.version} in its own process, server = node dist/main.js`);
+  out.push(`Note: server, load generator${report.databases.postgresql ? ' and PostgreSQL' : ''} share these ${machine.cpus} CPUs (see CPU columns).`);
+  out.push('');
+
+  const header = ['Scenario', 'Engine', 'req/s mean', 'req/s med', 'p50 ms', 'p99 ms', 'non-2xx', 'errors', 'peak RSS', 'CPU srv/gen/pg/other', 'machine'];
+  const rows: string[][] = report.scenarios.map((s) => [
+    s.name,
+    s.engine === 'postgresql' ? 'PostgreSQL' : 'PGlite',
+    fmt(s.requestsPerSecond.mean, 1),
+    fmt(s.requestsPerSecond.median),
+    fmt(s.latencyMs.median, 2),
+    fmt(s.latencyMs.p99, 2),
+    fmt(s.non2xx),
+    fmt(s.errors),
+    `${fmt(s.peakRssMiB, 1)} MiB`,
+    `${s.cpu.serverPct}/${s.cpu.loadGeneratorPct}/${s.cpu.postgresPct}/${s.cpu.otherPct}%`,
+    `${s.cpu.machinePct}%`,
+  ]);
+  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => (row[column] ?? '').length)));
+  const line = (cells: string[]): string =>
+    cells.map((cell, column) => (column < 2 ? cell.padEnd(widths[column] ?? 0) : cell.padStart(widths[column] ?? 0))).join('  ');
+  out.push(line(header));
+  out.push(widths.map((width) => '-'.repeat(width)).join('  '));
+  for (const row of rows) out.push(line(row));
+  out.push('');
+  out.push('CPU: server process / load generator process / PostgreSQL processes of the bench database / any other process,');
+  out.push(`each in % of one core; machine = all ${machine.cpus} cores busy, in %. Latency from every response's own timing;`);
+  const idle = Object.entries(report.idleRssMiB).map(([engine, mib]) => `${engine === 'pglite' ? 'PGlite' : 'PostgreSQL'} ${fmt(mib, 1)} MiB`);
+  out.push(`RSS = server process only (PGlite runs inside it; PostgreSQL's own memory is not included); at start, idle: ${idle.join(', ') || 'n/a'}.`);
+  for (const s of report.scenarios) {
+    if (s.cpu.otherPct >= OTHER_CPU_WARNING_PCT) {
+      out.push(`WARNING: other processes used ${s.cpu.otherPct}% of a core during "${s.name}" on ${s.engine}; its figures are disturbed.`);
+    }
+  }
+  if (report.machine.busyBeforeStartPct >= OTHER_CPU_WARNING_PCT / machine.cpus) {
+    out.push(`WARNING: the machine was already ${report.machine.busyBeforeStartPct}% busy before the run started.`);
+  }
+  for (const read of report.scenarios.filter((s) => s.mode === 'fixed-rate')) {
+    out.push(`${read.name}: target ${fmt(read.targetRate ?? 0)}/s, achieved ${fmt(read.achievedRate, 1)}/s over ${fmt(read.durationS, 1)} s.`);
+  }
+  if (report.scenarios.some((s) => s.mode === 'fixed-rate')) {
+    out.push('  (autocannon sends each connection\'s share back to back at the start of every second: with c=1 one at a');
+    out.push('  time, with c=10 in bursts of 10 concurrent requests. The read target is judged on c=1.)');
+  }
+  if (report.pgliteToPostgresqlCreateRatio !== undefined) {
+    out.push(`PGlite create throughput = ${report.pgliteToPostgresqlCreateRatio.toFixed(2)} × PostgreSQL's.`);
+  }
+  out.push('');
+  out.push('Targets');
+  for (const target of report.targets) {
+    out.push(`  ${target.pass ? 'PASS  ' : 'MISSED'}  ${target.name} (${target.target}): ${target.actual}`);
+  }
+  out.push('');
+  out.push(report.allTargetsMet ? 'All targets met.' : '*** MISSED: not every target was met (see above). This is a measurement; the run itself succeeded. ***');
+  out.push(`Results: ${report.files.results}`);
+  out.push('');
+  process.stdout.write(out.join('\n') + '\n');
+}
+
+function evaluateTargets(report: Report): TargetResult[] {
+  const targets: TargetResult[] = [];
+  const pgCreate = report.scenarios.find((s) => s.id === 'create-postgresql');
+  const pgRead = report.scenarios.find((s) => s.id === 'read-postgresql');
+  if (pgCreate) {
+    targets.push({
+      name: 'create throughput on PostgreSQL',
+      target: `≥ ${fmt(TARGET_CREATE_RPS)} req/s (mean of per-second samples)`,
+      actual: `${fmt(pgCreate.requestsPerSecond.mean, 1)} req/s`,
+      pass: pgCreate.requestsPerSecond.mean >= TARGET_CREATE_RPS,
+    });
+  }
+  if (pgRead) {
+    const rateReached = pgRead.achievedRate >= READ_RATE * READ_RATE_TOLERANCE;
+    targets.push({
+      name: `read latency on PostgreSQL, c=${READ_CONNECTIONS}`,
+      target: `p99 ≤ ${TARGET_READ_P99_MS} ms at ${READ_RATE} req/s (rate reached ≥ ${READ_RATE * READ_RATE_TOLERANCE}/s)`,
+      actual: `p99 ${fmt(pgRead.latencyMs.p99, 2)} ms at ${fmt(pgRead.achievedRate, 1)} req/s`,
+      pass: pgRead.latencyMs.p99 <= TARGET_READ_P99_MS && rateReached,
+    });
+  }
+  const pgScenarios = report.scenarios.filter((s) => s.engine === 'postgresql');
+  if (pgScenarios.length > 0) {
+    // PGlite runs a whole PostgreSQL (WASM) inside the server process, so its RSS is reported but
+    // not held to the server's target; on PostgreSQL the database's memory is its own processes'.
+    const peak = Math.max(...pgScenarios.map((s) => s.peakRssMiB));
+    targets.push({
+      name: 'server memory on PostgreSQL',
+      target: `peak RSS ≤ 300 MB (${fmt(TARGET_RSS_MIB, 1)} MiB) in every PostgreSQL scenario`,
+      actual: pgScenarios.map((s) => `${s.id} ${fmt(s.peakRssMiB, 1)} MiB`).join(', '),
+      pass: peak <= TARGET_RSS_MIB,
+    });
+  }
+  if (report.scenarios.length > 0) {
+    const failed = report.scenarios.filter((s) => s.non2xx > 0 || s.errors > 0);
+    targets.push({
+      name: 'no failed requests',
+      target: '0 non-2xx responses and 0 errors/timeouts in every scenario',
+      actual: failed.length === 0 ? 'none' : failed.map((s) => `${s.id}: ${s.non2xx} non-2xx ${JSON.stringify(s.statusCodes)}, ${s.errors} errors`).join('; '),
+      pass: failed.length === 0,
+    });
+  }
+  return targets;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main
+
+async function main(): Promise<number> {
+  const started = new Date();
+  const stamp = basicTimestamp(started);
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  const resultsPath = join(RESULTS_DIR, `${stamp}.json`);
+  const cpus = os.cpus();
+  const commit = gitCommit();
+  const before = machineCpu();
+  await sleep(1_000);
+  const after = machineCpu();
+  const busyBeforeStartPct = after.total > before.total ? round((100 * (after.busy - before.busy)) / (after.total - before.total), 0) : 0;
+  const report: Report = {
+    startedAt: started.toISOString(),
+    ok: false,
+    ...(commit ? { commit } : {}),
+    machine: {
+      cpus: cpus.length,
+      cpuModel: cpus[0]?.model.trim() ?? 'unknown',
+      totalMemoryBytes: os.totalmem(),
+      totalMemoryGiB: round(os.totalmem() / 1024 ** 3, 1),
+      platform: os.platform(),
+      release: os.release(),
+      loadAverage: os.loadavg().map((value) => round(value, 2)),
+      busyBeforeStartPct,
+    },
+    node: process.version,
+    loadGenerator: { name: 'autocannon', version: packageVersion('autocannon'), process: 'separate from the server, same machine' },
+    server: { command: 'node dist/main.js', env: { ...SERVER_ENV, DB_POOL_SIZE: '(default)' } },
+    databases: {},
+    settings: {
+      warmupS: WARMUP_S,
+      durationS: DURATION_S,
+      createConnections: CREATE_CONNECTIONS,
+      readRate: READ_RATE,
+      readConnections: READ_CONNECTIONS,
+      readBurstConnections: READ_BURST_CONNECTIONS,
+      seedCount: SEED_COUNT,
+      rssSampleMs: RSS_SAMPLE_MS,
+    },
+    scenarios: [],
+    targets: [],
+    idleRssMiB: {},
+    files: { results: relative(ROOT, resultsPath), serverLogs: [] },
+  };
+
+  let interrupted = false;
+  process.once('SIGINT', () => {
+    interrupted = true;
+    log('interrupted: cleaning up…');
+    void runCleanups().finally(() => process.exit(130));
+  });
+
+  let failure: unknown;
+  try {
+    build();
+
+    // PostgreSQL: create, then read.
+    const dbName = `bench_${Date.now()}`;
+    log(`creating database ${dbName}`);
+    report.databases.postgresql = await createBenchDatabase(dbName);
+    cleanups.push({ name: `drop database ${dbName}`, run: () => dropBenchDatabase(dbName) });
+    const databaseUrl = new URL(PG_ADMIN_URL);
+    databaseUrl.pathname = `/${dbName}`;
+    const pgLog = join(RESULTS_DIR, `server-${stamp}-postgresql.log`);
+    report.files.serverLogs.push(relative(ROOT, pgLog));
+    log('starting server on PostgreSQL');
+    const pgServer = await startServerProcess('postgresql', { DATABASE_URL: databaseUrl.toString() }, pgLog);
+    report.idleRssMiB.postgresql = round((readRssKiB(pgServer.pid) ?? 0) / 1024, 1);
+
+    report.scenarios.push(
+      await runScenario(pgServer, {
+        id: 'create-postgresql',
+        name: `create Observation (c=${CREATE_CONNECTIONS})`,
+        engine: 'postgresql',
+        connections: CREATE_CONNECTIONS,
+        postgresDatabase: dbName,
+        requests: createRequests,
+      }),
+    );
+    log(`seeding ${fmt(SEED_COUNT)} Observations for the read scenario`);
+    const ids = await seed(pgServer.url, SEED_COUNT);
+    report.scenarios.push(
+      await runScenario(pgServer, {
+        id: 'read-postgresql',
+        name: `read by id (${READ_RATE}/s, c=${READ_CONNECTIONS})`,
+        engine: 'postgresql',
+        connections: READ_CONNECTIONS,
+        overallRate: READ_RATE,
+        postgresDatabase: dbName,
+        requests: () => readRequests(ids),
+      }),
+    );
+    report.scenarios.push(
+      await runScenario(pgServer, {
+        id: 'read-burst-postgresql',
+        name: `read by id (${READ_RATE}/s, c=${READ_BURST_CONNECTIONS})`,
+        engine: 'postgresql',
+        connections: READ_BURST_CONNECTIONS,
+        overallRate: READ_RATE,
+        postgresDatabase: dbName,
+        requests: () => readRequests(ids),
+      }),
+    );
+    log('stopping server (SIGTERM)');
+    await pgServer.stop();
+
+    // PGlite: create.
+    const dataDir = mkdtempSync(join(os.tmpdir(), 'bench-pglite-'));
+    cleanups.push({ name: `remove ${dataDir}`, run: () => rm(dataDir, { recursive: true, force: true }) });
+    report.databases.pglite = { version: packageVersion('@electric-sql/pglite') };
+    const liteLog = join(RESULTS_DIR, `server-${stamp}-pglite.log`);
+    report.files.serverLogs.push(relative(ROOT, liteLog));
+    log(`starting server on PGlite (DATA_DIR ${dataDir})`);
+    const liteServer = await startServerProcess('pglite', { DATA_DIR: dataDir }, liteLog);
+    report.idleRssMiB.pglite = round((readRssKiB(liteServer.pid) ?? 0) / 1024, 1);
+    report.scenarios.push(
+      await runScenario(liteServer, {
+        id: 'create-pglite',
+        name: `create Observation (c=${CREATE_CONNECTIONS})`,
+        engine: 'pglite',
+        connections: CREATE_CONNECTIONS,
+        requests: createRequests,
+      }),
+    );
+    log('stopping server (SIGTERM)');
+    await liteServer.stop();
+  } catch (error) {
+    failure = error;
+  }
+
+  const cleanupProblems = await runCleanups();
+  if (interrupted) return 130;
+  if (!failure && cleanupProblems.length > 0) failure = new Error(`cleanup failed: ${cleanupProblems.join('; ')}`);
+  else if (cleanupProblems.length > 0) log(`cleanup problems: ${cleanupProblems.join('; ')}`);
+
+  const pgCreate = report.scenarios.find((s) => s.id === 'create-postgresql');
+  const liteCreate = report.scenarios.find((s) => s.id === 'create-pglite');
+  if (pgCreate && liteCreate && pgCreate.requestsPerSecond.mean > 0) {
+    report.pgliteToPostgresqlCreateRatio = round(liteCreate.requestsPerSecond.mean / pgCreate.requestsPerSecond.mean, 3);
+  }
+  report.targets = evaluateTargets(report);
+  report.allTargetsMet = failure === undefined && report.targets.every((target) => target.pass);
+  report.finishedAt = new Date().toISOString();
+  report.ok = failure === undefined;
+  if (failure !== undefined) report.error = message(failure);
+  writeFileSync(resultsPath, JSON.stringify(report, null, 2) + '\n');
+
+  if (failure !== undefined) {
+    log(`RUN FAILED: ${message(failure)}`);
+    log(`partial results: ${relative(ROOT, resultsPath)}`);
+    return 1;
+  }
+  printTable(report);
+  return 0;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    log(`RUN FAILED: ${message(error)}`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,66 @@
+/**
+ * Every symbolic code the server puts in `OperationOutcome.issue.details.coding`, with its
+ * category (→ HTTP status, see errors.ts). docs/errors.md documents each; a test keeps the two equal.
+ */
+export const ERROR_CODES = {
+  // 400: the request itself is malformed
+  'malformed-json': 'invalid',
+  'not-a-resource': 'invalid',
+  'resource-type-missing': 'invalid',
+  'resource-type-mismatch': 'invalid',
+  'id-missing': 'invalid',
+  'id-mismatch': 'invalid',
+  'invalid-id': 'invalid',
+  'invalid-if-match': 'invalid',
+  'invalid-search-value': 'invalid',
+  'unsupported-search-parameter': 'invalid',
+  'unknown-parameter': 'invalid',
+  'repeated-parameter': 'invalid',
+  'invalid-count': 'invalid',
+  'invalid-instant': 'invalid',
+  'invalid-cursor': 'invalid',
+  'version-missing': 'invalid',
+  'request-aborted': 'invalid',
+  'body-size-mismatch': 'invalid',
+  // 401, 403
+  'credentials-not-verifiable': 'unauthorized',
+  'remote-access-closed': 'forbidden',
+  // 404, 405, 406
+  'resource-not-found': 'notFound',
+  'version-not-found': 'notFound',
+  'unknown-resource-type': 'notFound',
+  'unknown-path': 'notFound',
+  'method-not-allowed': 'methodNotAllowed',
+  'format-not-supported': 'notAcceptable',
+  // 409, 410, 412, 413, 415
+  'write-conflict': 'conflict',
+  'resource-deleted': 'gone',
+  'version-mismatch': 'preconditionFailed',
+  'multiple-matches': 'preconditionFailed',
+  'body-too-large': 'tooLarge',
+  'media-type-not-supported': 'unsupportedMediaType',
+  'charset-not-supported': 'unsupportedMediaType',
+  // 422: the resource violates the FHIR R4 definitions or our rules
+  'unknown-element': 'unprocessable',
+  'required-element-missing': 'unprocessable',
+  'invalid-type': 'unprocessable',
+  'invalid-format': 'unprocessable',
+  'invalid-code': 'unprocessable',
+  'invalid-value': 'unprocessable',
+  'invalid-structure': 'unprocessable',
+  'invalid-resource-type': 'unprocessable',
+  'invalid-reference': 'unprocessable',
+  'conditional-reference-outside-transaction': 'unprocessable',
+  'empty-array': 'unprocessable',
+  'empty-object': 'unprocessable',
+  'control-character': 'unprocessable',
+  // 500, 503
+  'internal-error': 'internal',
+  'database-unavailable': 'unavailable',
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+/** Codes of informational outcomes (Prefer: return=OperationOutcome on success). */
+export const INFORMATION_CODES = ['resource-created', 'resource-updated'] as const;
+export type InformationCode = (typeof INFORMATION_CODES)[number];

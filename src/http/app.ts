@@ -1,0 +1,114 @@
+/**
+ * The Express application: request ids and logs, the open (unauthenticated) probes, the guards,
+ * the FHIR routes, and the one error handler that turns everything thrown into an
+ * OperationOutcome (unknown errors are 500 and their details go to the log only).
+ */
+import { randomUUID } from 'node:crypto';
+import express, { type NextFunction, type Request, type Response } from 'express';
+import type { Logger } from 'pino';
+import { FhirError, fhirError, toFhirError } from '../fhir/errors.js';
+import type { FhirContext } from '../interactions/index.js';
+import { fhirRoutes } from './fhir-routes.js';
+import { sendOutcome } from './send.js';
+
+export interface AppOptions {
+  ctx: FhirContext;
+  logger: Logger;
+  maxBodyBytes: number;
+  /** Whether the API answers a peer at this address. Until authentication arrives: loopback only. */
+  isClientAllowed?: (address: string | undefined) => boolean;
+  /** False while shutting down, so that /readyz turns 503 before the server stops. */
+  isAccepting?: () => boolean;
+}
+
+export function isLoopback(address: string | undefined): boolean {
+  if (!address) return false;
+  return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.');
+}
+
+const REQUEST_ID = /^[A-Za-z0-9\-.]{1,64}$/;
+
+export function createApp(options: AppOptions): express.Express {
+  const { ctx, logger } = options;
+  const isClientAllowed = options.isClientAllowed ?? isLoopback;
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);
+
+  app.use((req, res, next) => {
+    const given = req.get('x-request-id');
+    const requestId = given && REQUEST_ID.test(given) ? given : randomUUID();
+    res.locals.requestId = requestId;
+    res.set('X-Request-Id', requestId);
+    const started = process.hrtime.bigint();
+    res.on('finish', () => {
+      const ms = Number(process.hrtime.bigint() - started) / 1e6;
+      // The path only: query strings may carry identifiers (PHI) and stay out of the logs.
+      logger.info({ requestId, method: req.method, path: req.originalUrl.split('?')[0], status: res.statusCode, ms: Math.round(ms * 100) / 100 }, 'request');
+    });
+    next();
+  });
+
+  app.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok' });
+  });
+  app.get('/readyz', async (_req, res) => {
+    if (options.isAccepting && !options.isAccepting()) {
+      res.status(503).json({ status: 'shutting-down' });
+      return;
+    }
+    try {
+      await ctx.repo.ping();
+      res.json({ status: 'ready', database: 'reachable' });
+    } catch {
+      res.status(503).json({ status: 'unavailable', database: 'unreachable' });
+    }
+  });
+
+  app.use('/fhir', (req: Request, _res: Response, next: NextFunction) => {
+    if (req.path === '/metadata') return next();
+    if (!isClientAllowed(req.socket.remoteAddress)) {
+      throw fhirError('remote-access-closed', 'This server answers loopback clients only until authentication is configured');
+    }
+    if (req.get('authorization') !== undefined) {
+      throw fhirError('credentials-not-verifiable', 'This server cannot verify credentials yet (authentication is not configured); send the request without Authorization');
+    }
+    next();
+  });
+  app.use('/fhir', fhirRoutes(ctx, { maxBodyBytes: options.maxBodyBytes }));
+
+  app.use((_req: Request, _res: Response) => {
+    throw fhirError('unknown-path', 'Nothing is served at this path; the FHIR API is at /fhir');
+  });
+
+  app.use((error: unknown, _req: Request, res: Response, _next: NextFunction) => {
+    const fhir = error instanceof FhirError ? error : fromExpressError(error);
+    if (fhir.status >= 500) {
+      logger.error({ requestId: res.locals.requestId, err: error }, 'request failed');
+    }
+    sendOutcome(res, fhir);
+  });
+  return app;
+}
+
+/** body-parser's errors carry `type` and `status`; anything else is internal. */
+function fromExpressError(error: unknown): FhirError {
+  const type = (error as { type?: unknown } | null)?.type;
+  switch (type) {
+    case 'entity.parse.failed':
+      return fhirError('malformed-json', `The body is not valid JSON: ${(error as Error).message}`);
+    case 'entity.too.large': {
+      const limit = (error as { limit?: number }).limit;
+      return fhirError('body-too-large', `The body is larger than the limit of ${limit ?? '?'} bytes`);
+    }
+    case 'encoding.unsupported':
+    case 'charset.unsupported':
+      return fhirError('charset-not-supported', 'Send the body in UTF-8');
+    case 'request.aborted':
+      return fhirError('request-aborted', 'The client aborted the request');
+    case 'request.size.invalid':
+      return fhirError('body-size-mismatch', 'The body is not as long as Content-Length says');
+    default:
+      return toFhirError(error);
+  }
+}

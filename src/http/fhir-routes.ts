@@ -1,0 +1,124 @@
+/**
+ * The Express adapter of the FHIR API: routes the interaction table, turns Express requests into
+ * FhirRequests and FhirResponses into HTTP. No FHIR logic lives here.
+ * Stages and the status each produces on error:
+ *   negotiate (406) → content type (415) → parse body (400 malformed, 413 too large)
+ *   → interaction (400, 404, 410, 412, 422, 409, 503) → send (Prefer, ETag, Location).
+ */
+import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import { match } from 'path-to-regexp';
+import { FhirError, fhirError, informationOutcome } from '../fhir/errors.js';
+import { INTERACTIONS, type FhirContext, type FhirRequest, type FhirResponse, type Interaction } from '../interactions/index.js';
+import { checkRequestType, responseType, returnPreference } from './negotiation.js';
+import { requestIdOf } from './send.js';
+
+export interface FhirRoutesOptions {
+  maxBodyBytes: number;
+}
+
+export function fhirRoutes(ctx: FhirContext, options: FhirRoutesOptions): Router {
+  const router = express.Router({ caseSensitive: true, strict: false });
+  const parseJson = express.json({ limit: options.maxBodyBytes, strict: true, type: () => true });
+
+  // Negotiate the response format first: even errors are sent in the negotiated type.
+  router.use((req, res, next) => {
+    const format = firstQueryValue(req, '_format');
+    res.locals.contentType = 'application/fhir+json';
+    res.locals.contentType = responseType(format, req.get('accept'));
+    next();
+  });
+
+  for (const interaction of INTERACTIONS) {
+    const handlers = [
+      ...(interaction.method === 'POST' || interaction.method === 'PUT' ? [checkBodyType, parseJson] : []),
+      (req: Request, res: Response) => run(ctx, interaction, req, res),
+    ];
+    router[methodName(interaction)](interaction.path, ...handlers);
+  }
+
+  // A path we route with another method is 405 (with Allow); any other path is 404.
+  const matchers = INTERACTIONS.map((i) => ({ method: i.method, test: match(i.path, { decode: decodeURIComponent }) }));
+  router.use((req: Request) => {
+    const allowed = [...new Set(matchers.filter((m) => m.test(req.path) !== false).map((m) => m.method))];
+    if (allowed.length > 0) {
+      throw new FhirError(
+        'methodNotAllowed',
+        { code: 'method-not-allowed', message: `${req.method} is not supported on ${req.path}; allowed: ${allowed.join(', ')}` },
+        { Allow: allowed.join(', ') },
+      );
+    }
+    throw fhirError('unknown-path', `No FHIR interaction at ${req.path}`);
+  });
+  return router;
+}
+
+function methodName(interaction: Interaction): 'get' | 'post' | 'put' | 'delete' {
+  return interaction.method.toLowerCase() as 'get' | 'post' | 'put' | 'delete';
+}
+
+function checkBodyType(req: Request, _res: Response, next: NextFunction): void {
+  const hasBody = req.get('content-length') !== undefined ? req.get('content-length') !== '0' : req.get('transfer-encoding') !== undefined;
+  if (hasBody) checkRequestType(req.get('content-type'));
+  next();
+}
+
+async function run(ctx: FhirContext, interaction: Interaction, req: Request, res: Response): Promise<void> {
+  const result = await interaction.handle(ctx, toFhirRequest(req));
+  send(req, res, result);
+}
+
+function toFhirRequest(req: Request): FhirRequest {
+  const params = req.params as Record<string, string | undefined>;
+  const query: Record<string, string[]> = {};
+  const search = new URL(req.originalUrl, 'http://localhost').searchParams;
+  for (const [name, value] of search) (query[name] ??= []).push(value);
+  const ifMatch = req.get('if-match');
+  const ifNoneExist = req.get('if-none-exist');
+  return {
+    ...(params.type !== undefined ? { resourceType: params.type } : {}),
+    ...(params.id !== undefined ? { id: params.id } : {}),
+    ...(params.vid !== undefined ? { versionId: params.vid } : {}),
+    query,
+    ...(ifMatch !== undefined ? { ifMatch: parseIfMatch(ifMatch) } : {}),
+    ...(ifNoneExist !== undefined ? { ifNoneExist } : {}),
+    body: req.body as unknown,
+  };
+}
+
+/** If-Match: W/"3" (or "3") → 3. https://hl7.org/fhir/R4/http.html#concurrency */
+export function parseIfMatch(header: string): string {
+  const m = header.trim().match(/^(?:W\/)?"([A-Za-z0-9\-.]{1,64})"$/);
+  if (!m?.[1]) throw fhirError('invalid-if-match', `If-Match must be an ETag such as W/"3"; got '${header}'`, 'If-Match');
+  return m[1];
+}
+
+function send(req: Request, res: Response, result: FhirResponse): void {
+  const { version } = result;
+  if (version) {
+    res.set('ETag', `W/"${version.versionId}"`);
+    res.set('Last-Modified', new Date(version.lastUpdated).toUTCString());
+  }
+  if (result.location) res.set('Location', result.location);
+  res.status(result.status);
+  const isWrite = req.method === 'POST' || req.method === 'PUT';
+  const preference = isWrite ? returnPreference(req.get('prefer')) : 'representation';
+  if (result.status === 204 || preference === 'minimal') {
+    res.end();
+    return;
+  }
+  res.type(String(res.locals.contentType));
+  if (preference === 'OperationOutcome') {
+    const what = result.status === 201 ? 'created' : 'updated';
+    const ref = version ? `${version.resourceType}/${version.id}/_history/${version.versionId}` : '';
+    res.send(JSON.stringify(informationOutcome(what === 'created' ? 'resource-created' : 'resource-updated', `${ref} ${what}`, requestIdOf(res))));
+    return;
+  }
+  res.send(version?.json ?? JSON.stringify(result.resource));
+}
+
+function firstQueryValue(req: Request, name: string): string | undefined {
+  const value = (req.query as Record<string, unknown>)[name];
+  if (Array.isArray(value)) return typeof value[0] === 'string' ? value[0] : undefined;
+  return typeof value === 'string' ? value : undefined;
+}
+

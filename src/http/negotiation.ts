@@ -1,0 +1,70 @@
+/**
+ * Content negotiation: https://hl7.org/fhir/R4/http.html#mime-type
+ * JSON only: application/fhir+json (default) or application/json, chosen by `_format` or Accept.
+ * XML (and anything else) is answered 406; a request body that is not JSON is 415.
+ */
+import { fhirError } from '../fhir/errors.js';
+
+export const FHIR_JSON = 'application/fhir+json';
+export const JSON_TYPE = 'application/json';
+
+const FORMAT_ALIASES: Record<string, string | null> = {
+  json: FHIR_JSON,
+  'application/fhir+json': FHIR_JSON,
+  'application/json': JSON_TYPE,
+  'application/json+fhir': FHIR_JSON,
+  xml: null,
+  'text/xml': null,
+  'application/xml': null,
+  'application/fhir+xml': null,
+  'application/xml+fhir': null,
+};
+
+/** The media type to answer with, or a 406 FhirError. */
+export function responseType(format: string | undefined, accept: string | undefined): string {
+  if (format !== undefined) {
+    const key = format.split(';')[0]?.trim().toLowerCase() ?? '';
+    const chosen = FORMAT_ALIASES[key];
+    if (chosen) return chosen;
+    throw notAcceptable(`_format=${format}`);
+  }
+  if (!accept || accept.trim() === '') return FHIR_JSON;
+  const ranges = accept
+    .split(',')
+    .map((part) => {
+      const [type = '', ...params] = part.split(';').map((s) => s.trim().toLowerCase());
+      const q = params.find((p) => p.startsWith('q='));
+      return { type, q: q ? Number(q.slice(2)) : 1 };
+    })
+    .filter((r) => r.q > 0)
+    .sort((a, b) => b.q - a.q);
+  for (const { type } of ranges) {
+    if (type === FHIR_JSON || type === 'application/json+fhir' || type === 'application/*' || type === '*/*') return FHIR_JSON;
+    if (type === JSON_TYPE) return JSON_TYPE;
+  }
+  throw notAcceptable(`Accept: ${accept}`);
+}
+
+function notAcceptable(asked: string) {
+  return fhirError('format-not-supported', `${asked} cannot be served: this server speaks FHIR JSON only (application/fhir+json or application/json)`);
+}
+
+/** A request body must be FHIR JSON. */
+export function checkRequestType(contentType: string | undefined): void {
+  const type = contentType?.split(';')[0]?.trim().toLowerCase();
+  if (type === FHIR_JSON || type === JSON_TYPE || type === 'application/json+fhir') return;
+  throw fhirError('media-type-not-supported',
+    type ? `Content-Type ${type} is not supported: send application/fhir+json` : 'The request has a body but no Content-Type: send application/fhir+json',
+  );
+}
+
+/** Prefer: return=… https://hl7.org/fhir/R4/http.html#ops */
+export type ReturnPreference = 'minimal' | 'representation' | 'OperationOutcome';
+
+export function returnPreference(prefer: string | undefined): ReturnPreference {
+  const match = prefer?.match(/(?:^|[,;\s])return\s*=\s*"?(minimal|representation|OperationOutcome)"?/i);
+  const value = match?.[1]?.toLowerCase();
+  if (value === 'minimal') return 'minimal';
+  if (value === 'operationoutcome') return 'OperationOutcome';
+  return 'representation';
+}

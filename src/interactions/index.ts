@@ -1,0 +1,27 @@
+/**
+ * The interaction table: every FHIR REST interaction this server implements, in routing order
+ * (literal path segments before parameters). The HTTP adapter routes exactly these, and the
+ * CapabilityStatement is generated from them.
+ */
+import { capabilityStatement } from './capabilities.js';
+import { create } from './create.js';
+import { deleteInteraction } from './delete.js';
+import { historyInstance, historySystem, historyType } from './history.js';
+import { read } from './read.js';
+import type { Interaction } from './types.js';
+import { update } from './update.js';
+import { vread } from './vread.js';
+
+const RESOURCE_INTERACTIONS: readonly Interaction[] = [historySystem, historyType, vread, historyInstance, read, update, deleteInteraction, create];
+
+const metadata: Interaction = {
+  code: 'capabilities',
+  level: 'system',
+  method: 'GET',
+  path: '/metadata',
+  handle: (ctx) => Promise.resolve({ status: 200, resource: capabilityStatement(ctx, RESOURCE_INTERACTIONS) }),
+};
+
+export const INTERACTIONS: readonly Interaction[] = [metadata, ...RESOURCE_INTERACTIONS];
+
+export type { FhirContext, FhirRequest, FhirResponse, Interaction } from './types.js';

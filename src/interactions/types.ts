@@ -1,0 +1,58 @@
+/**
+ * The transport-independent shape of a FHIR request and response. The HTTP adapter (src/http)
+ * turns Express requests into these and these into HTTP responses; nothing here knows Express.
+ */
+import type { Repository, StoredVersion } from '../store/repository.js';
+import type { ResourceValidator } from '../validation/validator.js';
+
+export interface FhirContext {
+  repo: Repository;
+  validator: ResourceValidator;
+  /** Public base of the FHIR API, e.g. http://localhost:8080/fhir */
+  fhirBase: string;
+  software: { name: string; version: string };
+  startedAt: string;
+}
+
+export interface FhirRequest {
+  resourceType?: string;
+  id?: string;
+  versionId?: string;
+  /** Query parameters, each with all its values in order. */
+  query: Record<string, string[]>;
+  /** Version named by If-Match (the `n` of W/"n"). */
+  ifMatch?: string;
+  /** Search criteria of If-None-Exist. */
+  ifNoneExist?: string;
+  body?: unknown;
+}
+
+export interface FhirResponse {
+  status: number;
+  /** Body: a stored version (sent as stored) or any JSON resource (Bundle, CapabilityStatement…). */
+  version?: StoredVersion;
+  resource?: object;
+  /** Set on create and create-on-update. */
+  location?: string;
+}
+
+export type InteractionCode =
+  | 'read'
+  | 'vread'
+  | 'update'
+  | 'delete'
+  | 'history-instance'
+  | 'history-type'
+  | 'create'
+  | 'search-type'
+  | 'history-system'
+  | 'capabilities';
+
+export interface Interaction {
+  code: InteractionCode;
+  level: 'instance' | 'type' | 'system';
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE';
+  /** Path under the FHIR base, in Express syntax. */
+  path: string;
+  handle(ctx: FhirContext, req: FhirRequest): Promise<FhirResponse>;
+}

@@ -1,0 +1,73 @@
+/**
+ * Builds the running server from a configuration: database (with migrations), repository,
+ * validator, HTTP. start() and stop() are each other's inverse, in a defined order.
+ */
+import { createServer, type Server } from 'node:http';
+import { readFileSync } from 'node:fs';
+import type { Logger } from 'pino';
+import type { Config } from './config.js';
+import { createApp, type AppOptions } from './http/app.js';
+import { openDatabase, type Database } from './store/database.js';
+import { migrate } from './store/migrations.js';
+import { Repository } from './store/repository.js';
+import { ResourceValidator } from './validation/validator.js';
+import type { FhirContext } from './interactions/index.js';
+
+export interface RunningServer {
+  server: Server;
+  db: Database;
+  port: number;
+  stop(): Promise<void>;
+}
+
+const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { name: string; version: string };
+
+export function fhirContext(db: Database, baseUrl: string, validator = new ResourceValidator()): FhirContext {
+  return {
+    repo: new Repository(db.pool),
+    validator,
+    fhirBase: `${baseUrl}/fhir`,
+    software: { name: pkg.name, version: pkg.version },
+    startedAt: new Date().toISOString(),
+  };
+}
+
+export async function startServer(config: Readonly<Config>, logger: Logger, extra: Partial<AppOptions> = {}): Promise<RunningServer> {
+  const db = await openDatabase({ ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}), dataDir: config.dataDir, poolSize: config.dbPoolSize });
+  try {
+    const applied = await migrate(db.pool);
+    logger.info({ engine: db.engine, applied }, 'database ready');
+  } catch (error) {
+    await db.close();
+    throw error;
+  }
+  const ctx = fhirContext(db, config.baseUrl);
+  let accepting = true;
+  const app = createApp({ ctx, logger, maxBodyBytes: config.maxBodyBytes, isAccepting: () => accepting, ...extra });
+  const server = createServer(app);
+  server.keepAliveTimeout = 65_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.port, config.host, () => resolve());
+  });
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : config.port;
+  logger.info({ host: config.host, port, baseUrl: config.baseUrl, engine: db.engine }, 'listening');
+
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> => {
+    stopping ??= (async () => {
+      accepting = false;
+      // Stop accepting, let in-flight requests finish, then close idle keep-alive sockets.
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      const timer = setTimeout(() => server.closeAllConnections(), config.shutdownTimeoutMs);
+      await closed;
+      clearTimeout(timer);
+      await db.close();
+      logger.info('stopped');
+    })();
+    return stopping;
+  };
+  return { server, db, port, stop };
+}

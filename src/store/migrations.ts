@@ -1,0 +1,61 @@
+/**
+ * Schema migrations, applied in order at start, each once, under an advisory lock so that several
+ * instances starting together do not race. Never edit a migration that has shipped: add one.
+ */
+import type { SqlPool } from './sql.js';
+import { inTransaction } from './database.js';
+
+const MIGRATION_LOCK = 7_310_001;
+
+export const MIGRATIONS: readonly { version: number; name: string; sql: string }[] = [
+  {
+    version: 1,
+    name: 'resources and their history',
+    sql: `
+      -- The current version of every resource (deleted ones keep a row with deleted = true).
+      CREATE TABLE resource (
+        resource_type text NOT NULL,
+        id text NOT NULL,
+        version_id integer NOT NULL,
+        last_updated timestamptz NOT NULL,
+        deleted boolean NOT NULL DEFAULT false,
+        content jsonb,
+        PRIMARY KEY (resource_type, id)
+      );
+      -- Every version ever written, in write order (seq), for vread and _history.
+      CREATE TABLE resource_history (
+        seq bigserial PRIMARY KEY,
+        resource_type text NOT NULL,
+        id text NOT NULL,
+        version_id integer NOT NULL,
+        last_updated timestamptz NOT NULL,
+        deleted boolean NOT NULL DEFAULT false,
+        method text NOT NULL,
+        content jsonb,
+        UNIQUE (resource_type, id, version_id)
+      );
+      CREATE INDEX resource_history_type_seq ON resource_history (resource_type, seq);
+      -- Conditional create by identifier (If-None-Exist: identifier=system|value).
+      CREATE INDEX resource_identifier ON resource USING gin ((content -> 'identifier') jsonb_path_ops);
+    `,
+  },
+];
+
+export async function migrate(pool: SqlPool): Promise<number[]> {
+  return inTransaction(pool, async (client) => {
+    await client.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
+    await client.query(
+      'CREATE TABLE IF NOT EXISTS schema_migration (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())',
+    );
+    const done = await client.query<{ version: number }>('SELECT version FROM schema_migration');
+    const applied = new Set(done.rows.map((r) => r.version));
+    const now: number[] = [];
+    for (const m of MIGRATIONS) {
+      if (applied.has(m.version)) continue;
+      await client.query(m.sql);
+      await client.query('INSERT INTO schema_migration (version, name) VALUES ($1, $2)', [m.version, m.name]);
+      now.push(m.version);
+    }
+    return now;
+  });
+}

@@ -1,0 +1,21 @@
+/**
+ * The slice of `pg.Pool` that store/ uses. `pg.Pool` (PostgreSQL server) and PGlitePool
+ * (embedded) both provide it, so every SQL statement runs unchanged on both engines.
+ */
+export interface SqlResult<R> {
+  rows: R[];
+  rowCount: number | null;
+}
+
+export interface SqlQueryable {
+  query<R = Record<string, unknown>>(text: string, values?: unknown[]): Promise<SqlResult<R>>;
+}
+
+export interface SqlClient extends SqlQueryable {
+  release(destroy?: boolean): void;
+}
+
+export interface SqlPool extends SqlQueryable {
+  connect(): Promise<SqlClient>;
+  end(): Promise<void>;
+}

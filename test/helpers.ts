@@ -1,0 +1,115 @@
+/**
+ * The test fixture: one real database per test run (embedded PGlite in memory by default, the
+ * PostgreSQL server named by DATABASE_URL when set), migrated, behind the real Express app.
+ * Tests never mock the database; they use their own ids so that they do not depend on each other.
+ */
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { pino } from 'pino';
+import supertest from 'supertest';
+import type { Express } from 'express';
+import { createApp, type AppOptions } from '../src/http/app.js';
+import { fhirContext } from '../src/server.js';
+import { openDatabase, type Database } from '../src/store/database.js';
+import { migrate } from '../src/store/migrations.js';
+import type { FhirContext } from '../src/interactions/index.js';
+import { ERROR_CODE_SYSTEM } from '../src/fhir/errors.js';
+
+export const BASE_URL = 'http://fhir.test';
+export const FHIR_JSON = 'application/fhir+json';
+export const silentLogger = pino({ level: 'silent' });
+
+interface TestContext {
+  db: Database;
+  ctx: FhirContext;
+  app: Express;
+}
+
+let shared: Promise<TestContext> | undefined;
+
+export function engineName(): string {
+  return process.env.DATABASE_URL ? 'postgresql' : 'pglite';
+}
+
+export async function openTestDatabase(): Promise<Database> {
+  const url = process.env.DATABASE_URL;
+  const db = await openDatabase(url ? { databaseUrl: url, dataDir: 'unused', poolSize: 30 } : { dataDir: 'memory://' });
+  await migrate(db.pool);
+  return db;
+}
+
+export function testContext(): Promise<TestContext> {
+  shared ??= (async () => {
+    const db = await openTestDatabase();
+    const ctx = fhirContext(db, BASE_URL);
+    const app = createApp({ ctx, logger: silentLogger, maxBodyBytes: 10 * 1024 * 1024 });
+    return { db, ctx, app };
+  })();
+  return shared;
+}
+
+export async function closeTestContext(): Promise<void> {
+  if (!shared) return;
+  const { db } = await shared;
+  shared = undefined;
+  await db.close();
+}
+
+/** A supertest agent on the shared app. */
+export async function api(): Promise<supertest.Agent> {
+  const { app } = await testContext();
+  return supertest.agent(app);
+}
+
+/** An app over the shared database with other options (guards, limits). */
+export async function appWith(options: Partial<AppOptions>): Promise<Express> {
+  const { ctx } = await testContext();
+  return createApp({ ctx, logger: silentLogger, maxBodyBytes: 10 * 1024 * 1024, ...options });
+}
+
+export function uniqueId(prefix = 't'): string {
+  return `${prefix}-${randomUUID().slice(0, 18)}`;
+}
+
+interface ExpectedIssue {
+  severity?: string;
+  code: string;
+  detail: string;
+  expression?: string;
+  diagnostics?: string | RegExp;
+}
+
+/** Asserts the exact OperationOutcome: one issue per expected problem, in order. */
+export function assertOutcome(body: unknown, expected: ExpectedIssue[]): void {
+  const outcome = body as { resourceType: string; id?: string; issue: Record<string, unknown>[] };
+  assert.equal(outcome.resourceType, 'OperationOutcome');
+  assert.match(outcome.id ?? '', /^[A-Za-z0-9\-.]{1,64}$/, 'the outcome carries the request id');
+  assert.equal(outcome.issue.length, expected.length, `issues: ${JSON.stringify(outcome.issue)}`);
+  expected.forEach((e, i) => {
+    const issue = outcome.issue[i] as {
+      severity: string;
+      code: string;
+      details: { coding: { system: string; code: string }[]; text: string };
+      diagnostics: string;
+      expression?: string[];
+    };
+    assert.equal(issue.severity, e.severity ?? 'error');
+    assert.equal(issue.code, e.code);
+    assert.deepEqual(issue.details.coding, [{ system: ERROR_CODE_SYSTEM, code: e.detail }]);
+    assert.equal(issue.details.text, issue.diagnostics);
+    if (e.expression === undefined) assert.equal(issue.expression, undefined);
+    else assert.deepEqual(issue.expression, [e.expression]);
+    if (typeof e.diagnostics === 'string') assert.equal(issue.diagnostics, e.diagnostics);
+    else if (e.diagnostics) assert.match(issue.diagnostics, e.diagnostics);
+  });
+}
+
+/**
+ * The resource without the server-set `meta.versionId` and `meta.lastUpdated`, for "unchanged
+ * except meta" comparisons; the rest of meta (profile, tag, security, source) must survive.
+ */
+export function withoutServerMeta(resource: Record<string, unknown>): Record<string, unknown> {
+  const { meta, ...rest } = resource;
+  const { versionId: _v, lastUpdated: _l, ...kept } = (meta ?? {}) as Record<string, unknown>;
+  return Object.keys(kept).length > 0 ? { ...rest, meta: kept } : rest;
+}
