@@ -23,10 +23,11 @@ export interface RunningServer {
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { name: string; version: string };
 
 export function fhirContext(db: Database, baseUrl: string, validator = new ResourceValidator()): FhirContext {
+  const fhirBase = `${baseUrl}/fhir`;
   return {
-    repo: new Repository(db.pool),
+    repo: new Repository(db.pool, fhirBase),
     validator,
-    fhirBase: `${baseUrl}/fhir`,
+    fhirBase,
     software: { name: pkg.name, version: pkg.version },
     startedAt: new Date().toISOString(),
   };

@@ -12,10 +12,12 @@ const SRC = new URL('../src/', import.meta.url).pathname;
 const ALLOWED: Record<string, string[]> = {
   fhir: [],
   validation: ['fhir'],
-  store: ['fhir'],
-  interactions: ['fhir', 'store', 'validation'],
+  search: ['fhir'],
+  patch: ['fhir'],
+  store: ['fhir', 'search'],
+  interactions: ['fhir', 'search', 'patch', 'store', 'validation'],
   http: ['fhir', 'interactions'],
-  '.': ['fhir', 'store', 'validation', 'interactions', 'http'],
+  '.': ['fhir', 'search', 'patch', 'store', 'validation', 'interactions', 'http'],
 };
 
 function files(dir: string): string[] {

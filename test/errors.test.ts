@@ -65,11 +65,11 @@ describe('400 Bad Request', () => {
     assertOutcome(res.body, [{ code: 'invalid', detail: 'invalid-if-match', expression: 'If-Match', diagnostics: `If-Match must be an ETag such as W/"3"; got '3'` }]);
   });
 
-  it('returns Bad Request on an If-None-Exist parameter conditional create does not support', async () => {
-    const res = await (await api()).post('/fhir/Patient').set('Content-Type', FHIR_JSON).set('If-None-Exist', 'name=smith').send({ resourceType: 'Patient' });
+  it('returns Bad Request on an If-None-Exist naming a parameter the type does not have', async () => {
+    const res = await (await api()).post('/fhir/Patient').set('Content-Type', FHIR_JSON).set('If-None-Exist', 'colour=red').send({ resourceType: 'Patient' });
     assert.equal(res.status, 400);
     assertOutcome(res.body, [
-      { code: 'invalid', detail: 'unsupported-search-parameter', expression: 'If-None-Exist', diagnostics: "Search parameter 'name' is not supported in If-None-Exist; use identifier or _id" },
+      { code: 'invalid', detail: 'unknown-parameter', expression: 'If-None-Exist', diagnostics: "'colour' is not a search parameter of Patient" },
     ]);
   });
 });
@@ -143,13 +143,13 @@ describe('404 Not Found', () => {
 
 describe('405 Method Not Allowed', () => {
   it('returns Method Not Allowed with Allow on a method the path does not support', async () => {
-    const res = await (await api()).patch('/fhir/Patient/1').set('Content-Type', 'application/json-patch+json').send('[]');
+    const res = await (await api()).post('/fhir/Patient/1').set('Content-Type', 'application/fhir+json').send({ resourceType: 'Patient' });
     assert.equal(res.status, 405);
-    assert.equal(res.headers.allow, 'GET, PUT, DELETE');
-    assertOutcome(res.body, [{ code: 'not-supported', detail: 'method-not-allowed', diagnostics: 'PATCH is not supported on /Patient/1; allowed: GET, PUT, DELETE' }]);
-    const typeDelete = await (await api()).delete('/fhir/Patient');
-    assert.equal(typeDelete.status, 405);
-    assert.equal(typeDelete.headers.allow, 'POST');
+    assert.equal(res.headers.allow, 'GET, PUT, PATCH, DELETE');
+    assertOutcome(res.body, [{ code: 'not-supported', detail: 'method-not-allowed', diagnostics: 'POST is not supported on /Patient/1; allowed: GET, PUT, PATCH, DELETE' }]);
+    const typePatch = await (await api()).patch('/fhir/Patient').set('Content-Type', 'application/json-patch+json').send('[]');
+    assert.equal(typePatch.status, 405);
+    assert.equal(typePatch.headers.allow, 'POST, GET, PUT, DELETE');
   });
 });
 
@@ -256,7 +256,7 @@ describe('415 Unsupported Media Type', () => {
     const agent = await api();
     const xml = await agent.post('/fhir/Patient').set('Content-Type', 'application/fhir+xml').send('<Patient xmlns="http://hl7.org/fhir"/>');
     assert.equal(xml.status, 415);
-    assertOutcome(xml.body, [{ code: 'not-supported', detail: 'media-type-not-supported', diagnostics: 'Content-Type application/fhir+xml is not supported: send application/fhir+json' }]);
+    assertOutcome(xml.body, [{ code: 'not-supported', detail: 'media-type-not-supported', diagnostics: 'Content-Type application/fhir+xml is not supported here: send application/fhir+json' }]);
     const none = await agent.post('/fhir/Patient').set('Content-Type', '').send(Buffer.from('{"resourceType":"Patient"}'));
     assert.equal(none.status, 415);
   });

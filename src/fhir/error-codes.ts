@@ -37,6 +37,7 @@ export const ERROR_CODES = {
   'resource-deleted': 'gone',
   'version-mismatch': 'preconditionFailed',
   'multiple-matches': 'preconditionFailed',
+  'conditional-reference-unresolved': 'preconditionFailed',
   'body-too-large': 'tooLarge',
   'media-type-not-supported': 'unsupportedMediaType',
   'charset-not-supported': 'unsupportedMediaType',
@@ -57,10 +58,26 @@ export const ERROR_CODES = {
   // 500, 503
   'internal-error': 'internal',
   'database-unavailable': 'unavailable',
+  // PATCH (src/patch/): 400 for a malformed patch document, 422 when it cannot be applied, 409 for a failed test
+  'invalid-patch': 'invalid',
+  'patch-path-not-found': 'unprocessable',
+  'patch-path-ambiguous': 'unprocessable',
+  'patch-index-out-of-range': 'unprocessable',
+  'patch-element-exists': 'unprocessable',
+  'patch-type-mismatch': 'unprocessable',
+  'patch-not-applicable': 'unprocessable',
+  'patch-immutable-element': 'unprocessable',
+  'patch-test-failed': 'conflict',
+  // batch and transaction Bundles (src/interactions/bundle.ts)
+  'unsupported-bundle-type': 'invalid',
+  'invalid-bundle-entry': 'invalid',
+  'duplicate-bundle-entry': 'invalid',
+  'bundle-reference-unresolved': 'unprocessable',
+  'too-many-entries': 'tooLarge',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
 
 /** Codes of informational outcomes (Prefer: return=OperationOutcome on success). */
-export const INFORMATION_CODES = ['resource-created', 'resource-updated'] as const;
+export const INFORMATION_CODES = ['resource-created', 'resource-updated', 'search-parameter-ignored'] as const;
 export type InformationCode = (typeof INFORMATION_CODES)[number];

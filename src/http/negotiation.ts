@@ -49,13 +49,30 @@ function notAcceptable(asked: string) {
   return fhirError('format-not-supported', `${asked} cannot be served: this server speaks FHIR JSON only (application/fhir+json or application/json)`);
 }
 
-/** A request body must be FHIR JSON. */
-export function checkRequestType(contentType: string | undefined): void {
+const BODY_TYPES = {
+  resource: [FHIR_JSON, JSON_TYPE, 'application/json+fhir'],
+  form: ['application/x-www-form-urlencoded'],
+  // JSON Patch, or a FHIRPath Patch (a Parameters resource). https://hl7.org/fhir/R4/http.html#patch
+  patch: ['application/json-patch+json', FHIR_JSON, JSON_TYPE, 'application/json+fhir'],
+  none: [] as string[],
+};
+
+/** A request body must be of a type the interaction reads (FHIR JSON unless it says otherwise). */
+export function checkRequestType(contentType: string | undefined, kind: keyof typeof BODY_TYPES = 'resource'): void {
   const type = contentType?.split(';')[0]?.trim().toLowerCase();
-  if (type === FHIR_JSON || type === JSON_TYPE || type === 'application/json+fhir') return;
+  const accepted = BODY_TYPES[kind];
+  if (type && accepted.includes(type)) return;
+  const expected = accepted.length > 0 ? accepted[0] : 'no body';
   throw fhirError('media-type-not-supported',
-    type ? `Content-Type ${type} is not supported: send application/fhir+json` : 'The request has a body but no Content-Type: send application/fhir+json',
+    type ? `Content-Type ${type} is not supported here: send ${expected}` : `The request has a body but no Content-Type: send ${expected}`,
   );
+}
+
+/** Prefer: handling=strict|lenient https://hl7.org/fhir/R4/search.html#errors */
+export function handlingPreference(prefer: string | undefined): 'strict' | 'lenient' | undefined {
+  const match = prefer?.match(/(?:^|[,;\s])handling\s*=\s*"?(strict|lenient)"?/i);
+  const value = match?.[1]?.toLowerCase();
+  return value === 'lenient' || value === 'strict' ? value : undefined;
 }
 
 /** Prefer: return=… https://hl7.org/fhir/R4/http.html#ops */

@@ -1,28 +1,76 @@
 /**
  * capabilities: https://hl7.org/fhir/R4/http.html#capabilities
- * Generated from the interaction table (./index.ts), so it states exactly what is routed.
+ * Generated from the interaction table (./index.ts) and the search registry, so it states exactly
+ * what is routed and what can be searched.
  */
-import type { CapabilityStatement, CapabilityStatementRestResource } from 'fhir/r4.js';
+import type { CapabilityStatement, CapabilityStatementRestResource, CapabilityStatementRestResourceSearchParam } from 'fhir/r4.js';
 import { RESOURCE_TYPES } from '../fhir/resource-types.js';
+import { searchRegistry } from '../search/definitions.js';
+import { SUPPORTED_MODIFIERS } from '../search/parse.js';
 import type { FhirContext, Interaction } from './types.js';
 
 type TypeInteraction = NonNullable<CapabilityStatementRestResource['interaction']>[number]['code'];
+type SystemInteraction = NonNullable<NonNullable<CapabilityStatement['rest']>[number]['interaction']>[number]['code'];
+
+/** Our interaction codes that are FHIR type-level interaction codes. */
+const TYPE_CODES = new Set<string>(['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'history-type', 'create', 'search-type']);
+const SYSTEM_CODES = new Set<string>(['transaction', 'batch', 'history-system', 'search-system']);
+
+const COMMON_PARAMS: CapabilityStatementRestResourceSearchParam[] = [
+  { name: '_id', definition: 'http://hl7.org/fhir/SearchParameter/Resource-id', type: 'token', documentation: 'Logical id; comma for OR.' },
+  { name: '_lastUpdated', definition: 'http://hl7.org/fhir/SearchParameter/Resource-lastUpdated', type: 'date', documentation: 'With prefixes eq ne gt lt ge le sa eb ap.' },
+];
+
+function searchParams(type: string): CapabilityStatementRestResourceSearchParam[] {
+  const indexed = searchRegistry()
+    .params(type)
+    .filter((p) => p.code !== '_id' && p.code !== '_lastUpdated')
+    .map((p) => {
+      const modifiers = SUPPORTED_MODIFIERS[p.type];
+      const extra = p.type === 'reference' ? ['[type]', 'chaining (2 levels)'] : [];
+      const prefixes = p.type === 'date' || p.type === 'number' || p.type === 'quantity' ? ' Prefixes: eq ne gt lt ge le sa eb ap.' : '';
+      const mods = [...modifiers, ...extra].map((m) => (m.startsWith('[') || m.startsWith('chain') ? m : `:${m}`));
+      return {
+        name: p.code,
+        definition: p.url,
+        type: p.type,
+        documentation: `${mods.length > 0 ? `Modifiers: ${mods.join(' ')}.` : 'No modifiers.'}${prefixes}`,
+      };
+    });
+  return [...COMMON_PARAMS, ...indexed];
+}
 
 export function capabilityStatement(ctx: FhirContext, interactions: readonly Interaction[]): CapabilityStatement {
-  const typeCodes = interactions.filter((i) => i.level !== 'system').map((i) => i.code as TypeInteraction);
-  const systemCodes = interactions.filter((i) => i.level === 'system' && i.code !== 'capabilities').map((i) => i.code);
-  const has = (code: string): boolean => interactions.some((i) => i.code === code);
-  const resource: CapabilityStatementRestResource[] = RESOURCE_TYPES.map((type) => ({
-    type: type as CapabilityStatementRestResource['type'],
-    interaction: typeCodes.map((code) => ({ code })),
-    versioning: 'versioned-update',
-    readHistory: has('vread'),
-    updateCreate: has('update'),
-    conditionalCreate: has('create'),
-    conditionalRead: 'not-supported',
-    conditionalUpdate: false,
-    conditionalDelete: 'not-supported',
-  }));
+  const codes = new Set(interactions.map((i) => i.code));
+  const typeCodes = [...codes].filter((c) => TYPE_CODES.has(c)) as TypeInteraction[];
+  const systemCodes = [...codes].filter((c) => SYSTEM_CODES.has(c)) as SystemInteraction[];
+  if (codes.has('transaction')) systemCodes.push('batch');
+  const registry = searchRegistry();
+  const resource: CapabilityStatementRestResource[] = RESOURCE_TYPES.map((type) => {
+    const referenceParams = registry.params(type).filter((p) => p.type === 'reference');
+    const entry: CapabilityStatementRestResource = {
+      type: type as CapabilityStatementRestResource['type'],
+      interaction: typeCodes.map((code) => ({ code })),
+      versioning: 'versioned-update',
+      readHistory: codes.has('vread'),
+      updateCreate: codes.has('update'),
+      conditionalCreate: codes.has('create'),
+      conditionalRead: 'not-supported',
+      conditionalUpdate: codes.has('conditional-update'),
+      conditionalDelete: codes.has('conditional-delete') ? 'single' : 'not-supported',
+    };
+    if (codes.has('search-type')) {
+      entry.searchInclude = ['*', ...referenceParams.map((p) => `${type}:${p.code}`)];
+      entry.searchRevInclude = RESOURCE_TYPES.flatMap((source) =>
+        registry
+          .params(source)
+          .filter((p) => p.type === 'reference' && (p.targets.length === 0 || p.targets.includes(type)))
+          .map((p) => `${source}:${p.code}`),
+      );
+      entry.searchParam = searchParams(type);
+    }
+    return entry;
+  });
   return {
     resourceType: 'CapabilityStatement',
     status: 'active',
@@ -33,12 +81,17 @@ export function capabilityStatement(ctx: FhirContext, interactions: readonly Int
     implementation: { description: 'FHIR R4 server for medical exercise professionals', url: ctx.fhirBase },
     fhirVersion: '4.0.1',
     format: ['application/fhir+json', 'json'],
+    ...(codes.has('patch') ? { patchFormat: ['application/json-patch+json', 'application/fhir+json'] } : {}),
     rest: [
       {
         mode: 'server',
-        documentation: 'If-None-Exist (conditional create) accepts the parameters identifier and _id.',
+        documentation:
+          'Search: every R4 SearchParameter of types number, date, string, token, reference, quantity, uri and composite; ' +
+          'chaining and _has to 2 levels; _include and _revinclude with :iterate; _sort, _count (max 1000), _total, _summary, _elements; ' +
+          'keyset paging (_cursor). Unknown parameters are an error unless Prefer: handling=lenient. ' +
+          'Dates and times without a time zone are read as UTC. Conditional interactions accept any search criteria.',
         resource,
-        interaction: systemCodes.map((code) => ({ code: code as 'history-system' })),
+        interaction: systemCodes.map((code) => ({ code })),
       },
     ],
   };

@@ -5,14 +5,17 @@
  */
 import { capabilityStatement } from './capabilities.js';
 import { create } from './create.js';
+import { conditionalDelete, conditionalUpdate } from './conditional.js';
 import { deleteInteraction } from './delete.js';
 import { historyInstance, historySystem, historyType } from './history.js';
 import { read } from './read.js';
+import { patch } from './patch.js';
+import { search, searchPost } from './search.js';
 import type { Interaction } from './types.js';
 import { update } from './update.js';
 import { vread } from './vread.js';
 
-const RESOURCE_INTERACTIONS: readonly Interaction[] = [historySystem, historyType, vread, historyInstance, read, update, deleteInteraction, create];
+const RESOURCE_INTERACTIONS: readonly Interaction[] = [historySystem, historyType, searchPost, vread, historyInstance, read, update, patch, deleteInteraction, create, search, conditionalUpdate, conditionalDelete];
 
 const metadata: Interaction = {
   code: 'capabilities',

@@ -24,6 +24,12 @@ export interface FhirRequest {
   ifMatch?: string;
   /** Search criteria of If-None-Exist. */
   ifNoneExist?: string;
+  /** Prefer: handling=strict|lenient (search). */
+  handling?: 'strict' | 'lenient';
+  /** Content-Type of the body (media type only). */
+  contentType?: string;
+  /** Form parameters of POST …/_search. */
+  form?: Record<string, string[]>;
   body?: unknown;
 }
 
@@ -45,14 +51,22 @@ export type InteractionCode =
   | 'history-type'
   | 'create'
   | 'search-type'
+  | 'patch'
+  | 'conditional-update'
+  | 'conditional-delete'
+  | 'conditional-patch'
+  | 'batch'
+  | 'transaction'
   | 'history-system'
   | 'capabilities';
 
 export interface Interaction {
   code: InteractionCode;
   level: 'instance' | 'type' | 'system';
-  method: 'GET' | 'POST' | 'PUT' | 'DELETE';
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE' | 'PATCH';
   /** Path under the FHIR base, in Express syntax. */
   path: string;
+  /** The request body: a FHIR resource (default for POST and PUT), a form (search), a patch document, or none. */
+  body?: 'resource' | 'form' | 'patch' | 'none';
   handle(ctx: FhirContext, req: FhirRequest): Promise<FhirResponse>;
 }

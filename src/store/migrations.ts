@@ -4,6 +4,7 @@
  */
 import type { SqlPool } from './sql.js';
 import { inTransaction } from './database.js';
+import { INDEX_MIGRATION } from './search-index.js';
 
 const MIGRATION_LOCK = 7_310_001;
 
@@ -37,6 +38,15 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
       CREATE INDEX resource_history_type_seq ON resource_history (resource_type, seq);
       -- Conditional create by identifier (If-None-Exist: identifier=system|value).
       CREATE INDEX resource_identifier ON resource USING gin ((content -> 'identifier') jsonb_path_ops);
+    `,
+  },
+  {
+    version: 2,
+    name: 'search index',
+    // Resources stored before this migration are indexed by the server at start (reindex()).
+    sql: `
+      DROP INDEX resource_identifier;
+      ${INDEX_MIGRATION}
     `,
   },
 ];

@@ -4,12 +4,15 @@
  * https://hl7.org/fhir/R4/http.html
  */
 import { randomUUID } from 'node:crypto';
-import type { SqlClient, SqlPool } from './sql.js';
+import type { SqlClient, SqlPool, SqlQueryable } from './sql.js';
 import { fhirError } from '../fhir/errors.js';
 import type { JsonResource } from '../fhir/resource.js';
 import { inTransaction } from './database.js';
 import { classifyDatabaseError, isConflict } from './db-errors.js';
-import { compileCriteria } from './conditions.js';
+import { extractIndex } from '../search/extract.js';
+import type { SearchQuery } from '../search/query.js';
+import { indexCtes, indexValues } from './search-index.js';
+import { countSql, estimateSql, pageSql, whereSql, Params } from './search-sql.js';
 
 
 /** One stored version; `json` is the resource as stored (absent for deletions). */
@@ -21,6 +24,20 @@ export interface StoredVersion {
   deleted: boolean;
   method: 'POST' | 'PUT' | 'DELETE';
   json?: string;
+}
+
+/** Search criteria of a conditional interaction, and the key that serialises writers using them. */
+export interface Condition {
+  query: SearchQuery;
+  lockKey: string;
+}
+
+export interface SearchPage {
+  /** Matches in page order: id and the resource as stored. */
+  rows: { id: string; json: string }[];
+  /** Cursor values of the first and last row, when there are pages before or after. */
+  next?: { values: (string | null)[]; id: string };
+  previous?: { values: (string | null)[]; id: string };
 }
 
 export interface HistoryQuery {
@@ -54,42 +71,205 @@ interface Row {
 const MAX_ATTEMPTS = 3;
 
 export class Repository {
-  constructor(private readonly pool: SqlPool) {}
+  /**
+   * @param pool where statements run
+   * @param fhirBase public FHIR base, to tell local absolute references from remote ones
+   * @param client set on a repository bound to one open transaction (see transaction())
+   */
+  constructor(
+    private readonly pool: SqlPool,
+    readonly fhirBase: string,
+    private readonly client?: SqlClient,
+  ) {}
+
+  private get db(): SqlQueryable {
+    return this.client ?? this.pool;
+  }
 
   async ping(): Promise<void> {
     await this.run(() => this.pool.query('SELECT 1'));
   }
 
-  /** create, or conditional create when `ifNoneExist` holds search criteria. */
-  async create(resource: JsonResource, ifNoneExist?: string): Promise<{ created: boolean; version: StoredVersion }> {
-    const id = randomUUID();
-    if (ifNoneExist === undefined) {
-      const version = stamp(resource, id, 1, 'POST');
-      await this.run(() => this.pool.query(INSERT_FIRST_VERSION, insertValues(version)));
-      return { created: true, version };
+  /**
+   * Runs `work` in one database transaction: every write through the repository it is given
+   * commits together or not at all. Retried as a whole when it conflicts with another writer.
+   */
+  async transaction<T>(work: (tx: Repository) => Promise<T>): Promise<T> {
+    if (this.client) return work(this);
+    return this.write((client) => work(new Repository(this.pool, this.fhirBase, client)));
+  }
+
+  /**
+   * Inside transaction(): holds the write lock of one resource until commit, so that a
+   * read-modify-write (PATCH) sees no other writer in between.
+   */
+  async lockResource(resourceType: string, id: string): Promise<void> {
+    if (!this.client) throw new Error('lockResource needs a transaction');
+    await this.run(() => lock(this.client as SqlClient, `${resourceType}/${id}`));
+  }
+
+  /** create, or conditional create when `condition` holds If-None-Exist criteria. */
+  async create(resource: JsonResource, condition?: Condition, id: string = randomUUID()): Promise<{ created: boolean; version: StoredVersion }> {
+    if (condition === undefined && !this.client) {
+      const version = this.stamp(resource, id, 1, 'POST');
+      await this.run(() => this.pool.query(INSERT_FIRST_VERSION, version.values));
+      return { created: true, version: version.stored };
     }
-    const criteria = compileCriteria(resource.resourceType, ifNoneExist, 2);
     return this.write(async (client) => {
-      for (const key of criteria.lockKeys) await lock(client, `create:${key}`);
-      const found = await client.query<Row>(
-        `SELECT resource_type, id, version_id, last_updated, deleted, content::text AS json FROM resource
-         WHERE resource_type = $1 AND NOT deleted AND ${criteria.where} LIMIT 2`,
-        [resource.resourceType, ...criteria.values],
-      );
-      if (found.rows.length > 1) {
-        throw fhirError('multiple-matches', `If-None-Exist matched more than one ${resource.resourceType}`, 'If-None-Exist');
+      if (condition) {
+        await lock(client, `create:${condition.lockKey}`);
+        const found = await this.matches(client, condition.query, 2);
+        if (found.length > 1) {
+          throw fhirError('multiple-matches', `If-None-Exist matched more than one ${resource.resourceType}`, 'If-None-Exist');
+        }
+        const existing = found[0];
+        if (existing) return { created: false, version: existing };
       }
-      const existing = found.rows[0];
-      if (existing) return { created: false, version: fromRow(existing) };
-      const version = stamp(resource, id, 1, 'POST');
-      await client.query(INSERT_FIRST_VERSION, insertValues(version));
-      return { created: true, version };
+      const version = this.stamp(resource, id, 1, 'POST');
+      await client.query(INSERT_FIRST_VERSION, version.values);
+      return { created: true, version: version.stored };
     });
+  }
+
+  /** Current versions matching a search, at most `limit` (for conditional interactions). */
+  private async matches(client: SqlQueryable, query: SearchQuery, limit: number): Promise<StoredVersion[]> {
+    const p = new Params();
+    const where = whereSql(query, p);
+    const found = await client.query<Row>(
+      `SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content::text AS json FROM resource r WHERE ${where} LIMIT ${p.add(limit)}`,
+      p.values,
+    );
+    return found.rows.map(fromRow);
+  }
+
+  /**
+   * Conditional update: no match creates (with the body's id, or a new one), one match is updated,
+   * more than one is 412. https://hl7.org/fhir/R4/http.html#cond-update
+   */
+  async conditionalUpdate(resource: JsonResource, condition: Condition): Promise<{ created: boolean; version: StoredVersion }> {
+    return this.write(async (client) => {
+      await lock(client, `create:${condition.lockKey}`);
+      const found = await this.matches(client, condition.query, 2);
+      if (found.length > 1) throw fhirError('multiple-matches', `The conditional update matched more than one ${resource.resourceType}`);
+      const match = found[0];
+      if (match && resource.id !== undefined && resource.id !== match.id) {
+        throw fhirError('id-mismatch', `The resource's id ${resource.id} differs from the id of the match (${match.id})`, `${resource.resourceType}.id`);
+      }
+      const bound = new Repository(this.pool, this.fhirBase, client);
+      // No match: create, with the body's id when it has one (as an update would: that id may be deleted).
+      if (!match) return resource.id !== undefined ? bound.update(resource, resource.id) : bound.create(resource, undefined, randomUUID());
+      return bound.update(resource, match.id);
+    });
+  }
+
+  /** Conditional delete: deletes the one match; none is fine; more than one is 412. Returns what was deleted. */
+  async conditionalDelete(condition: Condition): Promise<StoredVersion | undefined> {
+    return this.write(async (client) => {
+      const found = await this.matches(client, condition.query, 2);
+      if (found.length > 1) throw fhirError('multiple-matches', `The conditional delete matched more than one ${condition.query.resourceType}`);
+      const match = found[0];
+      if (!match) return undefined;
+      return new Repository(this.pool, this.fhirBase, client).delete(match.resourceType, match.id);
+    });
+  }
+
+  /** Resolves a conditional reference (`Patient?identifier=…`) to the one match. */
+  async resolveCondition(condition: Condition, where: string): Promise<StoredVersion> {
+    const found = await this.run(() => this.matches(this.db, condition.query, 2));
+    if (found.length !== 1) {
+      throw fhirError(found.length === 0 ? 'conditional-reference-unresolved' : 'multiple-matches',
+        `${where} matched ${found.length === 0 ? 'no' : 'more than one'} ${condition.query.resourceType}`,
+        where,
+      );
+    }
+    return found[0] as StoredVersion;
+  }
+
+  /** One page of a search. `limit` rows; one more is read to know whether a next page exists. */
+  async search(query: SearchQuery): Promise<SearchPage> {
+    if (query.count === 0) return { rows: [] };
+    const sql = pageSql(query, query.count + 1);
+    const result = await this.run(() => this.db.query<Record<string, string | null>>(sql.text, sql.values));
+    const more = result.rows.length > query.count;
+    let rows = result.rows.slice(0, query.count);
+    if (sql.reversed) rows = rows.reverse();
+    const keyOf = (row: Record<string, string | null> | undefined) =>
+      row ? { values: Array.from({ length: sql.sortColumns }, (_, i) => row[`s${i}`] ?? null), id: row.id as string } : undefined;
+    const first = keyOf(rows[0]);
+    const last = keyOf(rows[rows.length - 1]);
+    const page: SearchPage = { rows: rows.map((r) => ({ id: r.id as string, json: r.json as string })) };
+    // Going forward there is a next page when more rows came back, and a previous one when we
+    // came from a cursor; going backward, the other way round.
+    const hasNext = sql.reversed ? true : more;
+    const hasPrevious = sql.reversed ? more : query.cursor !== undefined;
+    if (hasNext && last) page.next = last;
+    if (hasPrevious && first) page.previous = first;
+    return page;
+  }
+
+  async count(query: SearchQuery): Promise<number> {
+    const sql = countSql(query);
+    const result = await this.run(() => this.db.query<{ total: number }>(sql.text, sql.values));
+    return Number(result.rows[0]?.total ?? 0);
+  }
+
+  /** The planner's estimate of the number of matches (for _total=estimate). */
+  async estimate(query: SearchQuery): Promise<number> {
+    const sql = estimateSql(query);
+    const result = await this.run(() => this.db.query<{ 'QUERY PLAN': unknown }>(sql.text, sql.values));
+    const raw = result.rows[0]?.['QUERY PLAN'];
+    const plan = (typeof raw === 'string' ? JSON.parse(raw) : raw) as { Plan: { 'Plan Rows': number } }[];
+    return Math.round(plan[0]?.Plan['Plan Rows'] ?? 0);
+  }
+
+  /** The references held by resources of `sourceType` (ids given) through `param` ('*': any). */
+  async referencesFrom(sourceType: string, ids: string[], param: string, targetType?: string): Promise<{ type: string; id: string }[]> {
+    if (ids.length === 0) return [];
+    const p = new Params();
+    const conditions = [`resource_type = ${p.add(sourceType)}`, `id = ANY(${p.add(ids)}::text[])`, 'target_id IS NOT NULL', 'target_type IS NOT NULL'];
+    if (param !== '*') conditions.push(`param = ${p.add(param)}`);
+    if (targetType) conditions.push(`target_type = ${p.add(targetType)}`);
+    const result = await this.run(() =>
+      this.db.query<{ target_type: string; target_id: string }>(`SELECT DISTINCT target_type, target_id FROM sp_reference WHERE ${conditions.join(' AND ')}`, p.values),
+    );
+    return result.rows.map((r) => ({ type: r.target_type, id: r.target_id }));
+  }
+
+  /** Ids of resources of `sourceType` that refer through `param` to any of the targets. */
+  async referencesTo(sourceType: string, param: string, targets: { type: string; id: string }[], targetType?: string): Promise<string[]> {
+    const wanted = targetType ? targets.filter((t) => t.type === targetType) : targets;
+    if (wanted.length === 0) return [];
+    const p = new Params();
+    const result = await this.run(() =>
+      this.db.query<{ id: string }>(
+        `SELECT DISTINCT s.id FROM sp_reference s JOIN unnest(${p.add(wanted.map((t) => t.type))}::text[], ${p.add(wanted.map((t) => t.id))}::text[]) AS t(type, id)
+           ON s.target_type = t.type AND s.target_id = t.id
+         WHERE s.resource_type = ${p.add(sourceType)} AND s.param = ${p.add(param)}`,
+        p.values,
+      ),
+    );
+    return result.rows.map((r) => r.id);
+  }
+
+  /** Current, not deleted, versions of the given resources (those that exist). */
+  async readMany(keys: { type: string; id: string }[]): Promise<StoredVersion[]> {
+    if (keys.length === 0) return [];
+    const p = new Params();
+    const result = await this.run(() =>
+      this.db.query<Row>(
+        `SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content::text AS json
+         FROM resource r JOIN unnest(${p.add(keys.map((k) => k.type))}::text[], ${p.add(keys.map((k) => k.id))}::text[]) AS k(type, id)
+           ON r.resource_type = k.type AND r.id = k.id
+         WHERE NOT r.deleted`,
+        p.values,
+      ),
+    );
+    return result.rows.map(fromRow);
   }
 
   async read(resourceType: string, id: string): Promise<StoredVersion> {
     const result = await this.run(() =>
-      this.pool.query<Row>(
+      this.db.query<Row>(
         'SELECT resource_type, id, version_id, last_updated, deleted, content::text AS json FROM resource WHERE resource_type = $1 AND id = $2',
         [resourceType, id],
       ),
@@ -104,7 +284,7 @@ export class Repository {
     const version = Number(versionId);
     if (!Number.isSafeInteger(version) || version < 1) throw versionNotFound(resourceType, id, versionId);
     const result = await this.run(() =>
-      this.pool.query<Row>(
+      this.db.query<Row>(
         `SELECT resource_type, id, version_id, last_updated, deleted, method, content::text AS json
          FROM resource_history WHERE resource_type = $1 AND id = $2 AND version_id = $3`,
         [resourceType, id, version],
@@ -122,9 +302,9 @@ export class Repository {
       const current = await lockCurrent(client, resource.resourceType, id);
       checkIfMatch(resource.resourceType, id, current, ifMatch);
       const next = (current?.version_id ?? 0) + 1;
-      const version = stamp(resource, id, next, 'PUT');
-      await client.query(current ? UPSERT_NEXT_VERSION : INSERT_FIRST_VERSION, insertValues(version));
-      return { created: !current || current.deleted, version };
+      const version = this.stamp(resource, id, next, 'PUT');
+      await client.query(current ? UPSERT_NEXT_VERSION : INSERT_FIRST_VERSION, version.values);
+      return { created: !current || current.deleted, version: version.stored };
     });
   }
 
@@ -143,7 +323,7 @@ export class Repository {
         deleted: true,
         method: 'DELETE',
       };
-      await client.query(UPSERT_NEXT_VERSION, insertValues(version));
+      await client.query(UPSERT_NEXT_VERSION, [...insertValues(version), ...indexValues(undefined)]);
       return version;
     });
   }
@@ -164,7 +344,7 @@ export class Repository {
     const sql = `SELECT seq, resource_type, id, version_id, last_updated, deleted, method, content::text AS json
       FROM resource_history ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
       ORDER BY seq DESC LIMIT $${values.length}`;
-    const result = await this.run(() => this.pool.query<Row>(sql, values));
+    const result = await this.run(() => this.db.query<Row>(sql, values));
     if (query.id && query.resourceType && result.rows.length === 0 && !query.before && !query.since) {
       await this.assertExists(query.resourceType, query.id);
     }
@@ -177,12 +357,25 @@ export class Repository {
   }
 
   private async assertExists(resourceType: string, id: string): Promise<void> {
-    const found = await this.run(() => this.pool.query('SELECT 1 FROM resource WHERE resource_type = $1 AND id = $2', [resourceType, id]));
+    const found = await this.run(() => this.db.query('SELECT 1 FROM resource WHERE resource_type = $1 AND id = $2', [resourceType, id]));
     if (found.rowCount === 0) throw notFound(resourceType, id);
   }
 
-  /** A write transaction, retried when it conflicts with a concurrent one. */
+  /** The version to store for a write, with the statement parameters (resource, then index). */
+  private stamp(resource: JsonResource, id: string, versionId: number, method: 'POST' | 'PUT'): { stored: StoredVersion; values: unknown[] } {
+    const { stored, content } = stamp(resource, id, versionId, method);
+    return { stored, values: [...insertValues(stored), ...indexValues(extractIndex(content, this.fhirBase))] };
+  }
+
+  /** A write transaction, retried when it conflicts with a concurrent one; inside transaction(), the open one. */
   private async write<T>(work: (client: SqlClient) => Promise<T>): Promise<T> {
+    if (this.client) {
+      try {
+        return await work(this.client);
+      } catch (error) {
+        throw classifyDatabaseError(error);
+      }
+    }
     for (let attempt = 1; ; attempt++) {
       try {
         return await inTransaction(this.pool, work);
@@ -202,11 +395,14 @@ export class Repository {
   }
 }
 
+// One statement per write: the version in history, the search index, and the current row.
+// Data-modifying CTEs all run, on one snapshot: the index deletes never see the index inserts.
 const INSERT_FIRST_VERSION = `
   WITH h AS (
     INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, method, content)
     VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
-  )
+  ),
+  ${indexCtes(8, false).sql}
   INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content)
   VALUES ($1, $2, $3, $4, $5, $7::jsonb)`;
 
@@ -214,7 +410,8 @@ const UPSERT_NEXT_VERSION = `
   WITH h AS (
     INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, method, content)
     VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
-  )
+  ),
+  ${indexCtes(8, true).sql}
   UPDATE resource SET version_id = $3, last_updated = $4, deleted = $5, content = $7::jsonb
   WHERE resource_type = $1 AND id = $2`;
 
@@ -223,11 +420,11 @@ function insertValues(v: StoredVersion): unknown[] {
 }
 
 /** The resource as stored: server-assigned id, versionId and lastUpdated; `resourceType` first. */
-function stamp(resource: JsonResource, id: string, versionId: number, method: 'POST' | 'PUT'): StoredVersion {
+function stamp(resource: JsonResource, id: string, versionId: number, method: 'POST' | 'PUT'): { stored: StoredVersion; content: JsonResource } {
   const lastUpdated = new Date().toISOString();
   const { resourceType, id: _ignored, meta, ...rest } = resource;
-  const stored = { resourceType, id, meta: { ...meta, versionId: String(versionId), lastUpdated }, ...rest };
-  return { resourceType, id, versionId: String(versionId), lastUpdated, deleted: false, method, json: JSON.stringify(stored) };
+  const content = { resourceType, id, meta: { ...meta, versionId: String(versionId), lastUpdated }, ...rest } as JsonResource;
+  return { stored: { resourceType, id, versionId: String(versionId), lastUpdated, deleted: false, method, json: JSON.stringify(content) }, content };
 }
 
 async function lock(client: SqlClient, key: string): Promise<void> {

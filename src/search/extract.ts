@@ -1,0 +1,233 @@
+/**
+ * The search index of one resource: for each of its type's search parameters, the values its
+ * expression yields, turned into rows by parameter type. Written in the same transaction as the
+ * resource (src/store/search-index.ts), so a search never sees a stale index.
+ *
+ * Composite parameters index each component under `<code>#<k>` with the number of the base element
+ * (`grp`) they came from, so that `code-value-quantity` matches code and value of one component.
+ */
+import { decimalOf, dateRange, normalizeString } from './values.js';
+import { ENGINE_PARAMS, searchRegistry, type PathValue, type SearchParamDef, type SearchParamType } from './definitions.js';
+
+export interface IndexRows {
+  string: { param: string; grp: number | null; value: string; exact: string }[];
+  token: { param: string; grp: number | null; system: string | null; code: string | null; text: string | null }[];
+  date: { param: string; grp: number | null; lo: string; hi: string }[];
+  number: { param: string; grp: number | null; lo: string; hi: string }[];
+  quantity: { param: string; grp: number | null; system: string | null; code: string | null; lo: string; hi: string }[];
+  reference: {
+    param: string;
+    grp: number | null;
+    targetType: string | null;
+    targetId: string | null;
+    url: string | null;
+    identSystem: string | null;
+    identValue: string | null;
+  }[];
+  uri: { param: string; grp: number | null; value: string }[];
+}
+
+export type IndexTable = keyof IndexRows;
+export const INDEX_TABLES: readonly IndexTable[] = ['string', 'token', 'date', 'number', 'quantity', 'reference', 'uri'];
+
+type Json = Record<string, unknown>;
+
+function isObject(v: unknown): v is Json {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function str(v: unknown): string | null {
+  return typeof v === 'string' && v !== '' ? v : null;
+}
+
+/** Limits what one value may put in an index row (btree rows must stay well under 2.7 kB). */
+const MAX_INDEXED = 512;
+
+function cut(v: string): string {
+  return v.length > MAX_INDEXED ? v.slice(0, MAX_INDEXED) : v;
+}
+
+/** A reference string split into local type and id, or kept as a URL. */
+export function parseReference(reference: string, fhirBase: string): { type: string; id: string } | { url: string } | undefined {
+  if (reference.startsWith('#')) return undefined;
+  let local = reference;
+  if (/^[a-z][a-z0-9+.-]*:/i.test(reference)) {
+    const base = `${fhirBase.replace(/\/$/, '')}/`;
+    if (!reference.startsWith(base)) return { url: reference };
+    local = reference.slice(base.length);
+  }
+  const m = /^([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/.exec(local);
+  return m ? { type: m[1] as string, id: m[2] as string } : { url: reference };
+}
+
+export class IndexBuilder {
+  readonly rows: IndexRows = { string: [], token: [], date: [], number: [], quantity: [], reference: [], uri: [] };
+
+  constructor(private readonly fhirBase: string) {}
+
+  add(param: string, type: SearchParamType, grp: number | null, value: PathValue): void {
+    switch (type) {
+      case 'string':
+        return this.addString(param, grp, value);
+      case 'token':
+        return this.addToken(param, grp, value);
+      case 'date':
+        return this.addDate(param, grp, value);
+      case 'number':
+        return this.addNumber(param, grp, value);
+      case 'quantity':
+        return this.addQuantity(param, grp, value);
+      case 'reference':
+        return this.addReference(param, grp, value);
+      case 'uri':
+        return this.addUri(param, grp, value);
+      case 'composite':
+        return;
+    }
+  }
+
+  private string(param: string, grp: number | null, v: unknown): void {
+    if (typeof v !== 'string' || v.trim() === '') return;
+    this.rows.string.push({ param, grp, value: cut(normalizeString(v)), exact: cut(v) });
+  }
+
+  private addString(param: string, grp: number | null, { data }: PathValue): void {
+    if (typeof data === 'string') return this.string(param, grp, data);
+    if (!isObject(data)) return;
+    // HumanName, Address and other complex types: every string part.
+    for (const key of ['text', 'family', 'given', 'prefix', 'suffix', 'line', 'city', 'district', 'state', 'postalCode', 'country']) {
+      const part = data[key];
+      if (Array.isArray(part)) for (const p of part) this.string(param, grp, p);
+      else this.string(param, grp, part);
+    }
+  }
+
+  private token(param: string, grp: number | null, system: unknown, code: unknown, text: unknown): void {
+    const t = str(text);
+    const row = { param, grp, system: str(system), code: str(code), text: t ? cut(normalizeString(t)) : null };
+    if (row.system === null && row.code === null && row.text === null) return;
+    if (row.code) row.code = cut(row.code);
+    this.rows.token.push(row);
+  }
+
+  private addToken(param: string, grp: number | null, { data, type }: PathValue): void {
+    if (typeof data === 'boolean' || typeof data === 'number') return this.token(param, grp, null, String(data), null);
+    if (typeof data === 'string') return this.token(param, grp, null, data, null);
+    if (!isObject(data)) return;
+    const kind = type ?? (Array.isArray(data.coding) ? 'CodeableConcept' : 'value' in data ? 'Identifier' : 'Coding');
+    switch (kind) {
+      case 'CodeableConcept': {
+        const codings = Array.isArray(data.coding) ? data.coding.filter(isObject) : [];
+        for (const c of codings) this.token(param, grp, c.system, c.code, c.display ?? data.text);
+        if (codings.length === 0) this.token(param, grp, null, null, data.text);
+        return;
+      }
+      case 'Identifier':
+        return this.token(param, grp, data.system, data.value, isObject(data.type) ? data.type.text : undefined);
+      case 'ContactPoint':
+        return this.token(param, grp, data.system, data.value, null);
+      default:
+        return this.token(param, grp, data.system, data.code, data.display);
+    }
+  }
+
+  private date(param: string, grp: number | null, v: unknown, hiFrom?: unknown): void {
+    const lo = typeof v === 'string' ? dateRange(v) : undefined;
+    const hi = hiFrom === undefined ? lo : typeof hiFrom === 'string' ? dateRange(hiFrom) : undefined;
+    if (!lo && !hi) return;
+    this.rows.date.push({ param, grp, lo: lo?.lo ?? '-infinity', hi: hi?.hi ?? 'infinity' });
+  }
+
+  private addDate(param: string, grp: number | null, { data }: PathValue): void {
+    if (typeof data === 'string') return this.date(param, grp, data);
+    if (!isObject(data)) return;
+    if ('start' in data || 'end' in data) return this.date(param, grp, data.start ?? null, data.end ?? null);
+    // Timing: its events, or the bounds of its repeat.
+    const events = Array.isArray(data.event) ? data.event.filter((e): e is string => typeof e === 'string').sort() : [];
+    if (events.length > 0) return this.date(param, grp, events[0], events[events.length - 1]);
+    const repeat = isObject(data.repeat) ? data.repeat : undefined;
+    if (repeat && isObject(repeat.boundsPeriod)) this.date(param, grp, repeat.boundsPeriod.start ?? null, repeat.boundsPeriod.end ?? null);
+  }
+
+  private addNumber(param: string, grp: number | null, { data }: PathValue): void {
+    const n = decimalOf(data) ?? (isObject(data) ? decimalOf(data.value) : undefined);
+    if (n !== undefined) this.rows.number.push({ param, grp, lo: n, hi: n });
+  }
+
+  private addQuantity(param: string, grp: number | null, { data }: PathValue): void {
+    if (!isObject(data)) return;
+    if ('low' in data || 'high' in data) {
+      // Range: one row spanning low..high, with the unit of either end.
+      const low = isObject(data.low) ? data.low : {};
+      const high = isObject(data.high) ? data.high : {};
+      const lo = decimalOf(low.value) ?? '-Infinity';
+      const hi = decimalOf(high.value) ?? 'Infinity';
+      if (lo === '-Infinity' && hi === 'Infinity') return;
+      this.rows.quantity.push({ param, grp, system: str(low.system ?? high.system), code: str(low.code ?? high.code ?? low.unit ?? high.unit), lo, hi });
+      return;
+    }
+    const value = decimalOf(data.value);
+    if (value === undefined) return;
+    this.rows.quantity.push({ param, grp, system: str(data.system), code: str(data.code), lo: value, hi: value });
+    // The human unit is searchable too (`5.4||mg` matches code or unit).
+    const unit = str(data.unit);
+    if (unit && unit !== data.code) this.rows.quantity.push({ param, grp, system: null, code: unit, lo: value, hi: value });
+  }
+
+  private addReference(param: string, grp: number | null, { data }: PathValue): void {
+    if (typeof data === 'string') {
+      // canonical or uri used as a reference
+      this.rows.reference.push({ param, grp, targetType: null, targetId: null, url: cut(data), identSystem: null, identValue: null });
+      return;
+    }
+    if (!isObject(data)) return;
+    const reference = str(data.reference);
+    const identifier = isObject(data.identifier) ? data.identifier : undefined;
+    const parsed = reference ? parseReference(reference, this.fhirBase) : undefined;
+    const identSystem = identifier ? str(identifier.system) : null;
+    const identValue = identifier ? str(identifier.value) : null;
+    if (!parsed && !identValue) return;
+    this.rows.reference.push({
+      param,
+      grp,
+      targetType: parsed && 'type' in parsed ? parsed.type : str(data.type),
+      targetId: parsed && 'id' in parsed ? parsed.id : null,
+      url: parsed && 'url' in parsed ? cut(parsed.url) : null,
+      identSystem,
+      identValue: identValue ? cut(identValue) : null,
+    });
+  }
+
+  private addUri(param: string, grp: number | null, { data }: PathValue): void {
+    if (typeof data === 'string' && data !== '') this.rows.uri.push({ param, grp, value: cut(data) });
+  }
+}
+
+function indexParam(builder: IndexBuilder, def: SearchParamDef, resource: object): void {
+  if (def.type !== 'composite') {
+    for (const value of def.evaluate(resource)) builder.add(def.code, def.type, null, value);
+    return;
+  }
+  let grp = 0;
+  for (const base of def.compositeBases ?? []) {
+    for (const value of base.evaluate(resource)) {
+      if (typeof value.data !== 'object' || value.data === null) continue;
+      base.components.forEach((component, k) => {
+        const param = def.components?.[k]?.param;
+        if (!param) return;
+        for (const v of component(value.data as object)) builder.add(`${def.code}#${k}`, param.type, grp, v);
+      });
+      grp++;
+    }
+  }
+}
+
+/** Every index row of a resource. */
+export function extractIndex(resource: { resourceType: string }, fhirBase: string): IndexRows {
+  const builder = new IndexBuilder(fhirBase);
+  for (const def of searchRegistry().params(resource.resourceType)) {
+    if (ENGINE_PARAMS.has(def.code)) continue;
+    indexParam(builder, def, resource);
+  }
+  return builder.rows;
+}

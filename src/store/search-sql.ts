@@ -1,0 +1,305 @@
+/**
+ * Compiles a parsed search (src/search/query.ts) to SQL over `resource` and the index tables.
+ * Every value is a bound parameter; only names from fixed tables (table and column names, sort
+ * directions) are ever written into the SQL text.
+ *
+ * Paging is by keyset: each page ends with the sort values and id of its last row, and the next
+ * page starts strictly after them (the previous page strictly before its first row). Pages stay
+ * correct while data changes: no row is skipped or repeated because rows before it came or went.
+ */
+import type { Alternative, Cursor, Filter, SearchQuery, SortKey } from '../search/query.js';
+
+type Table = 'string' | 'token' | 'date' | 'number' | 'quantity' | 'reference' | 'uri';
+
+export class Params {
+  readonly values: unknown[] = [];
+  add(value: unknown): string {
+    this.values.push(value);
+    return `$${this.values.length}`;
+  }
+}
+
+function escapeLike(value: string): string {
+  return value.replace(/[\\%_]/g, (c) => `\\${c}`);
+}
+
+/** Numbers compared as numeric; bounds from the parser are exact decimal text. */
+function num(p: Params, v: string): string {
+  return `${p.add(v)}::numeric`;
+}
+
+function ts(p: Params, v: string): string {
+  return `${p.add(v)}::timestamptz`;
+}
+
+/** A condition on one index row `x` for one alternative. */
+function alternativeSql(alt: Alternative, x: string, p: Params): string {
+  switch (alt.type) {
+    case 'string':
+      if (alt.mode === 'exact') return `${x}.exact = ${p.add(alt.value)}`;
+      if (alt.mode === 'contains') return `${x}.value LIKE ${p.add(`%${escapeLike(alt.value)}%`)}`;
+      return `${x}.value LIKE ${p.add(`${escapeLike(alt.value)}%`)}`;
+    case 'token': {
+      if (alt.text !== undefined) return `${x}.text LIKE ${p.add(`${escapeLike(alt.text)}%`)}`;
+      const parts: string[] = [];
+      if (alt.code !== undefined) parts.push(`${x}.code = ${p.add(alt.code)}`);
+      if (alt.system === null) parts.push(`${x}.system IS NULL`);
+      else if (alt.system !== undefined) parts.push(`${x}.system = ${p.add(alt.system)}`);
+      return parts.length > 0 ? parts.join(' AND ') : 'TRUE';
+    }
+    case 'identifier': {
+      const parts: string[] = [];
+      if (alt.value !== undefined) parts.push(`${x}.ident_value = ${p.add(alt.value)}`);
+      if (alt.system === null) parts.push(`${x}.ident_system IS NULL`);
+      else if (alt.system !== undefined) parts.push(`${x}.ident_system = ${p.add(alt.system)}`);
+      return parts.length > 0 ? parts.join(' AND ') : `${x}.ident_value IS NOT NULL`;
+    }
+    case 'date':
+      return rangeSql(alt.prefix, `${x}.lo`, `${x}.hi`, p, alt.range, alt.approx);
+    case 'number':
+      return numberSql(alt.prefix, x, p, alt.range);
+    case 'quantity': {
+      const parts = [numberSql(alt.prefix, x, p, alt.range)];
+      if (alt.system !== undefined) parts.push(`${x}.system = ${p.add(alt.system)}`);
+      if (alt.code !== undefined) parts.push(`${x}.code = ${p.add(alt.code)}`);
+      return parts.join(' AND ');
+    }
+    case 'reference': {
+      if (alt.url !== undefined) return `${x}.url = ${p.add(alt.url)}`;
+      const parts = [`${x}.target_id = ${p.add(alt.id)}`];
+      if (alt.targetType !== undefined) parts.push(`${x}.target_type = ${p.add(alt.targetType)}`);
+      return parts.join(' AND ');
+    }
+    case 'uri':
+      if (alt.mode === 'below') return `starts_with(${x}.value, ${p.add(alt.value)})`;
+      if (alt.mode === 'above') return `starts_with(${p.add(alt.value)}::text, ${x}.value)`;
+      return `${x}.value = ${p.add(alt.value)}`;
+    case 'composite':
+      throw new Error('composite alternatives are compiled by compositeSql');
+  }
+}
+
+/**
+ * Dates: the row's range [lo, hi) against the search value's [plo, phi).
+ * https://hl7.org/fhir/R4/search.html#prefix
+ */
+function rangeSql(prefix: string, lo: string, hi: string, p: Params, range: { lo: string; hi: string }, approx: { lo: string; hi: string }): string {
+  if (prefix === 'ap') return `(${hi} > ${ts(p, approx.lo)} AND ${lo} < ${ts(p, approx.hi)})`;
+  // Bind only the bounds the condition uses: an unused parameter has no type PostgreSQL can infer.
+  let ploRef: string | undefined;
+  let phiRef: string | undefined;
+  const plo = (): string => (ploRef ??= ts(p, range.lo));
+  const phi = (): string => (phiRef ??= ts(p, range.hi));
+  const eq = (): string => `(${lo} >= ${plo()} AND ${hi} <= ${phi()})`;
+  switch (prefix) {
+    case 'ne':
+      return `NOT ${eq()}`;
+    case 'gt':
+      return `${hi} > ${phi()}`;
+    case 'lt':
+      return `${lo} < ${plo()}`;
+    case 'ge':
+      return `(${hi} > ${phi()} OR ${eq()})`;
+    case 'le':
+      return `(${lo} < ${plo()} OR ${eq()})`;
+    case 'sa':
+      return `${lo} >= ${phi()}`;
+    case 'eb':
+      return `${hi} <= ${plo()}`;
+    default:
+      return eq();
+  }
+}
+
+/** Numbers and quantities: the row's [lo, hi] (lo = hi for a single value) against the search value. */
+function numberSql(prefix: string, x: string, p: Params, range: { value: string; lo: string; hi: string; apLo: string; apHi: string }): string {
+  switch (prefix) {
+    case 'ne':
+      return `NOT (${x}.lo >= ${num(p, range.lo)} AND ${x}.hi < ${num(p, range.hi)})`;
+    case 'gt':
+      return `${x}.hi > ${num(p, range.value)}`;
+    case 'lt':
+      return `${x}.lo < ${num(p, range.value)}`;
+    case 'ge':
+      return `${x}.hi >= ${num(p, range.value)}`;
+    case 'le':
+      return `${x}.lo <= ${num(p, range.value)}`;
+    case 'sa':
+      return `${x}.lo > ${num(p, range.value)}`;
+    case 'eb':
+      return `${x}.hi < ${num(p, range.value)}`;
+    case 'ap':
+      return `(${x}.hi >= ${num(p, range.apLo)} AND ${x}.lo <= ${num(p, range.apHi)})`;
+    default:
+      return `(${x}.lo >= ${num(p, range.lo)} AND ${x}.hi < ${num(p, range.hi)})`;
+  }
+}
+
+function tableOf(t: string): Table {
+  return t as Table;
+}
+
+let aliasCounter = 0;
+function alias(prefix: string): string {
+  aliasCounter = (aliasCounter + 1) % 1_000_000;
+  return `${prefix}${aliasCounter}`;
+}
+
+/** A boolean SQL condition on the resource row `r` (columns resource_type, id, last_updated). */
+export function filterSql(filter: Filter, r: string, resourceType: string, p: Params): string {
+  switch (filter.kind) {
+    case 'id':
+      return `${r}.id = ANY(${p.add(filter.ids)}::text[])`;
+    case 'lastUpdated':
+      return `(${filter.alternatives
+        .map((a) => {
+          if (a.type !== 'date') throw new Error('lastUpdated takes dates');
+          // last_updated is an instant: a range one microsecond wide.
+          return rangeSql(a.prefix, `${r}.last_updated`, `(${r}.last_updated + interval '1 microsecond')`, p, a.range, a.approx);
+        })
+        .join(' OR ')})`;
+    case 'param': {
+      const x = alias('x');
+      const alternatives = filter.alternatives.map((a) => `(${alternativeSql(a, x, p)})`).join(' OR ');
+      const sub = `SELECT ${x}.id FROM sp_${tableOf(filter.table)} ${x} WHERE ${x}.resource_type = ${p.add(resourceType)} AND ${x}.param = ${p.add(filter.param)} AND (${alternatives})`;
+      return filter.negate ? `${r}.id NOT IN (${sub})` : `${r}.id IN (${sub})`;
+    }
+    case 'missing': {
+      const x = alias('x');
+      const sub = `SELECT ${x}.id FROM sp_${tableOf(filter.table)} ${x} WHERE ${x}.resource_type = ${p.add(resourceType)} AND ${x}.param = ${p.add(filter.param)}`;
+      return filter.missing ? `${r}.id NOT IN (${sub})` : `${r}.id IN (${sub})`;
+    }
+    case 'composite': {
+      const names = filter.tables.map(() => alias('c'));
+      const first = names[0] as string;
+      const joins = filter.tables
+        .slice(1)
+        .map((t, i) => {
+          const c = names[i + 1] as string;
+          return `JOIN sp_${tableOf(t)} ${c} ON ${c}.resource_type = ${first}.resource_type AND ${c}.id = ${first}.id AND ${c}.grp = ${first}.grp AND ${c}.param = ${p.add(`${filter.param}#${i + 1}`)}`;
+        })
+        .join(' ');
+      const alternatives = filter.alternatives
+        .map((a) => {
+          if (a.type !== 'composite') throw new Error('composite filter takes composite values');
+          return `(${a.components.map((c, i) => `(${alternativeSql(c, names[i] as string, p)})`).join(' AND ')})`;
+        })
+        .join(' OR ');
+      return `${r}.id IN (SELECT ${first}.id FROM sp_${tableOf(filter.tables[0] as string)} ${first} ${joins} WHERE ${first}.resource_type = ${p.add(resourceType)} AND ${first}.param = ${p.add(`${filter.param}#0`)} AND (${alternatives}))`;
+    }
+    case 'chain': {
+      const x = alias('x');
+      const perType = filter.targetTypes.map((t) => {
+        const r2 = alias('r');
+        const inner = filter.filters.get(t) as Filter;
+        return `(${x}.target_type = ${p.add(t)} AND ${x}.target_id IN (SELECT ${r2}.id FROM resource ${r2} WHERE ${r2}.resource_type = ${p.add(t)} AND NOT ${r2}.deleted AND ${filterSql(inner, r2, t, p)}))`;
+      });
+      return `${r}.id IN (SELECT ${x}.id FROM sp_reference ${x} WHERE ${x}.resource_type = ${p.add(resourceType)} AND ${x}.param = ${p.add(filter.param)} AND (${perType.join(' OR ')}))`;
+    }
+    case 'has': {
+      const x = alias('x');
+      const r2 = alias('r');
+      return `${r}.id IN (SELECT ${x}.target_id FROM sp_reference ${x} WHERE ${x}.resource_type = ${p.add(filter.sourceType)} AND ${x}.param = ${p.add(filter.param)} AND ${x}.target_type = ${p.add(resourceType)} AND ${x}.id IN (SELECT ${r2}.id FROM resource ${r2} WHERE ${r2}.resource_type = ${p.add(filter.sourceType)} AND NOT ${r2}.deleted AND ${filterSql(filter.filter, r2, filter.sourceType, p)}))`;
+    }
+  }
+}
+
+/** The WHERE clause of a search over `resource r`. */
+export function whereSql(query: SearchQuery, p: Params): string {
+  const parts = [`r.resource_type = ${p.add(query.resourceType)}`, 'NOT r.deleted'];
+  for (const f of query.filters) parts.push(filterSql(f, 'r', query.resourceType, p));
+  return parts.join(' AND ');
+}
+
+interface SortColumn {
+  expression: string;
+  sqlType: 'text' | 'timestamptz' | 'numeric';
+  descending: boolean;
+}
+
+function sortColumn(key: SortKey, p: Params): SortColumn {
+  if (key.param === '_id') return { expression: 'r.id', sqlType: 'text', descending: key.descending };
+  if (key.param === '_lastUpdated') return { expression: 'r.last_updated', sqlType: 'timestamptz', descending: key.descending };
+  const table = tableOf(key.table ?? 'token');
+  const agg = key.descending ? 'max' : 'min';
+  const column: Record<Table, string> = {
+    string: 'x.value',
+    token: 'x.code',
+    date: key.descending ? 'x.hi' : 'x.lo',
+    number: key.descending ? 'x.hi' : 'x.lo',
+    quantity: key.descending ? 'x.hi' : 'x.lo',
+    reference: "coalesce(x.target_type || '/' || x.target_id, x.url)",
+    uri: 'x.value',
+  };
+  const sqlType = table === 'date' ? 'timestamptz' : table === 'number' || table === 'quantity' ? 'numeric' : 'text';
+  return {
+    expression: `(SELECT ${agg}(${column[table]}) FROM sp_${table} x WHERE x.resource_type = r.resource_type AND x.id = r.id AND x.param = ${p.add(key.param)})`,
+    sqlType,
+    descending: key.descending,
+  };
+}
+
+/** Rows strictly after (or before) the cursor in the order of `columns` then id. */
+function keysetSql(columns: SortColumn[], cursor: Cursor, p: Params): string {
+  const forward = cursor.direction === 'next';
+  const disjuncts: string[] = [];
+  const equalities: string[] = [];
+  const keys = [...columns.map((c, i) => ({ ...c, ref: `q.k${i}`, value: cursor.values[i] ?? null })), { expression: '', sqlType: 'text' as const, descending: false, ref: 'q.id', value: cursor.id }];
+  for (const k of keys) {
+    // In the page's order NULLs come last whichever the direction.
+    const after = k.descending ? '<' : '>';
+    const before = k.descending ? '>' : '<';
+    let step: string;
+    if (k.value === null) {
+      step = forward ? 'FALSE' : `${k.ref} IS NOT NULL`;
+    } else {
+      const v = `${p.add(k.value)}::${k.sqlType}`;
+      step = forward ? `(${k.ref} ${after} ${v} OR ${k.ref} IS NULL)` : `${k.ref} ${before} ${v}`;
+    }
+    disjuncts.push([...equalities, step].join(' AND '));
+    // (the last key needs no equality: binding an unused value would leave its type unknown)
+    if (k !== keys[keys.length - 1]) equalities.push(k.value === null ? `${k.ref} IS NULL` : `${k.ref} = ${p.add(k.value)}::${k.sqlType}`);
+  }
+  return `(${disjuncts.map((d) => `(${d})`).join(' OR ')})`;
+}
+
+export interface PageSql {
+  text: string;
+  values: unknown[];
+  /** Number of sort columns (selected as s0…, as text). */
+  sortColumns: number;
+  /** True when rows come in reverse page order (a previous page) and must be reversed. */
+  reversed: boolean;
+}
+
+/** One page of matches, `limit` rows, in the sort order, from the cursor on. */
+export function pageSql(query: SearchQuery, limit: number): PageSql {
+  const p = new Params();
+  // The id always ends the order (ascending), so `_id` ascending needs no column of its own.
+  const columns = query.sort.filter((k) => !(k.param === '_id' && !k.descending)).map((k) => sortColumn(k, p));
+  const where = whereSql(query, p);
+  const reversed = query.cursor?.direction === 'previous';
+  const order = (c: { descending: boolean }, ref: string): string => {
+    const desc = reversed ? !c.descending : c.descending;
+    return `${ref} ${desc ? 'DESC' : 'ASC'} NULLS ${reversed ? 'FIRST' : 'LAST'}`;
+  };
+  const select = columns.map((c, i) => `${c.expression} AS k${i}`).join(', ');
+  const inner = `SELECT r.id, r.content${select ? `, ${select}` : ''} FROM resource r WHERE ${where}`;
+  const keyset = query.cursor ? `WHERE ${keysetSql(columns, query.cursor, p)}` : '';
+  const orderBy = [...columns.map((c, i) => order(c, `q.k${i}`)), order({ descending: false }, 'q.id')].join(', ');
+  const sortText = columns.map((_, i) => `, q.k${i}::text AS s${i}`).join('');
+  const text = `SELECT q.id, q.content::text AS json${sortText} FROM (${inner}) q ${keyset} ORDER BY ${orderBy} LIMIT ${p.add(limit)}`;
+  return { text, values: p.values, sortColumns: columns.length, reversed };
+}
+
+export function countSql(query: SearchQuery): { text: string; values: unknown[] } {
+  const p = new Params();
+  const where = whereSql(query, p);
+  return { text: `SELECT count(*)::int AS total FROM resource r WHERE ${where}`, values: p.values };
+}
+
+export function estimateSql(query: SearchQuery): { text: string; values: unknown[] } {
+  const p = new Params();
+  const where = whereSql(query, p);
+  return { text: `EXPLAIN (FORMAT JSON) SELECT 1 FROM resource r WHERE ${where}`, values: p.values };
+}
