@@ -31,6 +31,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import pg from 'pg';
+import { runSearchPhase, type SearchPhaseResult } from './search-phase.js';
 
 // ---------------------------------------------------------------------------------------------
 // Settings and targets
@@ -69,6 +70,10 @@ const TARGET_READ_P99_MS = 5;
 const READ_RATE_TOLERANCE = 0.98;
 /** The issue's 300 MB (10^6 bytes), in MiB: RSS is read from /proc in KiB. */
 const TARGET_RSS_MIB = 300e6 / 2 ** 20;
+/** Observations loaded for the search scenarios; 0 skips the search phase. */
+const OBSERVATIONS = Number(process.env.BENCH_OBSERVATIONS ?? 1_000_000);
+const TARGET_INGEST_RPS = 2_000;
+const TARGET_SEARCH_P99_MS = 20;
 /** Foreign CPU load (in % of one core) above which a scenario's figures are flagged as disturbed. */
 const OTHER_CPU_WARNING_PCT = 15;
 
@@ -161,6 +166,8 @@ interface Report {
   databases: { postgresql?: Record<string, string>; pglite?: { version: string } };
   settings: Record<string, number | string>;
   scenarios: ScenarioResult[];
+  /** Ingest, bulk load and search at scale on PostgreSQL (bench/search-phase.ts). */
+  search?: SearchPhaseResult;
   pgliteToPostgresqlCreateRatio?: number;
   targets: TargetResult[];
   allTargetsMet?: boolean;
@@ -714,6 +721,18 @@ function printTable(report: Report): void {
   if (report.pgliteToPostgresqlCreateRatio !== undefined) {
     out.push(`PGlite create throughput = ${report.pgliteToPostgresqlCreateRatio.toFixed(2)} × PostgreSQL's.`);
   }
+  if (report.search) {
+    const s = report.search;
+    out.push('');
+    out.push('Ingest and search at scale (PostgreSQL)');
+    out.push(`  Synthea: ${s.synthea.bundles} transaction bundles (${fmt(s.synthea.resources)} resources), ${s.synthea.concurrency} at a time: warm ${fmt(s.synthea.resourcesPerSecond)} resources/s (${fmt(s.synthea.seconds, 1)} s), cold (first pass) ${fmt(s.synthea.coldResourcesPerSecond)} resources/s`);
+    out.push(`  Load: ${fmt(s.load.observations)} Observations + ${fmt(s.load.patients)} Patients in ${fmt(s.load.seconds, 0)} s = ${fmt(s.load.resourcesPerSecond)} resources/s (transactions of 1,000, 3 in flight)`);
+    out.push(`  Database: ${fmt(s.database.resources)} resources, ${fmt(s.database.bytes / 2 ** 20, 0)} MiB = ${fmt(s.database.bytesPerMillionResources / 2 ** 30, 2)} GiB per million resources (VACUUM ANALYZE ${fmt(s.database.vacuumSeconds, 0)} s)`);
+    for (const q of s.searches) {
+      out.push(`  ${q.name.padEnd(46)} ${fmt(q.rate, 1)}/s  p50 ${fmt(q.p50, 2)} ms  p99 ${fmt(q.p99, 2)} ms  max ${fmt(q.max, 1)} ms  non-2xx ${q.non2xx}  errors ${q.errors}`);
+    }
+    out.push(`  e.g. ${s.searches[0]?.example ?? ''}`);
+  }
   out.push('');
   out.push('Targets');
   for (const target of report.targets) {
@@ -746,6 +765,23 @@ function evaluateTargets(report: Report): TargetResult[] {
       actual: `p99 ${fmt(pgRead.latencyMs.p99, 2)} ms at ${fmt(pgRead.achievedRate, 1)} req/s`,
       pass: pgRead.latencyMs.p99 <= TARGET_READ_P99_MS && rateReached,
     });
+  }
+  if (report.search) {
+    const s = report.search;
+    targets.push({
+      name: 'Synthea transaction ingest on PostgreSQL (warm)',
+      target: `≥ ${fmt(TARGET_INGEST_RPS)} resources/s`,
+      actual: `${fmt(s.synthea.resourcesPerSecond)} resources/s`,
+      pass: s.synthea.resourcesPerSecond >= TARGET_INGEST_RPS,
+    });
+    for (const q of s.searches) {
+      targets.push({
+        name: `search ${q.name} with ${fmt(s.load.observations)} Observations`,
+        target: `p99 ≤ ${TARGET_SEARCH_P99_MS} ms at 50/s, no failures`,
+        actual: `p99 ${fmt(q.p99, 2)} ms at ${fmt(q.rate, 1)}/s, ${q.non2xx + q.errors} failed`,
+        pass: q.p99 <= TARGET_SEARCH_P99_MS && q.rate >= 49 && q.non2xx + q.errors === 0,
+      });
+    }
   }
   const pgScenarios = report.scenarios.filter((s) => s.engine === 'postgresql');
   if (pgScenarios.length > 0) {
@@ -877,6 +913,7 @@ async function main(): Promise<number> {
         requests: () => readRequests(ids),
       }),
     );
+    if (OBSERVATIONS > 0) report.search = await runSearchPhase(pgServer.url, databaseUrl.toString(), OBSERVATIONS, log);
     log('stopping server (SIGTERM)');
     await pgServer.stop();
 

@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import type { Config } from './config.js';
 import { createApp, type AppOptions } from './http/app.js';
 import { openDatabase, type Database } from './store/database.js';
-import { migrate } from './store/migrations.js';
+import { migrate, SEARCH_INDEX_MIGRATION } from './store/migrations.js';
 import { Repository } from './store/repository.js';
 import { ResourceValidator } from './validation/validator.js';
 import type { FhirContext } from './interactions/index.js';
@@ -35,14 +35,19 @@ export function fhirContext(db: Database, baseUrl: string, validator = new Resou
 
 export async function startServer(config: Readonly<Config>, logger: Logger, extra: Partial<AppOptions> = {}): Promise<RunningServer> {
   const db = await openDatabase({ ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}), dataDir: config.dataDir, poolSize: config.dbPoolSize });
+  const ctx = fhirContext(db, config.baseUrl);
   try {
     const applied = await migrate(db.pool);
+    if (applied.includes(SEARCH_INDEX_MIGRATION)) {
+      // Resources stored before the search index existed are indexed once, before serving.
+      const indexed = await ctx.repo.reindex();
+      if (indexed > 0) logger.info({ indexed }, 'search index built for existing resources');
+    }
     logger.info({ engine: db.engine, applied }, 'database ready');
   } catch (error) {
     await db.close();
     throw error;
   }
-  const ctx = fhirContext(db, config.baseUrl);
   let accepting = true;
   const app = createApp({ ctx, logger, maxBodyBytes: config.maxBodyBytes, isAccepting: () => accepting, ...extra });
   const server = createServer(app);

@@ -86,6 +86,7 @@ function toFhirRequest(req: Request): FhirRequest {
     ...(ifMatch !== undefined ? { ifMatch: parseIfMatch(ifMatch) } : {}),
     ...(ifNoneExist !== undefined ? { ifNoneExist } : {}),
     ...(handling ? { handling } : {}),
+    returnPreference: returnPreference(req.get('prefer')),
     ...(form ? { form } : {}),
     ...(req.get('content-type') ? { contentType: req.get('content-type') } : {}),
     body: req.body as unknown,
@@ -118,7 +119,8 @@ function send(req: Request, res: Response, result: FhirResponse): void {
   }
   if (result.location) res.set('Location', result.location);
   res.status(result.status);
-  const isWrite = req.method === 'POST' || req.method === 'PUT' || req.method === 'PATCH';
+  // A Bundle (POST to the base) is answered with its response Bundle; it applies Prefer to its entries.
+  const isWrite = (req.method === 'POST' || req.method === 'PUT' || req.method === 'PATCH') && req.path !== '/' && !req.path.endsWith('/_search');
   const preference = isWrite ? returnPreference(req.get('prefer')) : 'representation';
   if (result.status === 204 || preference === 'minimal') {
     res.end();

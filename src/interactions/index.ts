@@ -3,6 +3,7 @@
  * (literal path segments before parameters). The HTTP adapter routes exactly these, and the
  * CapabilityStatement is generated from them.
  */
+import { bundleInteraction } from './bundle.js';
 import { capabilityStatement } from './capabilities.js';
 import { create } from './create.js';
 import { conditionalDelete, conditionalUpdate } from './conditional.js';
@@ -15,7 +16,7 @@ import type { Interaction } from './types.js';
 import { update } from './update.js';
 import { vread } from './vread.js';
 
-const RESOURCE_INTERACTIONS: readonly Interaction[] = [historySystem, historyType, searchPost, vread, historyInstance, read, update, patch, deleteInteraction, create, search, conditionalUpdate, conditionalDelete];
+const RESOURCE_INTERACTIONS: readonly Interaction[] = [historySystem, historyType, searchPost, vread, historyInstance, read, update, patch, deleteInteraction, create, search, conditionalUpdate, conditionalDelete, bundleInteraction];
 
 const metadata: Interaction = {
   code: 'capabilities',

@@ -24,6 +24,8 @@ export interface FhirRequest {
   ifMatch?: string;
   /** Search criteria of If-None-Exist. */
   ifNoneExist?: string;
+  /** Prefer: return=… (writes). */
+  returnPreference?: 'minimal' | 'representation' | 'OperationOutcome';
   /** Prefer: handling=strict|lenient (search). */
   handling?: 'strict' | 'lenient';
   /** Content-Type of the body (media type only). */

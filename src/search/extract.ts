@@ -114,7 +114,8 @@ export class IndexBuilder {
     if (typeof data === 'boolean' || typeof data === 'number') return this.token(param, grp, null, String(data), null);
     if (typeof data === 'string') return this.token(param, grp, null, data, null);
     if (!isObject(data)) return;
-    const kind = type ?? (Array.isArray(data.coding) ? 'CodeableConcept' : 'value' in data ? 'Identifier' : 'Coding');
+    // fhirpath gives the type; the direct path walk does not, so it is told by the shape.
+    const kind = type ?? (Array.isArray(data.coding) || ('text' in data && !('code' in data) && !('value' in data)) ? 'CodeableConcept' : 'value' in data ? 'Identifier' : 'Coding');
     switch (kind) {
       case 'CodeableConcept': {
         const codings = Array.isArray(data.coding) ? data.coding.filter(isObject) : [];
@@ -212,10 +213,12 @@ function indexParam(builder: IndexBuilder, def: SearchParamDef, resource: object
   for (const base of def.compositeBases ?? []) {
     for (const value of base.evaluate(resource)) {
       if (typeof value.data !== 'object' || value.data === null) continue;
-      base.components.forEach((component, k) => {
+      // A group matches only with a value for every component; without one it is not indexed.
+      const values = base.components.map((component) => component(value.data as object));
+      if (values.some((v) => v.length === 0)) continue;
+      values.forEach((list, k) => {
         const param = def.components?.[k]?.param;
-        if (!param) return;
-        for (const v of component(value.data as object)) builder.add(`${def.code}#${k}`, param.type, grp, v);
+        if (param) for (const v of list) builder.add(`${def.code}#${k}`, param.type, grp, v);
       });
       grp++;
     }

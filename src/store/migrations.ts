@@ -8,6 +8,9 @@ import { INDEX_MIGRATION } from './search-index.js';
 
 const MIGRATION_LOCK = 7_310_001;
 
+/** The migration that adds the search index; resources stored before it need reindexing. */
+export const SEARCH_INDEX_MIGRATION = 2;
+
 export const MIGRATIONS: readonly { version: number; name: string; sql: string }[] = [
   {
     version: 1,

@@ -8,7 +8,7 @@
  * a client (a transaction) holds the connection until released, and other queries wait.
  */
 import type { PGlite } from '@electric-sql/pglite';
-import type { SqlClient, SqlPool, SqlResult } from './sql.js';
+import type { SqlClient, SqlPool, SqlResult, SqlStatement } from './sql.js';
 
 export class PGlitePool implements SqlPool {
   private tail: Promise<void> = Promise.resolve();
@@ -25,7 +25,10 @@ export class PGlitePool implements SqlPool {
     return ready;
   }
 
-  private async run<R>(text: string, values?: unknown[]): Promise<SqlResult<R>> {
+  private async run<R>(textOrStatement: string | SqlStatement, maybeValues?: unknown[]): Promise<SqlResult<R>> {
+    // PGlite has a single connection and no statement names; a named statement runs as any other.
+    const text = typeof textOrStatement === 'string' ? textOrStatement : textOrStatement.text;
+    const values = typeof textOrStatement === 'string' ? maybeValues : textOrStatement.values;
     if (this.ended) throw Object.assign(new Error('Connection terminated: the embedded database is closed'), { code: '57P01' });
     if (values === undefined || values.length === 0) {
       // Several statements in one text (migrations) need the simple protocol.
@@ -37,7 +40,9 @@ export class PGlitePool implements SqlPool {
     return { rows: result.rows, rowCount: result.affectedRows ?? result.rows.length };
   }
 
-  async query<R = Record<string, unknown>>(text: string, values?: unknown[]): Promise<SqlResult<R>> {
+  query<R = Record<string, unknown>>(text: string, values?: unknown[]): Promise<SqlResult<R>>;
+  query<R = Record<string, unknown>>(statement: SqlStatement): Promise<SqlResult<R>>;
+  async query<R = Record<string, unknown>>(text: string | SqlStatement, values?: unknown[]): Promise<SqlResult<R>> {
     const release = await this.acquire();
     try {
       return await this.run<R>(text, values);
@@ -50,7 +55,7 @@ export class PGlitePool implements SqlPool {
     const release = await this.acquire();
     let released = false;
     return {
-      query: <R = Record<string, unknown>>(text: string, values?: unknown[]) => this.run<R>(text, values),
+      query: <R = Record<string, unknown>>(text: string | SqlStatement, values?: unknown[]) => this.run<R>(text, values),
       release: () => {
         if (released) return;
         released = true;

@@ -11,7 +11,7 @@ import { inTransaction } from './database.js';
 import { classifyDatabaseError, isConflict } from './db-errors.js';
 import { extractIndex } from '../search/extract.js';
 import type { SearchQuery } from '../search/query.js';
-import { indexCtes, indexValues } from './search-index.js';
+import { indexCtes, indexCtesMany, indexValues, indexValuesMany } from './search-index.js';
 import { countSql, estimateSql, pageSql, whereSql, Params } from './search-sql.js';
 
 
@@ -112,7 +112,7 @@ export class Repository {
   async create(resource: JsonResource, condition?: Condition, id: string = randomUUID()): Promise<{ created: boolean; version: StoredVersion }> {
     if (condition === undefined && !this.client) {
       const version = this.stamp(resource, id, 1, 'POST');
-      await this.run(() => this.pool.query(INSERT_FIRST_VERSION, version.values));
+      await this.run(() => this.pool.query({ name: 'insert-first-version', text: INSERT_FIRST_VERSION, values: version.values }));
       return { created: true, version: version.stored };
     }
     return this.write(async (client) => {
@@ -126,9 +126,30 @@ export class Repository {
         if (existing) return { created: false, version: existing };
       }
       const version = this.stamp(resource, id, 1, 'POST');
-      await client.query(INSERT_FIRST_VERSION, version.values);
+      await client.query({ name: 'insert-first-version', text: INSERT_FIRST_VERSION, values: version.values });
       return { created: true, version: version.stored };
     });
+  }
+
+  /**
+   * Creates many new resources (ids chosen by the caller, not yet in use) with one statement per
+   * 500: history, index and current rows together. For transaction Bundles.
+   */
+  async createMany(items: { resource: JsonResource; id: string }[]): Promise<StoredVersion[]> {
+    const out: StoredVersion[] = [];
+    for (let i = 0; i < items.length; i += CREATE_BATCH) {
+      const chunk = items.slice(i, i + CREATE_BATCH).map(({ resource, id }) => stamp(resource, id, 1, 'POST'));
+      const values = [
+        chunk.map((c) => c.stored.resourceType),
+        chunk.map((c) => c.stored.id),
+        chunk.map((c) => c.stored.lastUpdated),
+        chunk.map((c) => c.stored.json),
+        ...indexValuesMany(chunk.map((c) => ({ resourceType: c.stored.resourceType, id: c.stored.id, rows: extractIndex(c.content, this.fhirBase) }))),
+      ];
+      await this.write((client) => client.query({ name: 'insert-many', text: INSERT_MANY, values }));
+      out.push(...chunk.map((c) => c.stored));
+    }
+    return out;
   }
 
   /** Current versions matching a search, at most `limit` (for conditional interactions). */
@@ -303,7 +324,11 @@ export class Repository {
       checkIfMatch(resource.resourceType, id, current, ifMatch);
       const next = (current?.version_id ?? 0) + 1;
       const version = this.stamp(resource, id, next, 'PUT');
-      await client.query(current ? UPSERT_NEXT_VERSION : INSERT_FIRST_VERSION, version.values);
+      await client.query(
+        current
+          ? { name: 'upsert-next-version', text: UPSERT_NEXT_VERSION, values: version.values }
+          : { name: 'insert-first-version', text: INSERT_FIRST_VERSION, values: version.values },
+      );
       return { created: !current || current.deleted, version: version.stored };
     });
   }
@@ -323,9 +348,37 @@ export class Repository {
         deleted: true,
         method: 'DELETE',
       };
-      await client.query(UPSERT_NEXT_VERSION, [...insertValues(version), ...indexValues(undefined)]);
+      await client.query({ name: 'upsert-next-version', text: UPSERT_NEXT_VERSION, values: [...insertValues(version), ...indexValues(undefined)] });
       return version;
     });
+  }
+
+  /**
+   * Rebuilds the search index of every current resource, in batches (after a migration that
+   * adds index tables, or when the search parameters change). Returns the number indexed.
+   */
+  async reindex(batchSize = 500): Promise<number> {
+    let after = { type: '', id: '' };
+    let total = 0;
+    for (;;) {
+      const batch = await this.run(() =>
+        this.pool.query<{ resource_type: string; id: string; json: string }>(
+          `SELECT resource_type, id, content::text AS json FROM resource
+           WHERE NOT deleted AND (resource_type, id) > ($1, $2) ORDER BY resource_type, id LIMIT $3`,
+          [after.type, after.id, batchSize],
+        ),
+      );
+      if (batch.rows.length === 0) return total;
+      await this.write(async (client) => {
+        for (const row of batch.rows) {
+          const rows = extractIndex(JSON.parse(row.json) as JsonResource, this.fhirBase);
+          await client.query(REINDEX, [row.resource_type, row.id, ...indexValues(rows)]);
+        }
+      });
+      total += batch.rows.length;
+      const last = batch.rows[batch.rows.length - 1] as { resource_type: string; id: string };
+      after = { type: last.resource_type, id: last.id };
+    }
   }
 
   /** History at system, type or instance level, newest first, in pages. */
@@ -405,6 +458,22 @@ const INSERT_FIRST_VERSION = `
   ${indexCtes(8, false).sql}
   INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content)
   VALUES ($1, $2, $3, $4, $5, $7::jsonb)`;
+
+const CREATE_BATCH = 500;
+
+const INSERT_MANY = `
+  WITH v AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::jsonb[]) AS v(resource_type, id, last_updated, content)
+  ),
+  h AS (
+    INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, method, content)
+    SELECT resource_type, id, 1, last_updated, false, 'POST', content FROM v
+  ),
+  ${indexCtesMany(5).sql}
+  INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content)
+  SELECT resource_type, id, 1, last_updated, false, content FROM v`;
+
+const REINDEX = `WITH ${indexCtes(3, true).sql} SELECT 1`;
 
 const UPSERT_NEXT_VERSION = `
   WITH h AS (

@@ -40,6 +40,41 @@ export function indexCtes(first: number, replace: boolean): { sql: string; count
   return { sql: ctes.join(',\n'), count: n - first };
 }
 
+/**
+ * CTEs that insert the index rows of many new resources, with array parameters (resource type
+ * and id first, then the columns) from $`first` on.
+ */
+export function indexCtesMany(first: number): { sql: string; count: number } {
+  const ctes: string[] = [];
+  let n = first;
+  for (const table of TABLES) {
+    const cols = [['resource_type', 'text'], ['id', 'text'], ...INDEX_COLUMNS[table]] as const;
+    const arrays = cols.map(([, type]) => `$${n++}::${type}[]`).join(', ');
+    ctes.push(`ins_${table} AS (INSERT INTO sp_${table} (${cols.map(([c]) => c).join(', ')}) SELECT u.* FROM unnest(${arrays}) AS u)`);
+  }
+  return { sql: ctes.join(',\n'), count: n - first };
+}
+
+/** The array parameters for indexCtesMany: the rows of every resource, each with its type and id. */
+export function indexValuesMany(resources: { resourceType: string; id: string; rows: IndexRows }[]): unknown[] {
+  const values: unknown[] = [];
+  for (const table of TABLES) {
+    const types: string[] = [];
+    const ids: string[] = [];
+    const columns: unknown[][] = INDEX_COLUMNS[table].map(() => []);
+    for (const r of resources) {
+      const list = r.rows[table] as unknown as Record<string, unknown>[];
+      for (const row of list) {
+        types.push(r.resourceType);
+        ids.push(r.id);
+        INDEX_COLUMNS[table].forEach(([column], i) => (columns[i] as unknown[]).push(row[PROPERTY[column] ?? column] ?? null));
+      }
+    }
+    values.push(types, ids, ...columns);
+  }
+  return values;
+}
+
 /** The array parameters for indexCtes, in the same order. */
 export function indexValues(rows: IndexRows | undefined): unknown[] {
   const values: unknown[] = [];

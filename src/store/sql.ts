@@ -7,8 +7,16 @@ export interface SqlResult<R> {
   rowCount: number | null;
 }
 
+/** A statement with a name is prepared once per connection (PostgreSQL plans it once). */
+export interface SqlStatement {
+  name: string;
+  text: string;
+  values: unknown[];
+}
+
 export interface SqlQueryable {
   query<R = Record<string, unknown>>(text: string, values?: unknown[]): Promise<SqlResult<R>>;
+  query<R = Record<string, unknown>>(statement: SqlStatement): Promise<SqlResult<R>>;
 }
 
 export interface SqlClient extends SqlQueryable {

@@ -1,0 +1,38 @@
+/** A database created before the search index (migration 1 only) gets its resources indexed at start. */
+import assert from 'node:assert/strict';
+import { openDatabase } from '../src/store/database.js';
+import { MIGRATIONS, migrate, SEARCH_INDEX_MIGRATION } from '../src/store/migrations.js';
+import { Repository } from '../src/store/repository.js';
+import { parseSearch } from '../src/search/parse.js';
+
+describe('migrations', function () {
+  this.timeout(60_000);
+
+  it('migration 2 adds the search index and reindex() indexes what was stored before it', async () => {
+    // Its own embedded database in memory, in both CI passes.
+    const db = await openDatabase({ dataDir: 'memory://' });
+    try {
+      const first = MIGRATIONS[0] as { version: number; name: string; sql: string };
+      await db.pool.query('CREATE TABLE schema_migration (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())');
+      await db.pool.query(first.sql);
+      await db.pool.query('INSERT INTO schema_migration (version, name) VALUES ($1, $2)', [first.version, first.name]);
+      const patient = { resourceType: 'Patient', id: 'old-1', meta: { versionId: '1', lastUpdated: '2025-01-01T00:00:00.000Z' }, name: [{ family: 'Before' }] };
+      await db.pool.query(
+        `INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content) VALUES ('Patient', 'old-1', 1, '2025-01-01T00:00:00Z', false, $1::jsonb)`,
+        [JSON.stringify(patient)],
+      );
+      const applied = await migrate(db.pool);
+      assert.deepEqual(applied, MIGRATIONS.slice(1).map((m) => m.version));
+      assert.ok(applied.includes(SEARCH_INDEX_MIGRATION));
+      const repo = new Repository(db.pool, 'http://fhir.test/fhir');
+      const query = parseSearch('Patient', { family: ['before'] }, { fhirBase: 'http://fhir.test/fhir', lenient: false }).query;
+      assert.deepEqual((await repo.search(query)).rows, [], 'not searchable before reindexing');
+      assert.equal(await repo.reindex(), 1);
+      assert.deepEqual((await repo.search(query)).rows.map((r) => r.id), ['old-1']);
+      assert.equal(await repo.reindex(), 1, 'reindexing again replaces the rows rather than adding to them');
+      assert.equal(await repo.count(query), 1);
+    } finally {
+      await db.close();
+    }
+  });
+});
