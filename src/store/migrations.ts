@@ -52,6 +52,20 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
       ${INDEX_MIGRATION}
     `,
   },
+  {
+    version: 3,
+    name: 'search: index-only paths for paging and quantity ranges',
+    sql: `
+      -- The ids of live resources, in id order, without reading their (large) rows: the default
+      -- search order and the semi-joins of every search read this instead of the table.
+      CREATE INDEX resource_live ON resource (resource_type, id) WHERE NOT deleted;
+      -- value-quantity=gt…/lt… without a unit, and index-only checks of one resource's quantities.
+      CREATE INDEX sp_quantity_hi ON sp_quantity (resource_type, param, hi);
+      CREATE INDEX sp_quantity_lo ON sp_quantity (resource_type, param, lo);
+      CREATE INDEX sp_quantity_probe ON sp_quantity (resource_type, id, param) INCLUDE (lo, hi, system, code);
+      DROP INDEX sp_quantity_resource;
+    `,
+  },
 ];
 
 export async function migrate(pool: SqlPool): Promise<number[]> {

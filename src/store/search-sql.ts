@@ -284,11 +284,18 @@ export function pageSql(query: SearchQuery, limit: number): PageSql {
     return `${ref} ${desc ? 'DESC' : 'ASC'} NULLS ${reversed ? 'FIRST' : 'LAST'}`;
   };
   const select = columns.map((c, i) => `${c.expression} AS k${i}`).join(', ');
-  const inner = `SELECT r.id, r.content${select ? `, ${select}` : ''} FROM resource r WHERE ${where}`;
+  const inner = `SELECT r.id${select ? `, ${select}` : ''} FROM resource r WHERE ${where}`;
   const keyset = query.cursor ? `WHERE ${keysetSql(columns, query.cursor, p)}` : '';
   const orderBy = [...columns.map((c, i) => order(c, `q.k${i}`)), order({ descending: false }, 'q.id')].join(', ');
   const sortText = columns.map((_, i) => `, q.k${i}::text AS s${i}`).join('');
-  const text = `SELECT q.id, q.content::text AS json${sortText} FROM (${inner}) q ${keyset} ORDER BY ${orderBy} LIMIT ${p.add(limit)}`;
+  // The page's ids (and sort values) first, from the indexes alone; the resources' content is read
+  // for those rows only, never for the candidates the ORDER BY … LIMIT leaves out.
+  const outerOrder = orderBy.replace(/q\./g, 'page.');
+  const pageCols = ['q.id', ...columns.map((_, i) => `q.k${i}`)].join(', ');
+  const sortOut = columns.map((_, i) => `, page.s${i}`).join('');
+  const text =
+    `WITH page AS MATERIALIZED (SELECT ${pageCols}${sortText} FROM (${inner}) q ${keyset} ORDER BY ${orderBy} LIMIT ${p.add(limit)}) ` +
+    `SELECT page.id, r.content::text AS json${sortOut} FROM page JOIN resource r ON r.resource_type = ${p.add(query.resourceType)} AND r.id = page.id ORDER BY ${outerOrder}`;
   return { text, values: p.values, sortColumns: columns.length, reversed };
 }
 
