@@ -35,4 +35,22 @@ describe('migrations', function () {
       await db.close();
     }
   });
+
+  it('keeps planner statistics current on PGlite (no autovacuum there): ANALYZE after every N writes', async () => {
+    const db = await openDatabase({ dataDir: 'memory://' });
+    try {
+      await migrate(db.pool);
+      const tuples = async (): Promise<number> =>
+        Number((await db.pool.query<{ n: number }>("SELECT reltuples AS n FROM pg_class WHERE relname = 'resource'")).rows[0]?.n);
+      const repo = Repository.withStatsUpkeep(db.pool, 'http://fhir.test/fhir', 5);
+      for (let i = 0; i < 4; i++) await repo.create({ resourceType: 'Basic', code: { text: String(i) } });
+      assert.ok((await tuples()) < 4, 'not analysed before the 5th write');
+      await repo.create({ resourceType: 'Basic', code: { text: '4' } });
+      assert.equal(await tuples(), 5, 'analysed after the 5th');
+      await repo.transaction((tx) => tx.createMany(Array.from({ length: 6 }, (_, i) => ({ resource: { resourceType: 'Basic', code: { text: `m${i}` } }, id: `m-${i}` }))));
+      assert.equal(await tuples(), 11, 'writes inside a transaction count too');
+    } finally {
+      await db.close();
+    }
+  });
 });

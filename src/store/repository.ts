@@ -26,6 +26,12 @@ export interface StoredVersion {
   json?: string;
 }
 
+interface StatsUpkeep {
+  analyzeEvery: number;
+  written: number;
+  running?: Promise<void>;
+}
+
 /** Search criteria of a conditional interaction, and the key that serialises writers using them. */
 export interface Condition {
   query: SearchQuery;
@@ -80,7 +86,29 @@ export class Repository {
     private readonly pool: SqlPool,
     readonly fhirBase: string,
     private readonly client?: SqlClient,
+    private readonly stats: StatsUpkeep = { analyzeEvery: 0, written: 0 },
   ) {}
+
+  /**
+   * Keeps the planner's statistics current where nothing else does: embedded PGlite has no
+   * autovacuum, and a search planned without statistics after a bulk load can take minutes.
+   * After every `analyzeEvery` versions written, ANALYZE runs once (outside any transaction).
+   */
+  static withStatsUpkeep(pool: SqlPool, fhirBase: string, analyzeEvery: number): Repository {
+    return new Repository(pool, fhirBase, undefined, { analyzeEvery, written: 0 });
+  }
+
+  private async afterWrite(): Promise<void> {
+    const s = this.stats;
+    if (this.client || s.analyzeEvery <= 0 || s.written < s.analyzeEvery || s.running) return;
+    s.written = 0;
+    s.running = this.run(() => this.pool.query('ANALYZE')).then(
+      () => undefined,
+      () => undefined,
+    );
+    await s.running;
+    delete s.running;
+  }
 
   private get db(): SqlQueryable {
     return this.client ?? this.pool;
@@ -96,7 +124,7 @@ export class Repository {
    */
   async transaction<T>(work: (tx: Repository) => Promise<T>): Promise<T> {
     if (this.client) return work(this);
-    return this.write((client) => work(new Repository(this.pool, this.fhirBase, client)));
+    return this.write((client) => work(new Repository(this.pool, this.fhirBase, client, this.stats)));
   }
 
   /**
@@ -113,6 +141,7 @@ export class Repository {
     if (condition === undefined && !this.client) {
       const version = this.stamp(resource, id, 1, 'POST');
       await this.run(() => this.pool.query({ name: 'insert-first-version', text: INSERT_FIRST_VERSION, values: version.values }));
+      await this.afterWrite();
       return { created: true, version: version.stored };
     }
     return this.write(async (client) => {
@@ -147,6 +176,7 @@ export class Repository {
         ...indexValuesMany(chunk.map((c) => ({ resourceType: c.stored.resourceType, id: c.stored.id, rows: extractIndex(c.content, this.fhirBase) }))),
       ];
       await this.write((client) => client.query({ name: 'insert-many', text: INSERT_MANY, values }));
+      this.stats.written += chunk.length;
       out.push(...chunk.map((c) => c.stored));
     }
     return out;
@@ -176,7 +206,7 @@ export class Repository {
       if (match && resource.id !== undefined && resource.id !== match.id) {
         throw fhirError('id-mismatch', `The resource's id ${resource.id} differs from the id of the match (${match.id})`, `${resource.resourceType}.id`);
       }
-      const bound = new Repository(this.pool, this.fhirBase, client);
+      const bound = new Repository(this.pool, this.fhirBase, client, this.stats);
       // No match: create, with the body's id when it has one (as an update would: that id may be deleted).
       if (!match) return resource.id !== undefined ? bound.update(resource, resource.id) : bound.create(resource, undefined, randomUUID());
       return bound.update(resource, match.id);
@@ -190,7 +220,7 @@ export class Repository {
       if (found.length > 1) throw fhirError('multiple-matches', `The conditional delete matched more than one ${condition.query.resourceType}`);
       const match = found[0];
       if (!match) return undefined;
-      return new Repository(this.pool, this.fhirBase, client).delete(match.resourceType, match.id);
+      return new Repository(this.pool, this.fhirBase, client, this.stats).delete(match.resourceType, match.id);
     });
   }
 
@@ -417,6 +447,7 @@ export class Repository {
   /** The version to store for a write, with the statement parameters (resource, then index). */
   private stamp(resource: JsonResource, id: string, versionId: number, method: 'POST' | 'PUT'): { stored: StoredVersion; values: unknown[] } {
     const { stored, content } = stamp(resource, id, versionId, method);
+    this.stats.written++;
     return { stored, values: [...insertValues(stored), ...indexValues(extractIndex(content, this.fhirBase))] };
   }
 
@@ -431,7 +462,9 @@ export class Repository {
     }
     for (let attempt = 1; ; attempt++) {
       try {
-        return await inTransaction(this.pool, work);
+        const result = await inTransaction(this.pool, work);
+        await this.afterWrite();
+        return result;
       } catch (error) {
         if (attempt < MAX_ATTEMPTS && isConflict(error)) continue;
         throw classifyDatabaseError(error);
