@@ -8,6 +8,7 @@
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import { match } from 'path-to-regexp';
 import { FhirError, fhirError, informationOutcome } from '../fhir/errors.js';
+import { queryParams } from '../interactions/conditions.js';
 import { INTERACTIONS, type FhirContext, type FhirRequest, type FhirResponse, type Interaction } from '../interactions/index.js';
 import { checkRequestType, handlingPreference, responseType, returnPreference } from './negotiation.js';
 import { requestIdOf } from './send.js';
@@ -70,10 +71,7 @@ async function run(ctx: FhirContext, interaction: Interaction, req: Request, res
 
 function toFhirRequest(req: Request): FhirRequest {
   const params = req.params as Record<string, string | undefined>;
-  // No prototype: a parameter may be called valueOf, constructor or __proto__.
-  const query = Object.create(null) as Record<string, string[]>;
-  const search = new URL(req.originalUrl, 'http://localhost').searchParams;
-  for (const [name, value] of search) (query[name] ??= []).push(value);
+  const query = queryParams(new URL(req.originalUrl, 'http://localhost').search);
   const ifMatch = req.get('if-match');
   const ifNoneExist = req.get('if-none-exist');
   const handling = handlingPreference(req.get('prefer'));

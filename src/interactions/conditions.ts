@@ -8,7 +8,7 @@ import { parseSearch } from '../search/parse.js';
 import type { Condition } from '../store/repository.js';
 import type { FhirContext } from './types.js';
 
-/** Query-string parameters as name → values, in order. */
+/** Query-string parameters as name → values, in order; no prototype, so a parameter may be called valueOf or __proto__. */
 export function queryParams(query: string): Record<string, string[]> {
   const out = Object.create(null) as Record<string, string[]>;
   for (const [name, value] of new URLSearchParams(query)) (out[name] ??= []).push(value);

@@ -6,6 +6,7 @@
  * Composite parameters index each component under `<code>#<k>` with the number of the base element
  * (`grp`) they came from, so that `code-value-quantity` matches code and value of one component.
  */
+import { parseReference } from '../fhir/reference.js';
 import { decimalOf, dateRange, normalizeString } from './values.js';
 import { ENGINE_PARAMS, searchRegistry, type PathValue, type SearchParamDef, type SearchParamType } from './definitions.js';
 
@@ -47,17 +48,15 @@ function cut(v: string): string {
   return v.length > MAX_INDEXED ? v.slice(0, MAX_INDEXED) : v;
 }
 
-/** A reference string split into local type and id, or kept as a URL. */
-export function parseReference(reference: string, fhirBase: string): { type: string; id: string } | { url: string } | undefined {
-  if (reference.startsWith('#')) return undefined;
-  let local = reference;
-  if (/^[a-z][a-z0-9+.-]*:/i.test(reference)) {
-    const base = `${fhirBase.replace(/\/$/, '')}/`;
-    if (!reference.startsWith(base)) return { url: reference };
-    local = reference.slice(base.length);
-  }
-  const m = /^([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/.exec(local);
-  return m ? { type: m[1] as string, id: m[2] as string } : { url: reference };
+/**
+ * A reference as the index keeps it: a reference to this server (relative, or absolute under its
+ * base) as type and id, any other as a URL; contained (`#id`) references are not indexed.
+ */
+export function localReference(reference: string, fhirBase: string): { type: string; id: string } | { url: string } | undefined {
+  const base = `${fhirBase.replace(/\/$/, '')}/`;
+  const shape = parseReference(reference.startsWith(base) ? reference.slice(base.length) : reference);
+  if ('kind' in shape && shape.kind === 'local') return undefined;
+  return 'kind' in shape && shape.kind === 'relative' ? { type: shape.resourceType, id: shape.id } : { url: reference };
 }
 
 export class IndexBuilder {
@@ -184,7 +183,7 @@ export class IndexBuilder {
     if (!isObject(data)) return;
     const reference = str(data.reference);
     const identifier = isObject(data.identifier) ? data.identifier : undefined;
-    const parsed = reference ? parseReference(reference, this.fhirBase) : undefined;
+    const parsed = reference ? localReference(reference, this.fhirBase) : undefined;
     const identSystem = identifier ? str(identifier.system) : null;
     const identValue = identifier ? str(identifier.value) : null;
     if (!parsed && !identValue) return;

@@ -7,7 +7,7 @@
 import { fhirError, type FhirError } from '../fhir/errors.js';
 import { isResourceType } from '../fhir/resource-types.js';
 import { searchRegistry, type SearchParamDef, type SearchParamType } from './definitions.js';
-import { parseReference } from './extract.js';
+import { localReference } from './extract.js';
 import type { Alternative, Cursor, Filter, IncludeSpec, Prefix, SearchQuery, SearchWarning, SortKey } from './query.js';
 import { dateRange, normalizeString, numberRange, type DateRange } from './values.js';
 
@@ -333,7 +333,7 @@ function parseReferenceValue(name: string, def: SearchParamDef, raw: string, opt
     if (typeModifier) return { type: 'reference', targetType: typeModifier, id: value };
     return { type: 'reference', id: value };
   }
-  const parsed = parseReference(value, options.fhirBase);
+  const parsed = localReference(value, options.fhirBase);
   if (!parsed) throw invalid(name, `${name}: '${raw}' is not a reference`);
   if ('url' in parsed) return { type: 'reference', url: parsed.url };
   if (typeModifier && parsed.type !== typeModifier) throw invalid(name, `${name}: '${raw}' is not a ${typeModifier}`);

@@ -8,6 +8,7 @@
  * correct while data changes: no row is skipped or repeated because rows before it came or went.
  */
 import type { Alternative, Cursor, Filter, SearchQuery, SortKey } from '../search/query.js';
+import { escapeLike } from '../search/values.js';
 
 type Table = 'string' | 'token' | 'date' | 'number' | 'quantity' | 'reference' | 'uri';
 
@@ -19,9 +20,6 @@ export class Params {
   }
 }
 
-function escapeLike(value: string): string {
-  return value.replace(/[\\%_]/g, (c) => `\\${c}`);
-}
 
 /** Numbers compared as numeric; bounds from the parser are exact decimal text. */
 function num(p: Params, v: string): string {
