@@ -18,7 +18,9 @@
  * Exit status: 0 when the run completed, whether or not the targets were met (missed targets are
  * printed as MISSED); 1 when the run itself failed (build, server start or stop, database, load).
  *
- * Optional environment: BENCH_PG_URL, BENCH_DURATION_S (15), BENCH_WARMUP_S (3).
+ * Optional environment: BENCH_PG_URL, BENCH_DURATION_S (15), BENCH_WARMUP_S (3),
+ * BENCH_OBSERVATIONS (see search-phase.ts), BENCH_KEEP_DB=1 (keep the PostgreSQL database, to
+ * look at its plans afterwards; drop it yourself).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -870,7 +872,8 @@ async function main(): Promise<number> {
     const dbName = `bench_${Date.now()}`;
     log(`creating database ${dbName}`);
     report.databases.postgresql = await createBenchDatabase(dbName);
-    cleanups.push({ name: `drop database ${dbName}`, run: () => dropBenchDatabase(dbName) });
+    if (process.env.BENCH_KEEP_DB === '1') log(`keeping database ${dbName} (BENCH_KEEP_DB=1)`);
+    else cleanups.push({ name: `drop database ${dbName}`, run: () => dropBenchDatabase(dbName) });
     const databaseUrl = new URL(PG_ADMIN_URL);
     databaseUrl.pathname = `/${dbName}`;
     const pgLog = join(RESULTS_DIR, `server-${stamp}-postgresql.log`);

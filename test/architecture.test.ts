@@ -16,8 +16,9 @@ const ALLOWED: Record<string, string[]> = {
   patch: ['fhir'],
   store: ['fhir', 'search'],
   interactions: ['fhir', 'search', 'patch', 'store', 'validation'],
-  http: ['fhir', 'interactions'],
-  '.': ['fhir', 'search', 'patch', 'store', 'validation', 'interactions', 'http'],
+  met: ['fhir', 'store', 'validation'],
+  http: ['fhir', 'interactions', 'met'],
+  '.': ['fhir', 'search', 'patch', 'store', 'validation', 'interactions', 'met', 'http'],
 };
 
 function files(dir: string): string[] {

@@ -8,7 +8,9 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import type { Logger } from 'pino';
 import { FhirError, fhirError, toFhirError } from '../fhir/errors.js';
 import type { FhirContext } from '../interactions/index.js';
+import { MetApi } from '../met/engine.js';
 import { fhirRoutes } from './fhir-routes.js';
+import { metRoutes } from './met-routes.js';
 import { sendOutcome } from './send.js';
 
 export interface AppOptions {
@@ -19,6 +21,8 @@ export interface AppOptions {
   isClientAllowed?: (address: string | undefined) => boolean;
   /** False while shutting down, so that /readyz turns 503 before the server stops. */
   isAccepting?: () => boolean;
+  /** The MET documentation API (made from ctx when not given). */
+  met?: MetApi;
 }
 
 export function isLoopback(address: string | undefined): boolean {
@@ -76,6 +80,14 @@ export function createApp(options: AppOptions): express.Express {
     next();
   });
   app.use('/fhir', fhirRoutes(ctx, { maxBodyBytes: options.maxBodyBytes }));
+
+  app.use('/met/v1', (req: Request, _res: Response, next: NextFunction) => {
+    if (!isClientAllowed(req.socket.remoteAddress)) {
+      throw fhirError('remote-access-closed', 'This server answers loopback clients only until authentication is configured');
+    }
+    next();
+  });
+  app.use('/met/v1', metRoutes(options.met ?? new MetApi(ctx.validator), ctx, { maxBodyBytes: options.maxBodyBytes, logger }));
 
   app.use((_req: Request, _res: Response) => {
     throw fhirError('unknown-path', 'Nothing is served at this path; the FHIR API is at /fhir');

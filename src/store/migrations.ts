@@ -66,6 +66,24 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
       DROP INDEX sp_quantity_resource;
     `,
   },
+  {
+    version: 4,
+    name: 'MET documents: what each pushed document created',
+    sql: `
+      -- The last version of every document MET software pushed (/met/v1), with the FHIR resources
+      -- it produced, by part: a resend updates those, and a part gone from it is retired.
+      CREATE TABLE source_document (
+        sender text NOT NULL,
+        doc_type text NOT NULL,
+        doc_id text NOT NULL,
+        version integer NOT NULL,
+        content jsonb NOT NULL,
+        parts jsonb NOT NULL,
+        updated_at timestamptz NOT NULL,
+        PRIMARY KEY (sender, doc_type, doc_id)
+      );
+    `,
+  },
 ];
 
 export async function migrate(pool: SqlPool): Promise<number[]> {

@@ -12,6 +12,7 @@ import { classifyDatabaseError, isConflict } from './db-errors.js';
 import { extractIndex } from '../search/extract.js';
 import type { SearchQuery } from '../search/query.js';
 import { indexCtes, indexCtesMany, indexValues, indexValuesMany } from './search-index.js';
+import { GroupCommit, type Outcome } from './group-commit.js';
 import { countSql, estimateSql, pageSql, whereSql, Params } from './search-sql.js';
 
 
@@ -26,16 +27,33 @@ export interface StoredVersion {
   json?: string;
 }
 
+/** State shared by a repository and the transaction-bound repositories made from it. */
 interface StatsUpkeep {
   analyzeEvery: number;
   written: number;
   running?: Promise<void>;
+  /** Plain creates outside a transaction, grouped under load (see group-commit.ts). */
+  creates?: GroupCommit<{ resource: JsonResource; id: string }, StoredVersion>;
 }
 
 /** Search criteria of a conditional interaction, and the key that serialises writers using them. */
 export interface Condition {
   query: SearchQuery;
   lockKey: string;
+}
+
+export interface SourceDocumentKey {
+  sender: string;
+  type: string;
+  id: string;
+}
+
+/** A document pushed through the MET API, and the resources it produced, by part. */
+export interface SourceDocument extends SourceDocumentKey {
+  version: number;
+  content: unknown;
+  parts: Record<string, { type: string; id: string }>;
+  updatedAt: string;
 }
 
 export interface SearchPage {
@@ -139,10 +157,10 @@ export class Repository {
   /** create, or conditional create when `condition` holds If-None-Exist criteria. */
   async create(resource: JsonResource, condition?: Condition, id: string = randomUUID()): Promise<{ created: boolean; version: StoredVersion }> {
     if (condition === undefined && !this.client) {
-      const version = this.stamp(resource, id, 1, 'POST');
-      await this.run(() => this.pool.query({ name: 'insert-first-version', text: INSERT_FIRST_VERSION, values: version.values }));
+      this.stats.creates ??= new GroupCommit((items) => this.insertGroup(items), GROUP_SLOTS, CREATE_BATCH);
+      const version = await this.stats.creates.submit({ resource, id });
       await this.afterWrite();
-      return { created: true, version: version.stored };
+      return { created: true, version };
     }
     return this.write(async (client) => {
       if (condition) {
@@ -168,18 +186,42 @@ export class Repository {
     const out: StoredVersion[] = [];
     for (let i = 0; i < items.length; i += CREATE_BATCH) {
       const chunk = items.slice(i, i + CREATE_BATCH).map(({ resource, id }) => stamp(resource, id, 1, 'POST'));
-      const values = [
-        chunk.map((c) => c.stored.resourceType),
-        chunk.map((c) => c.stored.id),
-        chunk.map((c) => c.stored.lastUpdated),
-        chunk.map((c) => c.stored.json),
-        ...indexValuesMany(chunk.map((c) => ({ resourceType: c.stored.resourceType, id: c.stored.id, rows: extractIndex(c.content, this.fhirBase) }))),
-      ];
+      const values = manyValues(chunk, this.fhirBase);
       await this.write((client) => client.query({ name: 'insert-many', text: INSERT_MANY, values }));
       this.stats.written += chunk.length;
       out.push(...chunk.map((c) => c.stored));
     }
     return out;
+  }
+
+  /**
+   * Writes a group of plain creates in one autocommit statement (atomic by itself). Should that
+   * statement fail, each create is tried alone, so that one bad write fails only its own request.
+   */
+  private async insertGroup(items: { resource: JsonResource; id: string }[]): Promise<Outcome<StoredVersion>[]> {
+    const one = async ({ resource, id }: { resource: JsonResource; id: string }): Promise<StoredVersion> => {
+      const version = this.stamp(resource, id, 1, 'POST');
+      await this.run(() => this.pool.query({ name: 'insert-first-version', text: INSERT_FIRST_VERSION, values: version.values }));
+      return version.stored;
+    };
+    const settle = (items: { resource: JsonResource; id: string }[]) =>
+      Promise.all(items.map((item) => one(item).then((value): Outcome<StoredVersion> => ({ ok: true, value }), (error: unknown): Outcome<StoredVersion> => ({ ok: false, error }))));
+    if (items.length === 1) return settle(items);
+    let chunk: ReturnType<typeof stamp>[];
+    let values: unknown[];
+    try {
+      chunk = items.map(({ resource, id }) => stamp(resource, id, 1, 'POST'));
+      values = manyValues(chunk, this.fhirBase);
+    } catch {
+      return settle(items);
+    }
+    try {
+      await this.pool.query({ name: 'insert-many', text: INSERT_MANY, values });
+    } catch {
+      return settle(items);
+    }
+    this.stats.written += chunk.length;
+    return chunk.map((c) => ({ ok: true, value: c.stored }));
   }
 
   /** Current versions matching a search, at most `limit` (for conditional interactions). */
@@ -300,6 +342,38 @@ export class Repository {
       ),
     );
     return result.rows.map((r) => r.id);
+  }
+
+  /**
+   * Inside transaction(): serialises the writers of one key (a pushed document, say) until
+   * commit.
+   */
+  async lockKey(key: string): Promise<void> {
+    if (!this.client) throw new Error('lockKey needs a transaction');
+    await this.run(() => lock(this.client as SqlClient, key));
+  }
+
+  /** The last pushed version of a source document (MET API), if any. */
+  async readSourceDocument(key: SourceDocumentKey): Promise<SourceDocument | undefined> {
+    const result = await this.run(() =>
+      this.db.query<{ version: number; content: unknown; parts: Record<string, { type: string; id: string }>; updated_at: Date }>(
+        'SELECT version, content, parts, updated_at FROM source_document WHERE sender = $1 AND doc_type = $2 AND doc_id = $3',
+        [key.sender, key.type, key.id],
+      ),
+    );
+    const row = result.rows[0];
+    return row ? { ...key, version: row.version, content: row.content, parts: row.parts, updatedAt: row.updated_at.toISOString() } : undefined;
+  }
+
+  /** Records a source document's new version (inside the transaction that wrote its resources). */
+  async writeSourceDocument(doc: SourceDocument): Promise<void> {
+    await this.write((client) =>
+      client.query(
+        `INSERT INTO source_document (sender, doc_type, doc_id, version, content, parts, updated_at) VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7)
+         ON CONFLICT (sender, doc_type, doc_id) DO UPDATE SET version = EXCLUDED.version, content = EXCLUDED.content, parts = EXCLUDED.parts, updated_at = EXCLUDED.updated_at`,
+        [doc.sender, doc.type, doc.id, doc.version, JSON.stringify(doc.content), JSON.stringify(doc.parts), doc.updatedAt],
+      ),
+    );
   }
 
   /** Current, not deleted, versions of the given resources (those that exist). */
@@ -494,6 +568,9 @@ const INSERT_FIRST_VERSION = `
 
 const CREATE_BATCH = 500;
 
+/** Groups of plain creates in flight at once; more creates wait and go together in the next group. */
+const GROUP_SLOTS = Number(process.env.GROUP_SLOTS ?? 1);
+
 const INSERT_MANY = `
   WITH v AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::jsonb[]) AS v(resource_type, id, last_updated, content)
@@ -516,6 +593,17 @@ const UPSERT_NEXT_VERSION = `
   ${indexCtes(8, true).sql}
   UPDATE resource SET version_id = $3, last_updated = $4, deleted = $5, content = $7::jsonb
   WHERE resource_type = $1 AND id = $2`;
+
+/** Parameters of INSERT_MANY for stamped new resources. */
+function manyValues(chunk: ReturnType<typeof stamp>[], fhirBase: string): unknown[] {
+  return [
+    chunk.map((c) => c.stored.resourceType),
+    chunk.map((c) => c.stored.id),
+    chunk.map((c) => c.stored.lastUpdated),
+    chunk.map((c) => c.stored.json),
+    ...indexValuesMany(chunk.map((c) => ({ resourceType: c.stored.resourceType, id: c.stored.id, rows: extractIndex(c.content, fhirBase) }))),
+  ];
+}
 
 function insertValues(v: StoredVersion): unknown[] {
   return [v.resourceType, v.id, Number(v.versionId), v.lastUpdated, v.deleted, v.method, v.json ?? null];
