@@ -16,7 +16,7 @@ import type { JsonResource } from '../fhir/resource.js';
 import type { Repository, SourceDocument } from '../store/repository.js';
 import type { ResourceValidator } from '../validation/validator.js';
 import { Catalog, type Measure } from './catalog.js';
-import { DocumentSchemas, type DocumentProblem } from './schemas.js';
+import { DocumentSchemas, pointerToken, type DocumentProblem } from './schemas.js';
 
 export const MAPPING_DIR = new URL('../../mappings/v1/', import.meta.url);
 
@@ -365,7 +365,7 @@ function walk(value: unknown, pointer: string, visit: (value: unknown, pointer: 
   visit(value, pointer);
   if (Array.isArray(value)) value.forEach((v, i) => walk(v, `${pointer}/${i}`, visit));
   else if (typeof value === 'object' && value !== null) {
-    for (const [k, v] of Object.entries(value)) walk(v, `${pointer}/${k.replace(/~/g, '~0').replace(/\//g, '~1')}`, visit);
+    for (const [k, v] of Object.entries(value)) walk(v, `${pointer}/${pointerToken(k)}`, visit);
   }
 }
 

@@ -57,9 +57,9 @@ function problemOf(e: ErrorObject): DocumentProblem {
   const p = e.params as Record<string, unknown>;
   switch (e.keyword) {
     case 'required':
-      return { pointer: `${at}/${escape(String(p.missingProperty))}`, code: 'required', detail: `'${String(p.missingProperty)}' is required` };
+      return { pointer: `${at}/${pointerToken(String(p.missingProperty))}`, code: 'required', detail: `'${String(p.missingProperty)}' is required` };
     case 'additionalProperties':
-      return { pointer: `${at}/${escape(String(p.additionalProperty))}`, code: 'unknown-property', detail: `'${String(p.additionalProperty)}' is not a property of this document (check its spelling)` };
+      return { pointer: `${at}/${pointerToken(String(p.additionalProperty))}`, code: 'unknown-property', detail: `'${String(p.additionalProperty)}' is not a property of this document (check its spelling)` };
     case 'enum':
       return { pointer: at, code: 'not-allowed', detail: `must be one of: ${(p.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}` };
     case 'const':
@@ -75,7 +75,8 @@ function problemOf(e: ErrorObject): DocumentProblem {
   }
 }
 
-function escape(name: string): string {
+/** One reference token of a JSON Pointer (RFC 6901): `~` and `/` escaped. */
+export function pointerToken(name: string): string {
   return name.replace(/~/g, '~0').replace(/\//g, '~1');
 }
 
