@@ -25,6 +25,51 @@ interface DocumentType {
   collection: string;
   notInFuture: string[];
   aboutClient: boolean;
+  /** JSON Pointer of the date or instant its measurements were taken. */
+  date?: string;
+  /** Its lists of measurements: where (JSON Pointer), their parts' prefix, their default context. */
+  measurements?: { list: string; part: string; context?: string; contextFrom?: string }[];
+}
+
+type MetDocument = { id: string; clientId?: string } & Record<string, unknown>;
+
+const XML_ESCAPES: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' };
+
+/** The qualifiers a goal's target may name; a result counts for the goal only when they agree. */
+const GOAL_QUALIFIERS = ['side', 'position', 'joint', 'motion', 'device'] as const;
+
+interface GoalTarget {
+  measure: string;
+  component?: string;
+  value?: number;
+  low?: number;
+  high?: number;
+  unit: string;
+  due: string;
+  side?: string;
+  position?: string;
+  joint?: string;
+  motion?: string;
+  device?: string;
+}
+
+/** One measurement of a client, as goal progress reads it. */
+interface GoalResult {
+  measurement: Measurement;
+  part: string;
+  context?: string;
+  pointer: string;
+  date: string;
+  time: number;
+  observation: string;
+  doc: string;
+}
+
+export interface GoalProgress {
+  /** A code of http://terminology.hl7.org/CodeSystem/goal-achievement. */
+  status: 'in-progress' | 'improving' | 'worsening' | 'no-change' | 'achieved';
+  /** The latest result on the target, in the measure's canonical unit. */
+  latest?: { observation: string; value: number; date: string };
 }
 
 interface Registry {
@@ -70,7 +115,11 @@ export interface Sender {
   software: string;
 }
 
-type Mapped = { part: string; resource: JsonResource };
+/**
+ * One resource a mapping produced. A shared part (a diagnosis) belongs to the client, not to the
+ * document: its id comes from the client and the part, and a resend without it does not retire it.
+ */
+type Mapped = { part: string; resource: JsonResource & { id: string }; shared?: boolean };
 
 export class MetApi {
   readonly registry: Registry;
@@ -88,6 +137,8 @@ export class MetApi {
       this.types.set(t.collection, t);
       this.mappings.set(t.type, jsonata(readFileSync(new URL(`${t.type}.jsonata`, dir), 'utf8')));
     }
+    this.mappings.set('measurement', jsonata(readFileSync(new URL('measurement.jsonata', dir), 'utf8')));
+    this.mappings.set('condition', jsonata(readFileSync(new URL('condition.jsonata', dir), 'utf8')));
   }
 
   /** The document type pushed to a collection (`assessments`), if there is one. */
@@ -103,48 +154,64 @@ export class MetApi {
   async push(repo: Repository, type: DocumentType, body: unknown, sender: Sender, now = new Date()): Promise<PushResult> {
     const schemaProblems = this.schemas.problems(type.type, body);
     if (schemaProblems.length > 0) throw new DocumentError(422, 'The document does not match its schema', schemaProblems);
-    const doc = body as { id: string; clientId?: string } & Record<string, unknown>;
-    const problems = [...this.measurementProblems(doc), ...futureProblems(doc, type.notInFuture, now)];
+    const doc = body as MetDocument;
+    const problems = [...this.measurementProblems(type, doc), ...futureProblems(doc, type.notInFuture, now)];
     if (problems.length > 0) throw new DocumentError(422, 'The document has values that cannot be right', problems);
-
     const ids = new PartIds(sender.id);
-    const mapped = await this.map(type.type, doc, ids);
-    for (const m of mapped) {
-      const resourceProblems = this.validator.problems(m.resource);
-      // A mapping that produces an invalid resource is our defect, not the sender's.
-      if (resourceProblems.length > 0) {
-        throw new Error(`mapping ${type.type} produced an invalid ${m.resource.resourceType} (${m.part}): ${resourceProblems.map((p) => p.message).join('; ')}`);
-      }
-    }
 
     return repo.transaction(async (tx) => {
       const key = { sender: sender.id, type: type.type, id: doc.id };
+      // The document's lock, then its client's: goal progress reads all of a client's documents.
       await tx.lockKey(`met:${sender.id}:${type.type}:${doc.id}`);
-      if (type.aboutClient && doc.clientId !== undefined) {
-        const patient = await tx.readMany([{ type: 'Patient', id: ids.of('client', doc.clientId, 'patient') }]);
+      const clientId = type.aboutClient ? doc.clientId : undefined;
+      if (clientId !== undefined) {
+        await tx.lockKey(`met:${sender.id}:client:${clientId}`);
+        const patient = await tx.readMany([{ type: 'Patient', id: ids.of('client', clientId, 'patient') }]);
         if (patient.length === 0) {
           throw new DocumentError(422, 'The document is about an unknown client', [
-            { pointer: '/clientId', code: 'unknown-client', detail: `no client '${doc.clientId}' has been pushed; push the client document first` },
+            { pointer: '/clientId', code: 'unknown-client', detail: `no client '${clientId}' has been pushed; push the client document first` },
           ]);
         }
       }
       const previous = await tx.readSourceDocument(key);
+      const measures = this.measurementTypes();
+      const tracksGoals = clientId !== undefined && (type.type === 'goal' || (type.measurements ?? []).length > 0);
+      // The client's documents as they will be once this one is stored.
+      const clientDocs = tracksGoals
+        ? (await tx.clientDocuments(sender.id, clientId, [...measures.map((t) => t.type), 'goal'])).filter((d) => !(d.type === type.type && d.id === doc.id))
+        : [];
+      if (tracksGoals) clientDocs.push({ ...key, clientId, version: 0, content: doc, parts: {}, updatedAt: now.toISOString() });
+      const results = tracksGoals ? this.results(clientDocs, ids) : [];
+
+      const mapped = await this.mapChecked(type.type, doc, ids, results);
+      // Goals whose progress this document may change: those on a measure it has, or had.
+      const regoal: Mapped[] = [];
+      if (tracksGoals && type.type !== 'goal') {
+        const touchedMeasures = new Set([...this.measurementsOf(type, doc), ...(previous ? this.measurementsOf(type, previous.content as MetDocument) : [])].map((m) => m.measurement.measure));
+        for (const goal of clientDocs.filter((d) => d.type === 'goal')) {
+          const content = goal.content as MetDocument & { target: { measure: string } };
+          if (!touchedMeasures.has(content.target.measure)) continue;
+          const goalType = this.types.get(this.collectionOf('goal')) as DocumentType;
+          regoal.push(...(await this.mapChecked(goalType.type, content, ids, results)).filter((m) => m.resource.resourceType === 'Goal'));
+        }
+      }
       const current = await tx.readMany([
-        ...mapped.map((m) => ({ type: m.resource.resourceType, id: m.resource.id })),
+        ...[...mapped, ...regoal].map((m) => ({ type: m.resource.resourceType, id: m.resource.id })),
         ...Object.values(previous?.parts ?? {}).map((p) => ({ type: p.type, id: p.id })),
       ]);
       const byKey = new Map(current.map((v) => [`${v.resourceType}/${v.id}`, v]));
       const resources: PushedResource[] = [];
-      for (const m of mapped) {
+      const write = async (m: Mapped): Promise<void> => {
         const existing = byKey.get(`${m.resource.resourceType}/${m.resource.id}`);
         if (existing?.json !== undefined && sameContent(JSON.parse(existing.json) as JsonResource, m.resource)) {
           resources.push({ type: existing.resourceType, id: existing.id, version: existing.versionId, action: 'unchanged' });
-          continue;
+          return;
         }
         const { created, version } = await tx.update(m.resource, m.resource.id);
         resources.push({ type: version.resourceType, id: version.id, version: version.versionId, action: created ? 'created' : 'updated' });
-      }
-      const parts = Object.fromEntries(mapped.map((m) => [m.part, { type: m.resource.resourceType, id: m.resource.id }]));
+      };
+      for (const m of mapped) await write(m);
+      const parts = Object.fromEntries(mapped.filter((m) => !m.shared).map((m) => [m.part, { type: m.resource.resourceType, id: m.resource.id }]));
       for (const [part, ref] of Object.entries(previous?.parts ?? {})) {
         if (parts[part]) continue;
         const existing = byKey.get(`${ref.type}/${ref.id}`);
@@ -156,6 +223,7 @@ export class MetApi {
         const { version } = await tx.update(retired, ref.id);
         resources.push({ type: version.resourceType, id: version.id, version: version.versionId, action: 'retired' });
       }
+      for (const m of regoal) await write(m);
       const touched = resources.filter((r) => r.action !== 'unchanged');
       const version = (previous?.version ?? 0) + (touched.length > 0 || !previous ? 1 : 0);
       const result: PushResult = {
@@ -168,16 +236,91 @@ export class MetApi {
       const provenance = this.provenance(touched, ids, type.type, doc, sender, now, !previous);
       const written = await tx.create(provenance);
       result.provenance = { id: written.version.id, version: written.version.versionId };
-      const record: SourceDocument = { ...key, version, content: doc, parts, updatedAt: now.toISOString() };
+      const record: SourceDocument = { ...key, clientId, version, content: doc, parts, updatedAt: now.toISOString() };
       await tx.writeSourceDocument(record);
       return result;
     });
   }
 
+  /** The document types that carry measurements (assessment, session). */
+  private measurementTypes(): DocumentType[] {
+    return this.registry.types.filter((t) => (t.measurements ?? []).length > 0);
+  }
+
+  private collectionOf(type: string): string {
+    return (this.registry.types.find((t) => t.type === type) as DocumentType).collection;
+  }
+
+  /** A document's measurements, each with its list's part prefix and its context (given or the list's default). */
+  measurementsOf(type: DocumentType, doc: MetDocument): { measurement: Measurement; part: string; context?: string; pointer: string }[] {
+    const found: { measurement: Measurement; part: string; context?: string; pointer: string }[] = [];
+    for (const list of type.measurements ?? []) {
+      const items = valueAt(doc, list.list);
+      if (!Array.isArray(items)) continue;
+      const fallback = list.contextFrom !== undefined ? valueAt(doc, list.contextFrom) : list.context;
+      items.forEach((m: Measurement, i) => {
+        const context = typeof m.context === 'string' ? m.context : typeof fallback === 'string' ? fallback : undefined;
+        found.push({ measurement: m, part: measurementPart(m, list.part), context, pointer: `${list.list}/${i}` });
+      });
+    }
+    return found;
+  }
+
+  /** Every result of a client's documents, as the progress of goals is computed from them. */
+  private results(docs: SourceDocument[], ids: PartIds): GoalResult[] {
+    const results: GoalResult[] = [];
+    for (const d of docs) {
+      const type = this.registry.types.find((t) => t.type === d.type);
+      if (!type?.date) continue;
+      const content = d.content as MetDocument;
+      const date = valueAt(content, type.date);
+      if (typeof date !== 'string') continue;
+      for (const m of this.measurementsOf(type, content)) {
+        results.push({ ...m, date, time: instant(date), observation: `Observation/${ids.of(d.type, d.id, m.part)}`, doc: `${d.type}/${d.id}` });
+      }
+    }
+    return results.sort((a, b) => a.time - b.time || a.doc.localeCompare(b.doc) || a.part.localeCompare(b.part));
+  }
+
+  /** Where a goal stands: its target's latest result against the one before (FHIR goal-achievement codes). */
+  progress(target: GoalTarget, results: GoalResult[]): GoalProgress {
+    const def = this.catalog.measure(target.measure);
+    if (!def) return { status: 'in-progress' };
+    const scalar = target.component !== undefined ? (def.components ?? []).find((c) => c.key === target.component) : (def as Required<Measure>);
+    if (!scalar) return { status: 'in-progress' };
+    const canonical = (v: number | undefined): number | undefined => {
+      if (v === undefined) return undefined;
+      const c = this.catalog.convert(scalar, v, target.unit, false);
+      return c.ok ? c.value : undefined;
+    };
+    const [low, high] = target.value !== undefined ? [canonical(target.value), canonical(target.value)] : [canonical(target.low), canonical(target.high)];
+    const series: { value: number; result: GoalResult }[] = [];
+    for (const r of results) {
+      const m = r.measurement;
+      if (m.measure !== target.measure || m.unit === undefined) continue;
+      if (r.context === 'during-exercise' || r.context === 'post-exercise') continue;
+      if (GOAL_QUALIFIERS.some((q) => target[q] !== undefined && m[q] !== target[q])) continue;
+      const raw = target.component !== undefined ? m.components?.[target.component] : m.value;
+      if (raw === undefined) continue;
+      const converted = this.catalog.convert(scalar, raw, m.unit, false);
+      if (converted.ok) series.push({ value: converted.value, result: r });
+    }
+    const distance = (v: number): number => (low !== undefined && v < low ? low - v : high !== undefined && v > high ? v - high : 0);
+    const latest = series.at(-1);
+    if (!latest) return { status: 'in-progress' };
+    const summary = { observation: latest.result.observation, value: latest.value, date: latest.result.date };
+    if (distance(latest.value) === 0) return { status: 'achieved', latest: summary };
+    const before = series.at(-2);
+    if (!before) return { status: 'in-progress', latest: summary };
+    const change = distance(before.value) - distance(latest.value);
+    return { status: change > 0 ? 'improving' : change < 0 ? 'worsening' : 'no-change', latest: summary };
+  }
+
   /** Units, plausible values and qualifiers of every measurement in the document. */
-  private measurementProblems(doc: Record<string, unknown>): DocumentProblem[] {
+  private measurementProblems(type: DocumentType, doc: MetDocument): DocumentProblem[] {
     const problems: DocumentProblem[] = [];
     const seen = new Map<string, string>();
+    const listed = new Map(this.measurementsOf(type, doc).map((m) => [m.pointer, m.part]));
     walk(doc, '', (value, pointer) => {
       if (typeof value !== 'object' || value === null || Array.isArray(value) || typeof (value as { measure?: unknown }).measure !== 'string') return;
       const m = value as Measurement;
@@ -187,8 +330,8 @@ export class MetApi {
         return;
       }
       problems.push(...this.valueProblems(def, m, pointer), ...this.qualifierProblems(def, m, pointer));
-      if (pointer.match(/\/measurements\/\d+$/)) {
-        const part = measurementPart(m);
+      const part = listed.get(pointer);
+      if (part !== undefined) {
         const first = seen.get(part);
         if (first !== undefined) {
           problems.push({ pointer, code: 'duplicate-measurement', detail: `measures the same as ${first}; give each an 'id' to tell them apart` });
@@ -201,6 +344,24 @@ export class MetApi {
   private valueProblems(def: Measure, m: Measurement, pointer: string): DocumentProblem[] {
     const problems: DocumentProblem[] = [];
     if (m.unit === undefined) return problems;
+    // A goal's target: one of the measure's values (a component's for blood pressure), exact or a range.
+    if (typeof m.component === 'string' || (m.value === undefined && (m.low !== undefined || m.high !== undefined))) {
+      const scalar = typeof m.component === 'string' ? (def.components ?? []).find((c) => c.key === m.component) : def.valueType === 'components' ? undefined : (def as Required<Measure>);
+      if (!scalar) {
+        problems.push({ pointer: `${pointer}/component`, code: 'unknown-component', detail: `${def.display} has ${(def.components ?? []).length > 0 ? `components ${(def.components ?? []).map((c) => c.key).join(', ')}` : 'no components'}` });
+        return problems;
+      }
+      for (const bound of ['value', 'low', 'high'] as const) {
+        const v = m[bound];
+        if (typeof v !== 'number') continue;
+        const converted = this.catalog.convert(scalar, v, m.unit, false);
+        if (!converted.ok) problems.push(this.conversionProblem(pointer, bound, m.unit, converted.message));
+      }
+      if (typeof m.low === 'number' && typeof m.high === 'number' && m.low > m.high) {
+        problems.push({ pointer: `${pointer}/low`, code: 'empty-range', detail: `low (${m.low}) is above high (${m.high})` });
+      }
+      return problems;
+    }
     if (def.valueType === 'components') {
       if (m.value !== undefined) problems.push({ pointer: `${pointer}/value`, code: 'components-expected', detail: `${def.display} has components (${(def.components ?? []).map((c) => c.key).join(', ')}); send them in 'components'` });
       for (const c of def.components ?? []) {
@@ -222,8 +383,15 @@ export class MetApi {
       return problems;
     }
     const converted = this.catalog.convert(def as Required<Measure>, m.value, m.unit, def.valueType === 'integer');
-    if (!converted.ok) problems.push({ pointer: `${pointer}/${converted.message.startsWith(`'${m.unit}'`) ? 'unit' : 'value'}`, code: converted.message.startsWith(`'${m.unit}'`) ? 'wrong-unit' : 'implausible-value', detail: converted.message });
+    if (!converted.ok) problems.push(this.conversionProblem(pointer, 'value', m.unit, converted.message));
     return problems;
+  }
+
+  /** A unit the measure does not accept is the unit's fault; anything else is the value's. */
+  private conversionProblem(pointer: string, field: string, unit: string, message: string): DocumentProblem {
+    return message.startsWith(`'${unit}'`)
+      ? { pointer: `${pointer}/unit`, code: 'wrong-unit', detail: message }
+      : { pointer: `${pointer}/${field}`, code: 'implausible-value', detail: message };
   }
 
   private qualifierProblems(def: Measure, m: Measurement, pointer: string): DocumentProblem[] {
@@ -246,17 +414,29 @@ export class MetApi {
     return problems;
   }
 
-  private async map(type: string, doc: Record<string, unknown>, ids: PartIds): Promise<(Mapped & { resource: JsonResource & { id: string } })[]> {
+  /** Maps a document and checks every resource it yields: an invalid one is our defect (500), not the sender's. */
+  private async mapChecked(type: string, doc: MetDocument, ids: PartIds, results: GoalResult[]): Promise<Mapped[]> {
+    const mapped = await this.map(type, doc, ids, results);
+    for (const m of mapped) {
+      const resourceProblems = this.validator.problems(m.resource);
+      if (resourceProblems.length > 0) {
+        throw new Error(`mapping ${type} produced an invalid ${m.resource.resourceType} (${m.part}): ${resourceProblems.map((p) => p.message).join('; ')}`);
+      }
+    }
+    return mapped;
+  }
+
+  private async map(type: string, doc: MetDocument, ids: PartIds, results: GoalResult[]): Promise<Mapped[]> {
     const expression = this.mappings.get(type) as jsonata.Expression;
     const catalog = this.catalog;
-    const result = (await expression.evaluate(doc, {
+    const bindings: Record<string, unknown> = {
       id: (docType: string, docId: string, part: string) => ids.of(docType, docId, part),
       idSystem: (docType: string) => ids.system(docType),
       hash: (text: string) => shortHash(text),
       measure: (key: string) => catalog.measure(key),
       qualifier: (name: string) => catalog.qualifier(name),
       qualifierCoding: (name: string, key: string) => catalog.qualifierCoding(name, key),
-      measurementPart: (m: Measurement) => measurementPart(m),
+      measurementPart: (m: Measurement, prefix?: string) => measurementPart(m, prefix),
       quantity: (key: string, component: string | null, value: number, unit: string) => {
         const def = catalog.measure(key) as Measure;
         const scalar = component === null ? (def as Required<Measure>) : (def.components ?? []).find((c) => c.key === component);
@@ -265,15 +445,36 @@ export class MetApi {
         if (!converted.ok) throw new Error(converted.message);
         return { value: converted.value, unit: converted.unit.display, system: 'http://unitsofmeasure.org', code: converted.unit.code };
       },
-    })) as Mapped[] | Mapped | undefined;
+      progress: (target: GoalTarget) => this.progress(target, results),
+      // Text made safe for XHTML narrative (Resource.text.div).
+      xml: (text: string | number | boolean | undefined) => (text === undefined ? text : String(text).replace(/[&<>"']/g, (c) => XML_ESCAPES[c] as string)),
+    };
+    const condition = this.mappings.get('condition');
+    // A diagnosis as a Condition of the client, mapped by condition.jsonata: a shared part.
+    // Its identity is its code when it has one (else its text): one Condition per diagnosis.
+    bindings.condition = async (c: { code?: { system: string; code: string }; text: string }): Promise<Mapped> => {
+      const resource = (await (condition as jsonata.Expression).evaluate({ clientId: doc.clientId, condition: c }, bindings)) as JsonResource;
+      const part = `condition:${shortHash(c.code ? `${c.code.system}|${c.code.code}` : c.text)}`;
+      return { part, shared: true, resource: { ...resource, id: ids.of('client', doc.clientId as string, part) } };
+    };
+    // A measurement as its Observation, mapped by measurement.jsonata (assessments, session vitals).
+    bindings.observation = async (input: unknown): Promise<Mapped> =>
+      (await (this.mappings.get('measurement') as jsonata.Expression).evaluate(input, bindings)) as Mapped;
+    const result = (await expression.evaluate(doc, bindings)) as Mapped[] | Mapped | undefined;
     const list = result === undefined ? [] : Array.isArray(result) ? result : [result];
     const seen = new Set<string>();
-    return list.map((m) => {
-      if (seen.has(m.part)) throw new Error(`mapping ${type} produced part ${m.part} twice`);
+    const out: Mapped[] = [];
+    for (const m of list) {
+      if (seen.has(m.part)) {
+        if (m.shared) continue; // the same diagnosis named twice
+        throw new Error(`mapping ${type} produced part ${m.part} twice`);
+      }
       seen.add(m.part);
-      const resource = prune({ ...m.resource, id: ids.of(type, doc.id as string, m.part) }) as JsonResource & { id: string };
-      return { part: m.part, resource };
-    });
+      const id = m.shared ? m.resource.id : ids.of(type, doc.id, m.part);
+      const resource = prune({ ...m.resource, id }) as JsonResource & { id: string };
+      out.push(m.shared ? { part: m.part, resource, shared: true } : { part: m.part, resource });
+    }
+    return out;
   }
 
   private provenance(touched: PushedResource[], ids: PartIds, type: string, doc: Record<string, unknown>, sender: Sender, now: Date, first: boolean): JsonResource {
@@ -294,16 +495,33 @@ interface Measurement {
   id?: string;
   measure: string;
   value?: number;
+  /** A goal target's bounds and component. */
+  low?: number;
+  high?: number;
+  component?: string;
   components?: Record<string, number>;
   unit?: string;
   [qualifier: string]: unknown;
 }
 
 /** The stable name of a measurement within its document: its id, else what it measures. */
-export function measurementPart(m: Measurement): string {
-  if (m.id !== undefined) return `measurement:${m.id}`;
+export function measurementPart(m: Measurement, prefix = 'measurement'): string {
+  if (m.id !== undefined) return `${prefix}:${m.id}`;
   const qualifiers = ['side', 'joint', 'motion', 'position', 'context'].map((q) => m[q]).filter((v) => typeof v === 'string');
-  return `measurement:${[m.measure, ...qualifiers].join(':')}`;
+  return `${prefix}:${[m.measure, ...qualifiers].join(':')}`;
+}
+
+function valueAt(doc: unknown, pointer: string): unknown {
+  return pointer
+    .split('/')
+    .slice(1)
+    .reduce<unknown>((v, k) => (typeof v === 'object' && v !== null ? (v as Record<string, unknown>)[k.replace(/~1/g, '/').replace(/~0/g, '~')] : undefined), doc);
+}
+
+/** The instant of a date (its start) or dateTime, for ordering results. */
+function instant(value: string): number {
+  const t = Date.parse(/T/.test(value) ? value : `${value}T00:00:00Z`);
+  return Number.isFinite(t) ? t : 0;
 }
 
 /** FHIR ids of the parts of a sender's documents: stable, and distinct between senders. */
@@ -373,7 +591,7 @@ function walk(value: unknown, pointer: string, visit: (value: unknown, pointer: 
 function futureProblems(doc: Record<string, unknown>, pointers: string[], now: Date): DocumentProblem[] {
   const problems: DocumentProblem[] = [];
   for (const pointer of pointers) {
-    const value = pointer.split('/').slice(1).reduce<unknown>((v, k) => (v as Record<string, unknown> | undefined)?.[k], doc);
+    const value = valueAt(doc, pointer);
     if (typeof value !== 'string') continue;
     const instant = /T/.test(value) ? Date.parse(value) : Date.parse(`${value}T00:00:00-14:00`);
     const limit = /T/.test(value) ? now.getTime() + 5 * 60_000 : now.getTime();

@@ -84,6 +84,16 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
       );
     `,
   },
+  {
+    version: 5,
+    name: 'MET documents: by client',
+    sql: `
+      -- A client's documents (goals, assessments, sessions): goal progress is computed from them.
+      ALTER TABLE source_document ADD COLUMN client_id text;
+      UPDATE source_document SET client_id = content->>'clientId';
+      CREATE INDEX source_document_client ON source_document (sender, client_id, doc_type);
+    `,
+  },
 ];
 
 export async function migrate(pool: SqlPool): Promise<number[]> {

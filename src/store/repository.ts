@@ -50,6 +50,8 @@ export interface SourceDocumentKey {
 
 /** A document pushed through the MET API, and the resources it produced, by part. */
 export interface SourceDocument extends SourceDocumentKey {
+  /** The client the document is about (not for client documents). */
+  clientId?: string;
   version: number;
   content: unknown;
   parts: Record<string, { type: string; id: string }>;
@@ -365,13 +367,35 @@ export class Repository {
     return row ? { ...key, version: row.version, content: row.content, parts: row.parts, updatedAt: row.updated_at.toISOString() } : undefined;
   }
 
+  /** The last versions of a client's documents of the given types (MET API), oldest first. */
+  async clientDocuments(sender: string, clientId: string, types: string[]): Promise<SourceDocument[]> {
+    const result = await this.run(() =>
+      this.db.query<{ doc_type: string; doc_id: string; version: number; content: unknown; parts: Record<string, { type: string; id: string }>; updated_at: Date }>(
+        `SELECT doc_type, doc_id, version, content, parts, updated_at FROM source_document
+          WHERE sender = $1 AND client_id = $2 AND doc_type = ANY($3::text[]) ORDER BY doc_type, doc_id`,
+        [sender, clientId, types],
+      ),
+    );
+    return result.rows.map((row) => ({
+      sender,
+      type: row.doc_type,
+      id: row.doc_id,
+      clientId,
+      version: row.version,
+      content: row.content,
+      parts: row.parts,
+      updatedAt: row.updated_at.toISOString(),
+    }));
+  }
+
   /** Records a source document's new version (inside the transaction that wrote its resources). */
   async writeSourceDocument(doc: SourceDocument): Promise<void> {
     await this.write((client) =>
       client.query(
-        `INSERT INTO source_document (sender, doc_type, doc_id, version, content, parts, updated_at) VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7)
-         ON CONFLICT (sender, doc_type, doc_id) DO UPDATE SET version = EXCLUDED.version, content = EXCLUDED.content, parts = EXCLUDED.parts, updated_at = EXCLUDED.updated_at`,
-        [doc.sender, doc.type, doc.id, doc.version, JSON.stringify(doc.content), JSON.stringify(doc.parts), doc.updatedAt],
+        `INSERT INTO source_document (sender, doc_type, doc_id, version, content, parts, updated_at, client_id) VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8)
+         ON CONFLICT (sender, doc_type, doc_id) DO UPDATE
+           SET version = EXCLUDED.version, content = EXCLUDED.content, parts = EXCLUDED.parts, updated_at = EXCLUDED.updated_at, client_id = EXCLUDED.client_id`,
+        [doc.sender, doc.type, doc.id, doc.version, JSON.stringify(doc.content), JSON.stringify(doc.parts), doc.updatedAt, doc.clientId ?? null],
       ),
     );
   }
