@@ -7,7 +7,10 @@
  *   2. read Observation by id at 500 requests/s for 15 s, round-robin
  *      over 2,000 Observations created beforehand, with 1 connection
  *      (judged) and with 10 (bursty, for information; see READ_CONNECTIONS) — PostgreSQL
- *   3. scenario 1 again                                                    — embedded PGlite
+ *   3. MET assessment documents of 10 measurements, 8 connections, each a new document of one
+ *      of 100 clients with two goals (bench/met-documents.ts)              — PostgreSQL
+ *   4. search at scale (bench/search-phase.ts, BENCH_OBSERVATIONS)         — PostgreSQL
+ *   5. scenario 1 again                                                    — embedded PGlite
  *
  * PostgreSQL: a fresh database bench_<timestamp> on the server named by BENCH_PG_URL (default
  * postgres://postgres@127.0.0.1:5432/postgres), dropped at the end. PGlite: a fresh temporary
@@ -33,6 +36,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 import pg from 'pg';
+import { MET_CLIENTS, MET_CONNECTIONS, metRequests, seedMet, TARGET_MET_DPS, TARGET_MET_P99_MS } from './met-documents.js';
 import { runSearchPhase, type SearchPhaseResult } from './search-phase.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -768,6 +772,15 @@ function evaluateTargets(report: Report): TargetResult[] {
       pass: pgRead.latencyMs.p99 <= TARGET_READ_P99_MS && rateReached,
     });
   }
+  const met = report.scenarios.find((s) => s.id === 'met-assessment-postgresql');
+  if (met) {
+    targets.push({
+      name: `MET assessment documents on PostgreSQL, c=${MET_CONNECTIONS}`,
+      target: `≥ ${TARGET_MET_DPS} documents/s, p99 ≤ ${TARGET_MET_P99_MS} ms`,
+      actual: `${fmt(met.requestsPerSecond.mean, 1)} documents/s, p99 ${fmt(met.latencyMs.p99, 2)} ms`,
+      pass: met.requestsPerSecond.mean >= TARGET_MET_DPS && met.latencyMs.p99 <= TARGET_MET_P99_MS,
+    });
+  }
   if (report.search) {
     const s = report.search;
     targets.push({
@@ -914,6 +927,19 @@ async function main(): Promise<number> {
         overallRate: READ_RATE,
         postgresDatabase: dbName,
         requests: () => readRequests(ids),
+      }),
+    );
+    log(`seeding ${MET_CLIENTS} MET clients with two goals each`);
+    await seedMet(pgServer.url);
+    const metCounter = { next: 1 };
+    report.scenarios.push(
+      await runScenario(pgServer, {
+        id: 'met-assessment-postgresql',
+        name: `MET assessment, 10 measurements (c=${MET_CONNECTIONS})`,
+        engine: 'postgresql',
+        connections: MET_CONNECTIONS,
+        postgresDatabase: dbName,
+        requests: () => metRequests(metCounter),
       }),
     );
     if (OBSERVATIONS > 0) report.search = await runSearchPhase(pgServer.url, databaseUrl.toString(), OBSERVATIONS, log);

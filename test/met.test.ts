@@ -143,6 +143,17 @@ describe('MET API', function () {
     assert.ok(obs.every((o) => (o.meta as { versionId: string }).versionId === '1'));
   });
 
+  it('an assessment dated without seconds (09:00-05:00) is stored with them, as FHIR requires', async () => {
+    const agent = await api();
+    const cl = uniqueId('cl');
+    const patientId = ((await push(agent, 'clients', client(cl))).body.resources as { type: string; id: string }[])[0]?.id as string;
+    const doc = { ...assessment(uniqueId('as'), cl, [WALK]), date: '2026-10-13T09:00-05:00' };
+    const res = await push(agent, 'assessments', doc);
+    assert.equal(res.status, 201, JSON.stringify(res.body));
+    const obs = await observationsOf(agent, patientId);
+    assert.deepEqual(obs.map((o) => o.effectiveDateTime), ['2026-10-13T09:00:00-05:00', '2026-10-13T09:00:00-05:00']);
+  });
+
   it('publishes its schemas and the catalog', async () => {
     const agent = await api();
     const schema = await agent.get('/met/v1/schemas/assessment.schema.json');

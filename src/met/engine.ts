@@ -174,26 +174,28 @@ export class MetApi {
         }
       }
       const previous = await tx.readSourceDocument(key);
-      const measures = this.measurementTypes();
-      const tracksGoals = clientId !== undefined && (type.type === 'goal' || (type.measurements ?? []).length > 0);
+      // Goal progress: a goal needs all of its client's results; a measurement document, the goals
+      // on the measures it has (or had), and then all of the client's results too.
+      const measures = this.measurementTypes().map((t) => t.type);
+      const goalDocs =
+        clientId !== undefined && type.type !== 'goal' && (type.measurements ?? []).length > 0
+          ? (await tx.clientDocuments(sender.id, clientId, ['goal'])).filter((goal) => {
+              const touched = new Set([...this.measurementsOf(type, doc), ...(previous ? this.measurementsOf(type, previous.content as MetDocument) : [])].map((m) => m.measurement.measure));
+              return touched.has((goal.content as { target: { measure: string } }).target.measure);
+            })
+          : [];
+      const needsResults = clientId !== undefined && (type.type === 'goal' || goalDocs.length > 0);
       // The client's documents as they will be once this one is stored.
-      const clientDocs = tracksGoals
-        ? (await tx.clientDocuments(sender.id, clientId, [...measures.map((t) => t.type), 'goal'])).filter((d) => !(d.type === type.type && d.id === doc.id))
-        : [];
-      if (tracksGoals) clientDocs.push({ ...key, clientId, version: 0, content: doc, parts: {}, updatedAt: now.toISOString() });
-      const results = tracksGoals ? this.results(clientDocs, ids) : [];
+      const clientDocs = needsResults ? (await tx.clientDocuments(sender.id, clientId, measures)).filter((d) => !(d.type === type.type && d.id === doc.id)) : [];
+      if (needsResults && measures.includes(type.type)) clientDocs.push({ ...key, clientId, version: 0, content: doc, parts: {}, updatedAt: now.toISOString() });
+      const results = needsResults ? this.results(clientDocs, ids) : [];
 
       const mapped = await this.mapChecked(type.type, doc, ids, results);
-      // Goals whose progress this document may change: those on a measure it has, or had.
+      // The goals whose progress this document changes, mapped again with the new results.
       const regoal: Mapped[] = [];
-      if (tracksGoals && type.type !== 'goal') {
-        const touchedMeasures = new Set([...this.measurementsOf(type, doc), ...(previous ? this.measurementsOf(type, previous.content as MetDocument) : [])].map((m) => m.measurement.measure));
-        for (const goal of clientDocs.filter((d) => d.type === 'goal')) {
-          const content = goal.content as MetDocument & { target: { measure: string } };
-          if (!touchedMeasures.has(content.target.measure)) continue;
-          const goalType = this.types.get(this.collectionOf('goal')) as DocumentType;
-          regoal.push(...(await this.mapChecked(goalType.type, content, ids, results)).filter((m) => m.resource.resourceType === 'Goal'));
-        }
+      const goalType = this.registry.types.find((t) => t.type === 'goal') as DocumentType;
+      for (const goal of goalDocs) {
+        regoal.push(...(await this.mapChecked(goalType.type, goal.content as MetDocument, ids, results)).filter((m) => m.resource.resourceType === 'Goal'));
       }
       const current = await tx.readMany([
         ...[...mapped, ...regoal].map((m) => ({ type: m.resource.resourceType, id: m.resource.id })),
@@ -245,10 +247,6 @@ export class MetApi {
   /** The document types that carry measurements (assessment, session). */
   private measurementTypes(): DocumentType[] {
     return this.registry.types.filter((t) => (t.measurements ?? []).length > 0);
-  }
-
-  private collectionOf(type: string): string {
-    return (this.registry.types.find((t) => t.type === type) as DocumentType).collection;
   }
 
   /** A document's measurements, each with its list's part prefix and its context (given or the list's default). */
@@ -446,6 +444,10 @@ export class MetApi {
         return { value: converted.value, unit: converted.unit.display, system: 'http://unitsofmeasure.org', code: converted.unit.code };
       },
       progress: (target: GoalTarget) => this.progress(target, results),
+      // Text as UTF-8 in base64 (an Attachment's data); JSONata's $base64encode is Latin-1 only.
+      base64: (text: string | undefined) => (text === undefined ? text : Buffer.from(text, 'utf8').toString('base64')),
+      // A dateTime as FHIR writes it: seconds are required once there is a time (09:00 → 09:00:00).
+      fhirDateTime: (value: string | undefined) => (value === undefined ? value : value.replace(/^(\d{4}-\d\d-\d\dT\d\d:\d\d)(Z|[+-])/, '$1:00$2')),
       // Text made safe for XHTML narrative (Resource.text.div).
       xml: (text: string | number | boolean | undefined) => (text === undefined ? text : String(text).replace(/[&<>"']/g, (c) => XML_ESCAPES[c] as string)),
     };
