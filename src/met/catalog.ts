@@ -42,6 +42,8 @@ export interface Measure extends Partial<Omit<Scalar, 'key' | 'display' | 'code'
   qualifiers: string[];
   requiredQualifiers?: string[];
   profile: string;
+  /** Results during or just after exercise do not count toward goals (blood pressure, heart rate, pain). */
+  exerciseSensitive?: boolean;
 }
 
 export interface Qualifier {

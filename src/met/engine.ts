@@ -296,7 +296,7 @@ export class MetApi {
     for (const r of results) {
       const m = r.measurement;
       if (m.measure !== target.measure || m.unit === undefined) continue;
-      if (r.context === 'during-exercise' || r.context === 'post-exercise') continue;
+      if (def.exerciseSensitive && (r.context === 'during-exercise' || r.context === 'post-exercise')) continue;
       if (GOAL_QUALIFIERS.some((q) => target[q] !== undefined && m[q] !== target[q])) continue;
       const raw = target.component !== undefined ? m.components?.[target.component] : m.value;
       if (raw === undefined) continue;
