@@ -58,7 +58,7 @@ export function assessment(i: number): string {
     clientId: `bench-client-${n}`,
     date: day,
     performer: { id: 'staff-1', name: 'Jordan Lee', credentials: 'MES' },
-    kind: 'follow-up',
+    kind: 'other',
     context: 'rest',
     measurements: [
       { measure: 'blood-pressure', components: { systolic: 120 + (i % 30), diastolic: 70 + (i % 20) }, unit: 'mmHg', side: 'left', position: 'sitting' },

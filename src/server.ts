@@ -7,9 +7,11 @@ import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
 import { createApp, type AppOptions } from './http/app.js';
+import { MetApi } from './met/engine.js';
 import { openDatabase, type Database } from './store/database.js';
 import { migrate, SEARCH_INDEX_MIGRATION } from './store/migrations.js';
 import { Repository } from './store/repository.js';
+import { ProfileValidator } from './validation/profiles.js';
 import { ResourceValidator } from './validation/validator.js';
 import type { FhirContext } from './interactions/index.js';
 
@@ -39,6 +41,8 @@ export function fhirContext(db: Database, baseUrl: string, validator = new Resou
 }
 
 export async function startServer(config: Readonly<Config>, logger: Logger, extra: Partial<AppOptions> = {}): Promise<RunningServer> {
+  // Our profiles (and the R4 and US Core ones) for the MET API's resources: loaded once (~2 s).
+  const profiles = await ProfileValidator.load();
   const db = await openDatabase({ ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}), dataDir: config.dataDir, poolSize: config.dbPoolSize });
   const ctx = fhirContext(db, config.baseUrl);
   try {
@@ -53,8 +57,9 @@ export async function startServer(config: Readonly<Config>, logger: Logger, extr
     await db.close();
     throw error;
   }
+  const met = new MetApi(ctx.validator, profiles);
   let accepting = true;
-  const app = createApp({ ctx, logger, maxBodyBytes: config.maxBodyBytes, isAccepting: () => accepting, ...extra });
+  const app = createApp({ ctx, logger, maxBodyBytes: config.maxBodyBytes, isAccepting: () => accepting, met, ...extra });
   const server = createServer(app);
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {

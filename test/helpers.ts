@@ -9,10 +9,12 @@ import { pino } from 'pino';
 import supertest from 'supertest';
 import type { Express } from 'express';
 import { createApp, type AppOptions } from '../src/http/app.js';
+import { MetApi } from '../src/met/engine.js';
 import { fhirContext } from '../src/server.js';
 import { openDatabase, type Database } from '../src/store/database.js';
 import { migrate } from '../src/store/migrations.js';
 import type { FhirContext } from '../src/interactions/index.js';
+import { ProfileValidator } from '../src/validation/profiles.js';
 import { ERROR_CODE_SYSTEM } from '../src/fhir/errors.js';
 
 export const BASE_URL = 'http://fhir.test';
@@ -23,9 +25,17 @@ interface TestContext {
   db: Database;
   ctx: FhirContext;
   app: Express;
+  met: MetApi;
 }
 
 let shared: Promise<TestContext> | undefined;
+let profiles: Promise<ProfileValidator> | undefined;
+
+/** The profile validator, loaded once for the whole run (~2 s). */
+export function profileValidator(): Promise<ProfileValidator> {
+  profiles ??= ProfileValidator.load();
+  return profiles;
+}
 
 export function engineName(): string {
   return process.env.DATABASE_URL ? 'postgresql' : 'pglite';
@@ -42,8 +52,10 @@ export function testContext(): Promise<TestContext> {
   shared ??= (async () => {
     const db = await openTestDatabase();
     const ctx = fhirContext(db, BASE_URL);
-    const app = createApp({ ctx, logger: silentLogger, maxBodyBytes: 10 * 1024 * 1024 });
-    return { db, ctx, app };
+    // The MET API as the server runs it: every mapped resource checked against its profiles too.
+    const met = new MetApi(ctx.validator, await profileValidator());
+    const app = createApp({ ctx, logger: silentLogger, maxBodyBytes: 10 * 1024 * 1024, met });
+    return { db, ctx, app, met };
   })();
   return shared;
 }
@@ -63,8 +75,8 @@ export async function api(): Promise<supertest.Agent> {
 
 /** An app over the shared database with other options (guards, limits). */
 export async function appWith(options: Partial<AppOptions>): Promise<Express> {
-  const { ctx } = await testContext();
-  return createApp({ ctx, logger: silentLogger, maxBodyBytes: 10 * 1024 * 1024, ...options });
+  const { ctx, met } = await testContext();
+  return createApp({ ctx, logger: silentLogger, maxBodyBytes: 10 * 1024 * 1024, met, ...options });
 }
 
 export function uniqueId(prefix = 't'): string {

@@ -182,7 +182,7 @@ describe('MET API on the example clients (test/fixtures/met)', function () {
       const patientId = (created.body.resources as { type: string; id: string }[])[0]?.id as string;
       let expected = 0;
       for (const name of ['assessment-intake.json', 'assessment-reassessment.json']) {
-        const doc: Record<string, unknown> = { ...read(name), clientId: cl.id };
+        const doc: Record<string, unknown> = { ...read(name), id: `${String(read(name).id)}${suffix}`, clientId: cl.id };
         const res = await push(agent, 'assessments', doc);
         assert.equal(res.status, 201, `${name}: ${JSON.stringify(res.body)}`);
         expected += (doc.measurements as unknown[]).length + 1;

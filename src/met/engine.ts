@@ -14,6 +14,7 @@ import { readFileSync } from 'node:fs';
 import jsonata from 'jsonata';
 import type { JsonResource } from '../fhir/resource.js';
 import type { Repository, SourceDocument } from '../store/repository.js';
+import type { ProfileValidator } from '../validation/profiles.js';
 import type { ResourceValidator } from '../validation/validator.js';
 import { Catalog, type Measure } from './catalog.js';
 import { DocumentSchemas, pointerToken, type DocumentProblem } from './schemas.js';
@@ -126,8 +127,15 @@ export class MetApi {
   private readonly types = new Map<string, DocumentType>();
   private readonly mappings = new Map<string, jsonata.Expression>();
 
+  /**
+   * @param validator the base R4 validation every write gets
+   * @param profiles our profiles and the R4/US Core ones it knows: every mapped resource must meet
+   *   each profile in its meta.profile that this knows (the server always passes it; without it,
+   *   only the base R4 validation applies)
+   */
   constructor(
     private readonly validator: ResourceValidator,
+    private readonly profiles?: ProfileValidator,
     readonly catalog: Catalog = Catalog.load(),
     readonly schemas: DocumentSchemas = new DocumentSchemas(),
     dir: URL = MAPPING_DIR,
@@ -416,9 +424,12 @@ export class MetApi {
   private async mapChecked(type: string, doc: MetDocument, ids: PartIds, results: GoalResult[]): Promise<Mapped[]> {
     const mapped = await this.map(type, doc, ids, results);
     for (const m of mapped) {
-      const resourceProblems = this.validator.problems(m.resource);
+      const resourceProblems = this.validator.problems(m.resource).map((p) => p.message);
+      if (resourceProblems.length === 0 && this.profiles) {
+        resourceProblems.push(...this.profiles.problems(m.resource).map((p) => `${p.path}: ${p.message} (${p.profile})`));
+      }
       if (resourceProblems.length > 0) {
-        throw new Error(`mapping ${type} produced an invalid ${m.resource.resourceType} (${m.part}): ${resourceProblems.map((p) => p.message).join('; ')}`);
+        throw new Error(`mapping ${type} produced an invalid ${m.resource.resourceType} (${m.part}): ${resourceProblems.join('; ')}`);
       }
     }
     return mapped;
