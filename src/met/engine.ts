@@ -205,14 +205,27 @@ export class MetApi {
       for (const goal of goalDocs) {
         regoal.push(...(await this.mapChecked(goalType.type, goal.content as MetDocument, ids, results)).filter((m) => m.resource.resourceType === 'Goal'));
       }
-      const current = await tx.readMany([
-        ...[...mapped, ...regoal].map((m) => ({ type: m.resource.resourceType, id: m.resource.id })),
-        ...Object.values(previous?.parts ?? {}).map((p) => ({ type: p.type, id: p.id })),
-      ]);
-      const byKey = new Map(current.map((v) => [`${v.resourceType}/${v.id}`, v]));
+      const current = await tx.readMany(
+        [
+          ...[...mapped, ...regoal].map((m) => ({ type: m.resource.resourceType, id: m.resource.id })),
+          ...Object.values(previous?.parts ?? {}).map((p) => ({ type: p.type, id: p.id })),
+        ],
+        { withDeleted: true },
+      );
+      const known = new Set(current.map((v) => `${v.resourceType}/${v.id}`));
+      const byKey = new Map(current.filter((v) => !v.deleted).map((v) => [`${v.resourceType}/${v.id}`, v]));
       const resources: PushedResource[] = [];
+      // Resources that never existed are created together, in one statement with the Provenance.
+      const fresh: JsonResource[] = [];
       const write = async (m: Mapped): Promise<void> => {
-        const existing = byKey.get(`${m.resource.resourceType}/${m.resource.id}`);
+        const key = `${m.resource.resourceType}/${m.resource.id}`;
+        if (!known.has(key)) {
+          known.add(key);
+          fresh.push(m.resource);
+          resources.push({ type: m.resource.resourceType, id: m.resource.id, version: '1', action: 'created' });
+          return;
+        }
+        const existing = byKey.get(key);
         if (existing?.json !== undefined && sameContent(JSON.parse(existing.json) as JsonResource, m.resource)) {
           resources.push({ type: existing.resourceType, id: existing.id, version: existing.versionId, action: 'unchanged' });
           return;
@@ -243,9 +256,9 @@ export class MetApi {
         warnings: [],
       };
       if (touched.length === 0 && previous) return result;
-      const provenance = this.provenance(touched, ids, type.type, doc, sender, now, !previous);
-      const written = await tx.create(provenance);
-      result.provenance = { id: written.version.id, version: written.version.versionId };
+      const provenance = this.provenance(touched, ids, type.type, doc, sender, now, !previous) as JsonResource & { id: string };
+      await tx.createMany([...fresh, provenance].map((resource) => ({ resource, id: resource.id as string })));
+      result.provenance = { id: provenance.id, version: '1' };
       const record: SourceDocument = { ...key, clientId, version, content: doc, parts, updatedAt: now.toISOString() };
       await tx.writeSourceDocument(record);
       return result;

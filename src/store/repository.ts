@@ -400,8 +400,11 @@ export class Repository {
     );
   }
 
-  /** Current, not deleted, versions of the given resources (those that exist). */
-  async readMany(keys: { type: string; id: string }[]): Promise<StoredVersion[]> {
+  /**
+   * Current versions of the given resources (those that exist): not deleted ones, or with
+   * `withDeleted` also those whose current version is a deletion (to tell "never existed" apart).
+   */
+  async readMany(keys: { type: string; id: string }[], options: { withDeleted?: boolean } = {}): Promise<StoredVersion[]> {
     if (keys.length === 0) return [];
     const p = new Params();
     const result = await this.run(() =>
@@ -409,7 +412,7 @@ export class Repository {
         `SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content::text AS json
          FROM resource r JOIN unnest(${p.add(keys.map((k) => k.type))}::text[], ${p.add(keys.map((k) => k.id))}::text[]) AS k(type, id)
            ON r.resource_type = k.type AND r.id = k.id
-         WHERE NOT r.deleted`,
+         ${options.withDeleted ? '' : 'WHERE NOT r.deleted'}`,
         p.values,
       ),
     );
