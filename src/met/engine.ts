@@ -185,12 +185,11 @@ export class MetApi {
       // Goal progress: a goal needs all of its client's results; a measurement document, the goals
       // on the measures it has (or had), and then all of the client's results too.
       const measures = this.measurementTypes().map((t) => t.type);
+      // The measures this document has, or had: the goals on them need their progress recomputed.
+      const measured = new Set([...this.measurementsOf(type, doc), ...(previous ? this.measurementsOf(type, previous.content as MetDocument) : [])].map((m) => m.measurement.measure));
       const goalDocs =
-        clientId !== undefined && type.type !== 'goal' && (type.measurements ?? []).length > 0
-          ? (await tx.clientDocuments(sender.id, clientId, ['goal'])).filter((goal) => {
-              const touched = new Set([...this.measurementsOf(type, doc), ...(previous ? this.measurementsOf(type, previous.content as MetDocument) : [])].map((m) => m.measurement.measure));
-              return touched.has((goal.content as { target: { measure: string } }).target.measure);
-            })
+        clientId !== undefined && measured.size > 0
+          ? (await tx.clientDocuments(sender.id, clientId, ['goal'])).filter((goal) => measured.has((goal.content as { target: { measure: string } }).target.measure))
           : [];
       const needsResults = clientId !== undefined && (type.type === 'goal' || goalDocs.length > 0);
       // The client's documents as they will be once this one is stored.
