@@ -9,7 +9,7 @@ import type { Config } from './config.js';
 import { createApp, type AppOptions } from './http/app.js';
 import { MetApi } from './met/engine.js';
 import { openDatabase, type Database } from './store/database.js';
-import { migrate, SEARCH_INDEX_MIGRATION } from './store/migrations.js';
+import { migrate, REINDEX_MIGRATIONS } from './store/migrations.js';
 import { Repository } from './store/repository.js';
 import { ProfileValidator } from './validation/profiles.js';
 import { ResourceValidator } from './validation/validator.js';
@@ -47,8 +47,8 @@ export async function startServer(config: Readonly<Config>, logger: Logger, extr
   const ctx = fhirContext(db, config.baseUrl);
   try {
     const applied = await migrate(db.pool);
-    if (applied.includes(SEARCH_INDEX_MIGRATION)) {
-      // Resources stored before the search index existed are indexed once, before serving.
+    if (applied.some((m) => REINDEX_MIGRATIONS.includes(m))) {
+      // Resources stored before the search index (or its present shape) existed are indexed once, before serving.
       const indexed = await ctx.repo.reindex();
       if (indexed > 0) logger.info({ indexed }, 'search index built for existing resources');
     }

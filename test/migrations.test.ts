@@ -1,7 +1,7 @@
 /** A database created before the search index (migration 1 only) gets its resources indexed at start. */
 import assert from 'node:assert/strict';
 import { openDatabase } from '../src/store/database.js';
-import { MIGRATIONS, migrate, SEARCH_INDEX_MIGRATION } from '../src/store/migrations.js';
+import { MIGRATIONS, migrate, REINDEX_MIGRATIONS, SEARCH_INDEX_MIGRATION } from '../src/store/migrations.js';
 import { Repository } from '../src/store/repository.js';
 import { parseSearch } from '../src/search/parse.js';
 
@@ -31,6 +31,40 @@ describe('migrations', function () {
       assert.deepEqual((await repo.search(query)).rows.map((r) => r.id), ['old-1']);
       assert.equal(await repo.reindex(), 1, 'reindexing again replaces the rows rather than adding to them');
       assert.equal(await repo.count(query), 1);
+    } finally {
+      await db.close();
+    }
+  });
+
+  it('migration 6 moves token-and-quantity composites to their own table; reindex() fills it', async () => {
+    const db = await openDatabase({ dataDir: 'memory://' });
+    try {
+      await db.pool.query('CREATE TABLE schema_migration (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())');
+      for (const m of MIGRATIONS.filter((m) => m.version < 6)) {
+        await db.pool.query(m.sql);
+        await db.pool.query('INSERT INTO schema_migration (version, name) VALUES ($1, $2)', [m.version, m.name]);
+      }
+      const obs = {
+        resourceType: 'Observation',
+        id: 'old-obs',
+        meta: { versionId: '1', lastUpdated: '2025-01-01T00:00:00.000Z' },
+        status: 'final',
+        code: { coding: [{ system: 'http://loinc.org', code: '8867-4' }] },
+        valueQuantity: { value: 88, unit: '/min', system: 'http://unitsofmeasure.org', code: '/min' },
+      };
+      await db.pool.query(
+        `INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content) VALUES ('Observation', 'old-obs', 1, '2025-01-01T00:00:00Z', false, $1::jsonb)`,
+        [JSON.stringify(obs)],
+      );
+      const applied = await migrate(db.pool);
+      assert.deepEqual(applied, [6]);
+      assert.ok(applied.some((m) => REINDEX_MIGRATIONS.includes(m)), 'the server reindexes after it');
+      const repo = new Repository(db.pool, 'http://fhir.test/fhir');
+      assert.equal(await repo.reindex(), 1);
+      for (const params of [{ 'code-value-quantity': ['http://loinc.org|8867-4$gt80'] }, { code: ['8867-4'], 'value-quantity': ['gt80'] }] as Record<string, string[]>[]) {
+        const query = parseSearch('Observation', params, { fhirBase: 'http://fhir.test/fhir', lenient: false }).query;
+        assert.deepEqual((await repo.search(query)).rows.map((r) => r.id), ['old-obs'], JSON.stringify(params));
+      }
     } finally {
       await db.close();
     }

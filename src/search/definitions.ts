@@ -50,6 +50,12 @@ export interface SearchParamDef {
   components?: CompositeComponent[];
   /** Composite parameters: how to find the base values and the components' values in each. */
   compositeBases?: CompositeBase[];
+  /**
+   * Composite parameters whose only base is the resource itself (`Observation` for
+   * `code-value-quantity`): a resource has one group, so the composite matches exactly when each
+   * component's own parameter matches.
+   */
+  rooted?: boolean;
 }
 
 /** Search parameters handled by the engine itself rather than by the index. */
@@ -292,6 +298,7 @@ export class SearchRegistry {
           }
           if (components.length !== (sp.component ?? []).length || components.length === 0) continue;
           def.components = components;
+          def.rooted = parts.length === 1 && parts[0]?.trim() === type;
           def.compositeBases = parts.map((part) => ({
             evaluate: compilePart(part),
             components: (sp.component ?? []).map((c) => {

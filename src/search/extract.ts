@@ -26,10 +26,30 @@ export interface IndexRows {
     identValue: string | null;
   }[];
   uri: { param: string; grp: number | null; value: string }[];
+  /**
+   * Composite parameters of a token and a quantity (`code-value-quantity`): one row per code and
+   * value of a group, so that "this code with a value above x" is one index range, not a join of
+   * two large sets.
+   */
+  token_quantity: {
+    param: string;
+    grp: number | null;
+    system: string | null;
+    code: string | null;
+    unitSystem: string | null;
+    unitCode: string | null;
+    lo: string;
+    hi: string;
+  }[];
 }
 
 export type IndexTable = keyof IndexRows;
-export const INDEX_TABLES: readonly IndexTable[] = ['string', 'token', 'date', 'number', 'quantity', 'reference', 'uri'];
+export const INDEX_TABLES: readonly IndexTable[] = ['string', 'token', 'date', 'number', 'quantity', 'reference', 'uri', 'token_quantity'];
+
+/** A composite of a token and a quantity is indexed in its own table (`token_quantity`). */
+export function isTokenQuantity(def: SearchParamDef): boolean {
+  return def.type === 'composite' && def.components?.length === 2 && def.components[0]?.param.type === 'token' && def.components[1]?.param.type === 'quantity';
+}
 
 type Json = Record<string, unknown>;
 
@@ -60,7 +80,7 @@ export function localReference(reference: string, fhirBase: string): { type: str
 }
 
 export class IndexBuilder {
-  readonly rows: IndexRows = { string: [], token: [], date: [], number: [], quantity: [], reference: [], uri: [] };
+  readonly rows: IndexRows = { string: [], token: [], date: [], number: [], quantity: [], reference: [], uri: [], token_quantity: [] };
 
   constructor(private readonly fhirBase: string) {}
 
@@ -215,11 +235,28 @@ function indexParam(builder: IndexBuilder, def: SearchParamDef, resource: object
       // A group matches only with a value for every component; without one it is not indexed.
       const values = base.components.map((component) => component(value.data as object));
       if (values.some((v) => v.length === 0)) continue;
+      if (isTokenQuantity(def)) {
+        indexTokenQuantity(builder, def.code, grp, values as [PathValue[], PathValue[]]);
+        grp++;
+        continue;
+      }
       values.forEach((list, k) => {
         const param = def.components?.[k]?.param;
         if (param) for (const v of list) builder.add(`${def.code}#${k}`, param.type, grp, v);
       });
       grp++;
+    }
+  }
+}
+
+/** The rows of one token-and-quantity group: each code with each value. */
+function indexTokenQuantity(builder: IndexBuilder, param: string, grp: number, [tokens, quantities]: [PathValue[], PathValue[]]): void {
+  const scratch = new IndexBuilder('');
+  for (const v of tokens) scratch.add('t', 'token', grp, v);
+  for (const v of quantities) scratch.add('q', 'quantity', grp, v);
+  for (const t of scratch.rows.token) {
+    for (const q of scratch.rows.quantity) {
+      builder.rows.token_quantity.push({ param, grp, system: t.system, code: t.code, unitSystem: q.system, unitCode: q.code, lo: q.lo, hi: q.hi });
     }
   }
 }

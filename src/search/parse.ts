@@ -7,7 +7,7 @@
 import { fhirError, type FhirError } from '../fhir/errors.js';
 import { isResourceType } from '../fhir/resource-types.js';
 import { searchRegistry, type SearchParamDef, type SearchParamType } from './definitions.js';
-import { localReference } from './extract.js';
+import { isTokenQuantity, localReference } from './extract.js';
 import type { Alternative, Cursor, Filter, IncludeSpec, Prefix, SearchQuery, SearchWarning, SortKey } from './query.js';
 import { dateRange, normalizeString, numberRange, type DateRange } from './values.js';
 
@@ -39,6 +39,8 @@ export interface ParseOptions {
   fhirBase: string;
   /** Prefer: handling=lenient: unknown parameters are ignored with a warning instead of an error. */
   lenient: boolean;
+  /** Search pairs of filters as the composite they amount to (see combineRootedComposites); default true. */
+  combine?: boolean;
 }
 
 export interface ParsedSearch {
@@ -81,7 +83,55 @@ export function parseSearch(resourceType: string, params: Record<string, string[
       }
     }
   }
+  if (options.combine !== false) query.filters = combineRootedComposites(resourceType, query.filters);
   return { query, warnings };
+}
+
+/** Per resource type, its token-and-quantity composites over the resource itself. */
+const ROOTED_COMPOSITES = new Map<string, SearchParamDef[]>();
+
+/** The most alternatives a pair of filters is combined into (their product). */
+const MAX_COMBINED = 100;
+
+/**
+ * `Observation?code=X&value-quantity=gt5` asks for what `code-value-quantity=X$gt5` asks: that
+ * composite's one base is the Observation itself, and its components are the very parameters
+ * `code` and `value-quantity`. Such a pair of filters is searched as the composite, whose index
+ * holds code and value in one row: one index range instead of the join of every Observation with
+ * the code and every Observation with a value above 5 (tens of thousands each at scale).
+ * Only token-and-quantity composites are combined, and only plain filters (no modifier).
+ */
+function combineRootedComposites(resourceType: string, filters: Filter[]): Filter[] {
+  const registry = searchRegistry();
+  let out = filters;
+  let composites = ROOTED_COMPOSITES.get(resourceType);
+  if (!composites) {
+    composites = registry.params(resourceType).filter((def) => def.rooted && isTokenQuantity(def));
+    ROOTED_COMPOSITES.set(resourceType, composites);
+  }
+  for (const def of composites) {
+    const [tokenParam, quantityParam] = (def.components ?? []).map((c) => c.param);
+    if (!tokenParam || !quantityParam) continue;
+    // The component must be the resource's own parameter of that code, not a namesake.
+    if (registry.get(resourceType, tokenParam.code)?.url !== tokenParam.url || registry.get(resourceType, quantityParam.code)?.url !== quantityParam.url) continue;
+    const token = out.find(
+      (f): f is Extract<Filter, { kind: 'param' }> =>
+        f.kind === 'param' && f.param === tokenParam.code && f.table === 'token' && !f.negate && f.alternatives.every((a) => a.type === 'token' && a.text === undefined),
+    );
+    const quantity = out.find(
+      (f): f is Extract<Filter, { kind: 'param' }> =>
+        f.kind === 'param' && f.param === quantityParam.code && f.table === 'quantity' && !f.negate && f.alternatives.every((a) => a.type === 'quantity'),
+    );
+    if (!token || !quantity || token.alternatives.length * quantity.alternatives.length > MAX_COMBINED) continue;
+    const combined: Filter = {
+      kind: 'composite',
+      param: def.code,
+      tables: ['token', 'quantity'],
+      alternatives: token.alternatives.flatMap((t) => quantity.alternatives.map((q): Alternative => ({ type: 'composite', components: [t, q] }))),
+    };
+    out = [...out.filter((f) => f !== token && f !== quantity), combined];
+  }
+  return out;
 }
 
 function single(name: string, values: string[]): string {

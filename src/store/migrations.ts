@@ -4,12 +4,14 @@
  */
 import type { SqlPool } from './sql.js';
 import { inTransaction } from './database.js';
-import { INDEX_MIGRATION } from './search-index.js';
+import { INDEX_MIGRATION, TOKEN_QUANTITY_MIGRATION } from './search-index.js';
 
 const MIGRATION_LOCK = 7_310_001;
 
 /** The migration that adds the search index; resources stored before it need reindexing. */
 export const SEARCH_INDEX_MIGRATION = 2;
+/** Migrations after which every resource is indexed again (their index rows changed shape). */
+export const REINDEX_MIGRATIONS: readonly number[] = [SEARCH_INDEX_MIGRATION, 6];
 
 export const MIGRATIONS: readonly { version: number; name: string; sql: string }[] = [
   {
@@ -93,6 +95,13 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
       UPDATE source_document SET client_id = content->>'clientId';
       CREATE INDEX source_document_client ON source_document (sender, client_id, doc_type);
     `,
+  },
+  {
+    version: 6,
+    name: 'search: composites of a token and a quantity in one row',
+    // Their rows move from sp_token/sp_quantity (as <code>#0, <code>#1) to sp_token_quantity:
+    // the server indexes every resource again at start (reindex()).
+    sql: TOKEN_QUANTITY_MIGRATION,
   },
 ];
 

@@ -14,12 +14,23 @@ export const INDEX_COLUMNS: Record<IndexTable, readonly (readonly [string, strin
   quantity: [['param', 'text'], ['grp', 'int'], ['system', 'text'], ['code', 'text'], ['lo', 'numeric'], ['hi', 'numeric']],
   reference: [['param', 'text'], ['grp', 'int'], ['target_type', 'text'], ['target_id', 'text'], ['url', 'text'], ['ident_system', 'text'], ['ident_value', 'text']],
   uri: [['param', 'text'], ['grp', 'int'], ['value', 'text']],
+  token_quantity: [
+    ['param', 'text'], ['grp', 'int'], ['system', 'text'], ['code', 'text'],
+    ['unit_system', 'text'], ['unit_code', 'text'], ['lo', 'numeric'], ['hi', 'numeric'],
+  ],
 };
 
 const TABLES = Object.keys(INDEX_COLUMNS) as IndexTable[];
 
 /** Row property for each column (camelCase where the column is snake_case). */
-const PROPERTY: Record<string, string> = { target_type: 'targetType', target_id: 'targetId', ident_system: 'identSystem', ident_value: 'identValue' };
+const PROPERTY: Record<string, string> = {
+  target_type: 'targetType',
+  target_id: 'targetId',
+  ident_system: 'identSystem',
+  ident_value: 'identValue',
+  unit_system: 'unitSystem',
+  unit_code: 'unitCode',
+};
 
 /**
  * CTEs that replace the index rows of the resource named by $1 (type) and $2 (id), with array
@@ -118,4 +129,18 @@ export const INDEX_MIGRATION = `
   CREATE TABLE sp_uri (resource_type text NOT NULL, id text NOT NULL, param text NOT NULL, grp int, value text NOT NULL);
   CREATE INDEX sp_uri_value ON sp_uri (resource_type, param, value);
   CREATE INDEX sp_uri_resource ON sp_uri (resource_type, id);
+`;
+
+/**
+ * Migration 6: composites of a token and a quantity in one row. Three ways in: a code with a
+ * value above (hi) or below (lo) a threshold, as one index range; and a code in id order, checking
+ * the value from the index, for thresholds most values pass (the planner picks by the statistics).
+ */
+export const TOKEN_QUANTITY_MIGRATION = `
+  CREATE TABLE sp_token_quantity (resource_type text NOT NULL, id text NOT NULL, param text NOT NULL, grp int,
+    system text, code text, unit_system text, unit_code text, lo numeric NOT NULL, hi numeric NOT NULL);
+  CREATE INDEX sp_token_quantity_hi ON sp_token_quantity (resource_type, param, code, hi) INCLUDE (id, system, lo);
+  CREATE INDEX sp_token_quantity_lo ON sp_token_quantity (resource_type, param, code, lo) INCLUDE (id, system, hi);
+  CREATE INDEX sp_token_quantity_id ON sp_token_quantity (resource_type, param, code, id) INCLUDE (system, lo, hi, unit_system, unit_code);
+  CREATE INDEX sp_token_quantity_resource ON sp_token_quantity (resource_type, id);
 `;

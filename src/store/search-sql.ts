@@ -12,6 +12,17 @@ import { escapeLike } from '../search/values.js';
 
 type Table = 'string' | 'token' | 'date' | 'number' | 'quantity' | 'reference' | 'uri';
 
+/** The conditions of one token-and-quantity composite alternative on a `sp_token_quantity` row. */
+function tokenQuantitySql(alt: Alternative, x: string, p: Params): string {
+  if (alt.type !== 'composite') throw new Error('composite filter takes composite values');
+  const [token, quantity] = alt.components;
+  if (token?.type !== 'token' || quantity?.type !== 'quantity') throw new Error('a token-and-quantity composite takes a token and a quantity');
+  const parts = [alternativeSql(token, x, p), numberSql(quantity.prefix, x, p, quantity.range)];
+  if (quantity.system !== undefined) parts.push(`${x}.unit_system = ${p.add(quantity.system)}`);
+  if (quantity.code !== undefined) parts.push(`${x}.unit_code = ${p.add(quantity.code)}`);
+  return parts.map((c) => `(${c})`).join(' AND ');
+}
+
 export class Params {
   readonly values: unknown[] = [];
   add(value: unknown): string {
@@ -143,6 +154,39 @@ function alias(prefix: string): string {
   return `${prefix}${aliasCounter}`;
 }
 
+/**
+ * The index rows matching a parameter filter (its negation aside) or a composite filter, as the
+ * FROM … WHERE of a query, and the alias whose `id` (and `resource_type`) they give.
+ */
+function indexRowsSql(filter: Extract<Filter, { kind: 'param' | 'composite' }>, resourceType: string, p: Params, name?: string): { alias: string; from: string } {
+  if (filter.kind === 'param') {
+    const x = name ?? alias('x');
+    const alternatives = filter.alternatives.map((a) => `(${alternativeSql(a, x, p)})`).join(' OR ');
+    return { alias: x, from: `FROM sp_${tableOf(filter.table)} ${x} WHERE ${x}.resource_type = ${p.add(resourceType)} AND ${x}.param = ${p.add(filter.param)} AND (${alternatives})` };
+  }
+  if (filter.tables.length === 2 && filter.tables[0] === 'token' && filter.tables[1] === 'quantity') {
+    const x = name ?? alias('x');
+    const alternatives = filter.alternatives.map((a) => `(${tokenQuantitySql(a, x, p)})`).join(' OR ');
+    return { alias: x, from: `FROM sp_token_quantity ${x} WHERE ${x}.resource_type = ${p.add(resourceType)} AND ${x}.param = ${p.add(filter.param)} AND (${alternatives})` };
+  }
+  const names = filter.tables.map((_, i) => (i === 0 && name) || alias('c'));
+  const first = names[0] as string;
+  const joins = filter.tables
+    .slice(1)
+    .map((t, i) => {
+      const c = names[i + 1] as string;
+      return `JOIN sp_${tableOf(t)} ${c} ON ${c}.resource_type = ${first}.resource_type AND ${c}.id = ${first}.id AND ${c}.grp = ${first}.grp AND ${c}.param = ${p.add(`${filter.param}#${i + 1}`)}`;
+    })
+    .join(' ');
+  const alternatives = filter.alternatives
+    .map((a) => {
+      if (a.type !== 'composite') throw new Error('composite filter takes composite values');
+      return `(${a.components.map((c, i) => `(${alternativeSql(c, names[i] as string, p)})`).join(' AND ')})`;
+    })
+    .join(' OR ');
+  return { alias: first, from: `FROM sp_${tableOf(filter.tables[0] as string)} ${first} ${joins} WHERE ${first}.resource_type = ${p.add(resourceType)} AND ${first}.param = ${p.add(`${filter.param}#0`)} AND (${alternatives})` };
+}
+
 /** A boolean SQL condition on the resource row `r` (columns resource_type, id, last_updated). */
 export function filterSql(filter: Filter, r: string, resourceType: string, p: Params): string {
   switch (filter.kind) {
@@ -157,10 +201,8 @@ export function filterSql(filter: Filter, r: string, resourceType: string, p: Pa
         })
         .join(' OR ')})`;
     case 'param': {
-      const x = alias('x');
-      const alternatives = filter.alternatives.map((a) => `(${alternativeSql(a, x, p)})`).join(' OR ');
-      const sub = `SELECT ${x}.id FROM sp_${tableOf(filter.table)} ${x} WHERE ${x}.resource_type = ${p.add(resourceType)} AND ${x}.param = ${p.add(filter.param)} AND (${alternatives})`;
-      return filter.negate ? `${r}.id NOT IN (${sub})` : `${r}.id IN (${sub})`;
+      const sub = indexRowsSql(filter, resourceType, p);
+      return filter.negate ? `${r}.id NOT IN (SELECT ${sub.alias}.id ${sub.from})` : `${r}.id IN (SELECT ${sub.alias}.id ${sub.from})`;
     }
     case 'missing': {
       const x = alias('x');
@@ -168,22 +210,8 @@ export function filterSql(filter: Filter, r: string, resourceType: string, p: Pa
       return filter.missing ? `${r}.id NOT IN (${sub})` : `${r}.id IN (${sub})`;
     }
     case 'composite': {
-      const names = filter.tables.map(() => alias('c'));
-      const first = names[0] as string;
-      const joins = filter.tables
-        .slice(1)
-        .map((t, i) => {
-          const c = names[i + 1] as string;
-          return `JOIN sp_${tableOf(t)} ${c} ON ${c}.resource_type = ${first}.resource_type AND ${c}.id = ${first}.id AND ${c}.grp = ${first}.grp AND ${c}.param = ${p.add(`${filter.param}#${i + 1}`)}`;
-        })
-        .join(' ');
-      const alternatives = filter.alternatives
-        .map((a) => {
-          if (a.type !== 'composite') throw new Error('composite filter takes composite values');
-          return `(${a.components.map((c, i) => `(${alternativeSql(c, names[i] as string, p)})`).join(' AND ')})`;
-        })
-        .join(' OR ');
-      return `${r}.id IN (SELECT ${first}.id FROM sp_${tableOf(filter.tables[0] as string)} ${first} ${joins} WHERE ${first}.resource_type = ${p.add(resourceType)} AND ${first}.param = ${p.add(`${filter.param}#0`)} AND (${alternatives}))`;
+      const sub = indexRowsSql(filter, resourceType, p);
+      return `${r}.id IN (SELECT ${sub.alias}.id ${sub.from})`;
     }
     case 'chain': {
       const x = alias('x');
@@ -207,6 +235,36 @@ export function whereSql(query: SearchQuery, p: Params): string {
   const parts = [`r.resource_type = ${p.add(query.resourceType)}`, 'NOT r.deleted'];
   for (const f of query.filters) parts.push(filterSql(f, 'r', query.resourceType, p));
   return parts.join(' AND ');
+}
+
+/** How selective a kind of filter usually is: the lower, the better it drives a search. */
+function driverRank(f: Filter): number {
+  if (f.kind === 'composite') return 1;
+  if (f.kind !== 'param' || f.negate) return Infinity;
+  return ({ reference: 0, token: 2, string: 2, uri: 2, date: 3, number: 3, quantity: 3 } as const)[f.table];
+}
+
+/**
+ * The rows `r` (with resource_type and id) a search ranges over, and the conditions on them.
+ * Index rows exist for live resources only (a delete removes them, an update replaces them), so a
+ * search with a parameter filter ranges over that filter's index rows, `r` being the index table
+ * itself, without reading the resource table: the planner can then take the index range the
+ * filter gives (a code with a value above a threshold, say) or walk it in id order, rather than
+ * walk every resource in id order until a page is full. A resource may have several matching
+ * index rows, so such a search is `distinct`. Searches with no such filter, or that need
+ * `last_updated`, range over the resource table.
+ */
+export function sourceSql(query: SearchQuery, p: Params): { from: string; where: string; distinct: boolean } {
+  const needsResource = query.filters.some((f) => f.kind === 'lastUpdated') || query.sort.some((k) => k.param === '_lastUpdated');
+  let driver: Extract<Filter, { kind: 'param' | 'composite' }> | undefined;
+  for (const f of query.filters) {
+    if ((f.kind === 'param' || f.kind === 'composite') && driverRank(f) < (driver ? driverRank(driver) : Infinity)) driver = f;
+  }
+  if (needsResource || !driver) return { from: 'resource r', where: whereSql(query, p), distinct: false };
+  const rows = indexRowsSql(driver, query.resourceType, p, 'r');
+  const [from, where] = rows.from.replace(/^FROM /, '').split(/ WHERE (.*)/s) as [string, string];
+  const rest = query.filters.filter((f) => f !== driver).map((f) => filterSql(f, 'r', query.resourceType, p));
+  return { from, where: [where, ...rest].join(' AND '), distinct: true };
 }
 
 interface SortColumn {
@@ -275,14 +333,14 @@ export function pageSql(query: SearchQuery, limit: number): PageSql {
   const p = new Params();
   // The id always ends the order (ascending), so `_id` ascending needs no column of its own.
   const columns = query.sort.filter((k) => !(k.param === '_id' && !k.descending)).map((k) => sortColumn(k, p));
-  const where = whereSql(query, p);
+  const source = sourceSql(query, p);
   const reversed = query.cursor?.direction === 'previous';
   const order = (c: { descending: boolean }, ref: string): string => {
     const desc = reversed ? !c.descending : c.descending;
     return `${ref} ${desc ? 'DESC' : 'ASC'} NULLS ${reversed ? 'FIRST' : 'LAST'}`;
   };
   const select = columns.map((c, i) => `${c.expression} AS k${i}`).join(', ');
-  const inner = `SELECT r.id${select ? `, ${select}` : ''} FROM resource r WHERE ${where}`;
+  const inner = `SELECT r.id${select ? `, ${select}` : ''} FROM ${source.from} WHERE ${source.where}`;
   const keyset = query.cursor ? `WHERE ${keysetSql(columns, query.cursor, p)}` : '';
   const orderBy = [...columns.map((c, i) => order(c, `q.k${i}`)), order({ descending: false }, 'q.id')].join(', ');
   const sortText = columns.map((_, i) => `, q.k${i}::text AS s${i}`).join('');
@@ -292,15 +350,15 @@ export function pageSql(query: SearchQuery, limit: number): PageSql {
   const pageCols = ['q.id', ...columns.map((_, i) => `q.k${i}`)].join(', ');
   const sortOut = columns.map((_, i) => `, page.s${i}`).join('');
   const text =
-    `WITH page AS MATERIALIZED (SELECT ${pageCols}${sortText} FROM (${inner}) q ${keyset} ORDER BY ${orderBy} LIMIT ${p.add(limit)}) ` +
+    `WITH page AS MATERIALIZED (SELECT ${source.distinct ? 'DISTINCT ' : ''}${pageCols}${sortText} FROM (${inner}) q ${keyset} ORDER BY ${orderBy} LIMIT ${p.add(limit)}) ` +
     `SELECT page.id, r.content::text AS json${sortOut} FROM page JOIN resource r ON r.resource_type = ${p.add(query.resourceType)} AND r.id = page.id ORDER BY ${outerOrder}`;
   return { text, values: p.values, sortColumns: columns.length, reversed };
 }
 
 export function countSql(query: SearchQuery): { text: string; values: unknown[] } {
   const p = new Params();
-  const where = whereSql(query, p);
-  return { text: `SELECT count(*)::int AS total FROM resource r WHERE ${where}`, values: p.values };
+  const source = sourceSql(query, p);
+  return { text: `SELECT count(${source.distinct ? 'DISTINCT r.id' : '*'})::int AS total FROM ${source.from} WHERE ${source.where}`, values: p.values };
 }
 
 export function estimateSql(query: SearchQuery): { text: string; values: unknown[] } {
