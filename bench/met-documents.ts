@@ -4,6 +4,7 @@
  * each with two goals on measures the assessment has, so every push also recomputes two Goals.
  */
 import type autocannon from 'autocannon';
+import { authorization } from './auth.js';
 
 export const MET_CLIENTS = 100;
 export const MET_CONNECTIONS = 8;
@@ -79,7 +80,7 @@ export function assessment(i: number): string {
 async function post(url: string, collection: string, body: object | string): Promise<void> {
   const response = await fetch(`${url}/met/v1/${collection}`, {
     method: 'POST',
-    headers: { 'content-type': JSON_TYPE, 'x-met-software': 'bench' },
+    headers: { 'content-type': JSON_TYPE, 'x-met-software': 'bench', authorization: authorization() },
     body: typeof body === 'string' ? body : JSON.stringify(body),
   });
   const text = await response.text();
@@ -101,7 +102,7 @@ export function metRequests(first: { next: number }): autocannon.Request[] {
     {
       method: 'POST',
       path: '/met/v1/assessments',
-      headers: { 'content-type': JSON_TYPE, 'x-met-software': 'bench' },
+      headers: { 'content-type': JSON_TYPE, 'x-met-software': 'bench', authorization: authorization() },
       setupRequest: (request) => ({ ...request, body: assessment(first.next++) }),
     },
   ];

@@ -38,6 +38,7 @@ import autocannon from 'autocannon';
 import pg from 'pg';
 import { MET_CLIENTS, MET_CONNECTIONS, metRequests, seedMet, TARGET_MET_DPS, TARGET_MET_P99_MS } from './met-documents.js';
 import { runSearchPhase, type SearchPhaseResult } from './search-phase.js';
+import { authorization, registerBenchClient, startAuth, stopAuth } from './auth.js';
 
 // ---------------------------------------------------------------------------------------------
 // Settings and targets
@@ -492,7 +493,7 @@ function createRequests(): autocannon.Request[] {
     {
       method: 'POST',
       path: '/fhir/Observation',
-      headers: { 'content-type': FHIR_JSON, accept: FHIR_JSON },
+      headers: { 'content-type': FHIR_JSON, accept: FHIR_JSON, authorization: authorization() },
       setupRequest: (request) => ({ ...request, body: BODIES[next++ % BODIES.length] ?? BODIES[0] }),
     },
   ];
@@ -505,7 +506,7 @@ function readRequests(ids: string[]): autocannon.Request[] {
     {
       method: 'GET',
       path: paths[0] ?? '/fhir/Observation',
-      headers: { accept: FHIR_JSON },
+      headers: { accept: FHIR_JSON, authorization: authorization() },
       setupRequest: (request) => ({ ...request, path: paths[next++ % paths.length] ?? paths[0] }),
     },
   ];
@@ -595,7 +596,7 @@ async function seed(url: string, count: number): Promise<string[]> {
     for (let i = next++; i < count; i = next++) {
       const response = await fetch(`${url}/fhir/Observation`, {
         method: 'POST',
-        headers: { 'content-type': FHIR_JSON, accept: FHIR_JSON },
+        headers: { 'content-type': FHIR_JSON, accept: FHIR_JSON, authorization: authorization() },
         body: heartRate(100_000 + i),
       });
       const text = await response.text();
@@ -891,8 +892,14 @@ async function main(): Promise<number> {
     databaseUrl.pathname = `/${dbName}`;
     const pgLog = join(RESULTS_DIR, `server-${stamp}-postgresql.log`);
     report.files.serverLogs.push(relative(ROOT, pgLog));
+    const pgDataDir = mkdtempSync(join(os.tmpdir(), 'bench-pg-keys-'));
+    cleanups.push({ name: `remove ${pgDataDir}`, run: () => rm(pgDataDir, { recursive: true, force: true }) });
+    const pgEnv = { DATABASE_URL: databaseUrl.toString(), DATA_DIR: pgDataDir };
+    log('registering the bench client (admin command)');
+    const pgClient = registerBenchClient(ROOT, pgEnv);
     log('starting server on PostgreSQL');
-    const pgServer = await startServerProcess('postgresql', { DATABASE_URL: databaseUrl.toString() }, pgLog);
+    const pgServer = await startServerProcess('postgresql', pgEnv, pgLog);
+    await startAuth(pgServer.url, pgClient);
     report.idleRssMiB.postgresql = round((readRssKiB(pgServer.pid) ?? 0) / 1024, 1);
 
     report.scenarios.push(
@@ -953,7 +960,9 @@ async function main(): Promise<number> {
     const liteLog = join(RESULTS_DIR, `server-${stamp}-pglite.log`);
     report.files.serverLogs.push(relative(ROOT, liteLog));
     log(`starting server on PGlite (DATA_DIR ${dataDir})`);
+    const liteClient = registerBenchClient(ROOT, { DATA_DIR: dataDir });
     const liteServer = await startServerProcess('pglite', { DATA_DIR: dataDir }, liteLog);
+    await startAuth(liteServer.url, liteClient);
     report.idleRssMiB.pglite = round((readRssKiB(liteServer.pid) ?? 0) / 1024, 1);
     report.scenarios.push(
       await runScenario(liteServer, {
@@ -965,6 +974,7 @@ async function main(): Promise<number> {
       }),
     );
     log('stopping server (SIGTERM)');
+    stopAuth();
     await liteServer.stop();
   } catch (error) {
     failure = error;

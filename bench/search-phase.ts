@@ -12,6 +12,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import autocannon from 'autocannon';
 import pg from 'pg';
+import { authorization } from './auth.js';
 
 const SYNTHEA_DIR = new URL('../../shared/data/synthea/', import.meta.url).pathname;
 const BUNDLE_SIZE = 1_000;
@@ -42,7 +43,7 @@ function random(seed: number): () => number {
 async function postBundle(baseUrl: string, bundle: unknown): Promise<number> {
   const response = await fetch(`${baseUrl}/fhir`, {
     method: 'POST',
-    headers: { 'content-type': 'application/fhir+json', prefer: 'return=minimal' },
+    headers: { 'content-type': 'application/fhir+json', prefer: 'return=minimal', authorization: authorization() },
     body: typeof bundle === 'string' ? bundle : JSON.stringify(bundle),
   });
   const text = await response.text();
@@ -198,7 +199,7 @@ async function measureSearch(baseUrl: string, scenario: SearchScenario): Promise
         connections: 1,
         overallRate: SEARCH_RATE,
         duration: SEARCH_SECONDS,
-        requests: [{ method: 'GET', setupRequest: (req) => ({ ...req, path: scenario.path(rnd) }) }],
+        requests: [{ method: 'GET', headers: { authorization: authorization() }, setupRequest: (req) => ({ ...req, path: scenario.path(rnd) }) }],
       },
       (error: unknown, res: autocannon.Result) => (error ? reject(error instanceof Error ? error : new Error(JSON.stringify(error))) : resolve(res)),
     );

@@ -10,6 +10,7 @@ import { createApp, type AppOptions } from './http/app.js';
 import { MetApi } from './met/engine.js';
 import { openDatabase, type Database } from './store/database.js';
 import { migrate, REINDEX_MIGRATIONS } from './store/migrations.js';
+import { loadAuth } from './security.js';
 import { Repository } from './store/repository.js';
 import { ProfileValidator } from './validation/profiles.js';
 import { ResourceValidator } from './validation/validator.js';
@@ -57,9 +58,16 @@ export async function startServer(config: Readonly<Config>, logger: Logger, extr
     await db.close();
     throw error;
   }
+  let auth;
+  try {
+    auth = await loadAuth(config, db, logger);
+  } catch (error) {
+    await db.close();
+    throw error;
+  }
   const met = new MetApi(ctx.validator, profiles);
   let accepting = true;
-  const app = createApp({ ctx, logger, maxBodyBytes: config.maxBodyBytes, isAccepting: () => accepting, met, ...extra });
+  const app = createApp({ ctx, logger, maxBodyBytes: config.maxBodyBytes, isAccepting: () => accepting, met, auth, ...extra });
   const server = createServer(app);
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {

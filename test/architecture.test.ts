@@ -11,14 +11,15 @@ const SRC = new URL('../src/', import.meta.url).pathname;
 /** Which layers each layer may import (besides itself). */
 const ALLOWED: Record<string, string[]> = {
   fhir: [],
+  auth: [],
   validation: ['fhir'],
   search: ['fhir'],
   patch: ['fhir'],
   store: ['fhir', 'search'],
   interactions: ['fhir', 'search', 'patch', 'store', 'validation'],
   met: ['fhir', 'store', 'validation'],
-  http: ['fhir', 'interactions', 'met'],
-  '.': ['fhir', 'search', 'patch', 'store', 'validation', 'interactions', 'met', 'http'],
+  http: ['fhir', 'interactions', 'met', 'auth', 'store'],
+  '.': ['fhir', 'search', 'patch', 'store', 'validation', 'interactions', 'met', 'http', 'auth'],
 };
 
 function files(dir: string): string[] {

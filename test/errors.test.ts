@@ -10,7 +10,7 @@ import { fhirContext } from '../src/server.js';
 import { openDatabase } from '../src/store/database.js';
 import { classifyDatabaseError } from '../src/store/db-errors.js';
 import { FhirError } from '../src/fhir/errors.js';
-import { api, appWith, assertOutcome, FHIR_JSON, testContext, uniqueId, BASE_URL } from './helpers.js';
+import { api, appWith, assertOutcome, FHIR_JSON, testAuth, testContext, tokenFor, uniqueId, BASE_URL } from './helpers.js';
 
 const silent = pino({ level: 'silent' });
 
@@ -75,28 +75,30 @@ describe('400 Bad Request', () => {
 });
 
 describe('401 Unauthorized', () => {
-  it('returns Unauthorized when credentials are sent that this build cannot verify', async () => {
-    const res = await (await api()).get('/fhir/Patient/x').set('Authorization', 'Bearer abc');
-    assert.equal(res.status, 401);
-    assertOutcome(res.body, [
-      {
-        code: 'login',
-        detail: 'credentials-not-verifiable',
-        diagnostics: 'This server cannot verify credentials yet (authentication is not configured); send the request without Authorization',
-      },
+  it('returns Unauthorized, with WWW-Authenticate: Bearer, without a token and with one that is not ours', async () => {
+    const { app } = await testContext();
+    const none = await supertest(app).get('/fhir/Patient/x');
+    assert.equal(none.status, 401);
+    assert.equal(none.headers['www-authenticate'], 'Bearer realm="fhir"');
+    assertOutcome(none.body, [{ code: 'login', detail: 'token-missing', diagnostics: 'This request needs Authorization: Bearer <access token>; get one at /auth/token' }]);
+    const bad = await supertest(app).get('/fhir/Patient/x').set('Authorization', 'Bearer abc');
+    assert.equal(bad.status, 401);
+    assert.equal(bad.headers['www-authenticate'], 'Bearer realm="fhir", error="invalid_token"');
+    assertOutcome(bad.body, [
+      { code: 'login', detail: 'token-invalid', diagnostics: 'The access token is not valid (expired, malformed or not issued by this server); get a new one at /auth/token' },
     ]);
+    assert.equal((await supertest(app).get('/fhir/metadata')).status, 200, 'metadata stays open');
   });
 });
 
 describe('403 Forbidden', () => {
-  it('returns Forbidden to a client that is not allowed (non-loopback peers until auth exists)', async () => {
-    const app = await appWith({ isClientAllowed: () => false });
-    const res = await supertest(app).get('/fhir/Patient/x');
+  it("returns Forbidden when the token's scopes do not allow the interaction", async () => {
+    const { app } = await testContext();
+    const res = await supertest(app).get('/fhir/Patient/x').auth(await tokenFor('system/Observation.rs'), { type: 'bearer' });
     assert.equal(res.status, 403);
     assertOutcome(res.body, [
-      { code: 'forbidden', detail: 'remote-access-closed', diagnostics: 'This server answers loopback clients only until authentication is configured' },
+      { code: 'forbidden', detail: 'scope-insufficient', diagnostics: "This token's scopes do not allow read on Patient (needs system/Patient.r or a wider scope)" },
     ]);
-    assert.equal((await supertest(app).get('/fhir/metadata')).status, 200, 'metadata stays open');
   });
 });
 
@@ -244,6 +246,7 @@ describe('413 Payload Too Large', () => {
     const app = await appWith({ maxBodyBytes: 2048 });
     const res = await supertest(app)
       .post('/fhir/Basic')
+      .auth((await testContext()).token, { type: 'bearer' })
       .set('Content-Type', FHIR_JSON)
       .send({ resourceType: 'Basic', code: { text: 'x'.repeat(4096) } });
     assert.equal(res.status, 413);
@@ -321,8 +324,8 @@ describe('500 Internal Server Error', () => {
     // A real database without our tables: the query fails with "relation does not exist".
     const db = await openDatabase({ dataDir: 'memory://' });
     try {
-      const app = createApp({ ctx: fhirContext(db, BASE_URL), logger: silent, maxBodyBytes: 1024 });
-      const res = await supertest(app).get('/fhir/Patient/x');
+      const app = createApp({ ctx: fhirContext(db, BASE_URL), logger: silent, maxBodyBytes: 1024, auth: await testAuth(db) });
+      const res = await supertest(app).get('/fhir/Patient/x').auth((await testContext()).token, { type: 'bearer' });
       assert.equal(res.status, 500);
       assertOutcome(res.body, [{ code: 'exception', detail: 'internal-error', diagnostics: 'The server met an unexpected error; it has been logged with the request id.' }]);
       assert.doesNotMatch(res.text, /relation|SELECT|at .*\.ts/);
@@ -337,11 +340,12 @@ describe('503 Service Unavailable', () => {
     // Nothing listens on port 1: every connection is refused.
     const db = await openDatabase({ databaseUrl: 'postgres://postgres@127.0.0.1:1/none', dataDir: 'unused' });
     try {
-      const app = createApp({ ctx: fhirContext(db, BASE_URL), logger: silent, maxBodyBytes: 1024 });
-      const read = await supertest(app).get('/fhir/Patient/x');
+      const app = createApp({ ctx: fhirContext(db, BASE_URL), logger: silent, maxBodyBytes: 1024, auth: await testAuth(db) });
+      const { token } = await testContext();
+      const read = await supertest(app).get('/fhir/Patient/x').auth(token, { type: 'bearer' });
       assert.equal(read.status, 503);
       assertOutcome(read.body, [{ code: 'transient', detail: 'database-unavailable', diagnostics: 'The database is unreachable; retry later.' }]);
-      const write = await supertest(app).put('/fhir/Basic/x').set('Content-Type', FHIR_JSON).send({ resourceType: 'Basic', id: 'x', code: { text: 'x' } });
+      const write = await supertest(app).put('/fhir/Basic/x').auth(token, { type: 'bearer' }).set('Content-Type', FHIR_JSON).send({ resourceType: 'Basic', id: 'x', code: { text: 'x' } });
       assert.equal(write.status, 503);
       const ready = await supertest(app).get('/readyz');
       assert.equal(ready.status, 503);

@@ -16,6 +16,9 @@ import { migrate } from '../src/store/migrations.js';
 import type { FhirContext } from '../src/interactions/index.js';
 import { ProfileValidator } from '../src/validation/profiles.js';
 import { ERROR_CODE_SYSTEM } from '../src/fhir/errors.js';
+import { generateSigningJwk, issueAccessToken, JwksFetcher, signingKeyFromJwk, type SigningKey } from '../src/auth/index.js';
+import type { AuthOptions } from '../src/http/auth.js';
+import { ClientStore } from '../src/store/clients.js';
 
 export const BASE_URL = 'http://fhir.test';
 export const FHIR_JSON = 'application/fhir+json';
@@ -26,6 +29,32 @@ interface TestContext {
   ctx: FhirContext;
   app: Express;
   met: MetApi;
+  auth: AuthOptions;
+  /** An access token of this run's tenant with scope system/*.* (an hour long). */
+  token: string;
+}
+
+let signingKey: Promise<SigningKey> | undefined;
+
+/** The server's signing key for the whole run (in memory). */
+export function testSigningKey(): Promise<SigningKey> {
+  signingKey ??= generateSigningJwk('ES384').then((jwk) => signingKeyFromJwk(jwk));
+  return signingKey;
+}
+
+/** An access token as /auth/token would issue it, for a client of `tenant` with `scope`. */
+export async function tokenFor(scope: string, options: { tenant?: string; clientId?: string; lifetimeSeconds?: number } = {}): Promise<string> {
+  const issued = await issueAccessToken(
+    await testSigningKey(),
+    { clientId: options.clientId ?? 'test-client', tenant: options.tenant ?? 'test', scope },
+    { issuer: BASE_URL, audience: `${BASE_URL}/fhir`, lifetimeSeconds: options.lifetimeSeconds ?? 3600 },
+  );
+  return issued.accessToken;
+}
+
+/** The auth options of an app over `db` (its client registry) with the run's signing key. */
+export async function testAuth(db: Database): Promise<AuthOptions> {
+  return { signingKey: await testSigningKey(), clients: new ClientStore(db.pool), baseUrl: BASE_URL, jwksFetcher: new JwksFetcher({ requireHttps: false }) };
 }
 
 let shared: Promise<TestContext> | undefined;
@@ -54,8 +83,9 @@ export function testContext(): Promise<TestContext> {
     const ctx = fhirContext(db, BASE_URL);
     // The MET API as the server runs it: every mapped resource checked against its profiles too.
     const met = new MetApi(ctx.validator, await profileValidator());
-    const app = createApp({ ctx, logger: silentLogger, maxBodyBytes: 10 * 1024 * 1024, met });
-    return { db, ctx, app, met };
+    const auth = await testAuth(db);
+    const app = createApp({ ctx, logger: silentLogger, maxBodyBytes: 10 * 1024 * 1024, met, auth });
+    return { db, ctx, app, met, auth, token: await tokenFor('system/*.*') };
   })();
   return shared;
 }
@@ -67,16 +97,16 @@ export async function closeTestContext(): Promise<void> {
   await db.close();
 }
 
-/** A supertest agent on the shared app. */
+/** A supertest agent on the shared app, sending an access token with scope system/*.*. */
 export async function api(): Promise<supertest.Agent> {
-  const { app } = await testContext();
-  return supertest.agent(app);
+  const { app, token } = await testContext();
+  return supertest.agent(app).auth(token, { type: 'bearer' });
 }
 
-/** An app over the shared database with other options (guards, limits). */
+/** An app over the shared database with other options (limits). */
 export async function appWith(options: Partial<AppOptions>): Promise<Express> {
-  const { ctx, met } = await testContext();
-  return createApp({ ctx, logger: silentLogger, maxBodyBytes: 10 * 1024 * 1024, met, ...options });
+  const { ctx, met, auth } = await testContext();
+  return createApp({ ctx, logger: silentLogger, maxBodyBytes: 10 * 1024 * 1024, met, auth, ...options });
 }
 
 export function uniqueId(prefix = 't'): string {

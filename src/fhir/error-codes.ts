@@ -23,8 +23,9 @@ export const ERROR_CODES = {
   'request-aborted': 'invalid',
   'body-size-mismatch': 'invalid',
   // 401, 403
-  'credentials-not-verifiable': 'unauthorized',
-  'remote-access-closed': 'forbidden',
+  'token-missing': 'unauthorized',
+  'token-invalid': 'unauthorized',
+  'scope-insufficient': 'forbidden',
   // 404, 405, 406
   'resource-not-found': 'notFound',
   'version-not-found': 'notFound',

@@ -1,6 +1,7 @@
 /**
- * The Express application: request ids and logs, the open (unauthenticated) probes, the guards,
- * the FHIR routes, and the one error handler that turns everything thrown into an
+ * The Express application: request ids and logs, the open (unauthenticated) probes, the token
+ * endpoint and SMART configuration, the access-token check in front of /fhir and /met/v1, the
+ * FHIR routes, and the one error handler that turns everything thrown into an
  * OperationOutcome (unknown errors are 500 and their details go to the log only).
  */
 import { randomUUID } from 'node:crypto';
@@ -10,6 +11,7 @@ import { FhirError, fhirError, toFhirError } from '../fhir/errors.js';
 import type { FhirContext } from '../interactions/index.js';
 import { MetApi } from '../met/engine.js';
 import { fhirRoutes } from './fhir-routes.js';
+import { authRoutes, requireToken, smartConfiguration, type AuthOptions } from './auth.js';
 import { metRoutes } from './met-routes.js';
 import { sendOutcome } from './send.js';
 
@@ -17,24 +19,18 @@ export interface AppOptions {
   ctx: FhirContext;
   logger: Logger;
   maxBodyBytes: number;
-  /** Whether the API answers a peer at this address. Until authentication arrives: loopback only. */
-  isClientAllowed?: (address: string | undefined) => boolean;
+  /** SMART Backend Services: our signing key, the registered clients, the public base URL. */
+  auth: AuthOptions;
   /** False while shutting down, so that /readyz turns 503 before the server stops. */
   isAccepting?: () => boolean;
   /** The MET documentation API (made from ctx when not given). */
   met?: MetApi;
 }
 
-export function isLoopback(address: string | undefined): boolean {
-  if (!address) return false;
-  return address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.');
-}
-
 const REQUEST_ID = /^[A-Za-z0-9\-.]{1,64}$/;
 
 export function createApp(options: AppOptions): express.Express {
   const { ctx, logger } = options;
-  const isClientAllowed = options.isClientAllowed ?? isLoopback;
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
@@ -69,24 +65,18 @@ export function createApp(options: AppOptions): express.Express {
     }
   });
 
-  app.use('/fhir', (req: Request, _res: Response, next: NextFunction) => {
+  app.use('/auth', authRoutes(options.auth, logger));
+  app.get('/fhir/.well-known/smart-configuration', (_req: Request, res: Response) => {
+    res.type('application/json').send(JSON.stringify(smartConfiguration(options.auth.baseUrl)));
+  });
+  const requireAccessToken = requireToken(options.auth, logger);
+  app.use('/fhir', (req: Request, res: Response, next: NextFunction) => {
     if (req.path === '/metadata') return next();
-    if (!isClientAllowed(req.socket.remoteAddress)) {
-      throw fhirError('remote-access-closed', 'This server answers loopback clients only until authentication is configured');
-    }
-    if (req.get('authorization') !== undefined) {
-      throw fhirError('credentials-not-verifiable', 'This server cannot verify credentials yet (authentication is not configured); send the request without Authorization');
-    }
-    next();
+    requireAccessToken(req, res, next);
   });
   app.use('/fhir', fhirRoutes(ctx, { maxBodyBytes: options.maxBodyBytes }));
 
-  app.use('/met/v1', (req: Request, _res: Response, next: NextFunction) => {
-    if (!isClientAllowed(req.socket.remoteAddress)) {
-      throw fhirError('remote-access-closed', 'This server answers loopback clients only until authentication is configured');
-    }
-    next();
-  });
+  app.use('/met/v1', requireAccessToken);
   app.use('/met/v1', metRoutes(options.met ?? new MetApi(ctx.validator), ctx, { maxBodyBytes: options.maxBodyBytes, logger }));
 
   app.use((_req: Request, _res: Response) => {

@@ -12,6 +12,8 @@ import { queryParams } from '../interactions/conditions.js';
 import { INTERACTIONS, type FhirContext, type FhirRequest, type FhirResponse, type Interaction } from '../interactions/index.js';
 import { checkRequestType, handlingPreference, responseType, returnPreference } from './negotiation.js';
 import { requestIdOf } from './send.js';
+import { REQUIRED_ACCESS } from '../auth/index.js';
+import { callerOf, requireScope } from './auth.js';
 
 export interface FhirRoutesOptions {
   maxBodyBytes: number;
@@ -65,7 +67,18 @@ function checkBodyType(kind: 'resource' | 'form' | 'patch') {
 }
 
 async function run(ctx: FhirContext, interaction: Interaction, req: Request, res: Response): Promise<void> {
-  const result = await interaction.handle(ctx, toFhirRequest(req));
+  const request = toFhirRequest(req);
+  let reqCtx = ctx;
+  if (interaction.code !== 'capabilities') {
+    // Every interaction but the CapabilityStatement is behind requireToken (app.ts).
+    const caller = callerOf(res);
+    reqCtx = { ...ctx, authorize: (type, needed) => requireScope(caller, type, needed) };
+    const needed = [...(REQUIRED_ACCESS[interaction.code] ?? [])];
+    if (interaction.code === 'create' && request.ifNoneExist !== undefined) needed.push('search');
+    // Bundles are checked entry by entry (bundle.ts); system-level history needs a wildcard scope.
+    if (interaction.code !== 'transaction') requireScope(caller, request.resourceType ?? '*', needed);
+  }
+  const result = await interaction.handle(reqCtx, request);
   send(req, res, result);
 }
 

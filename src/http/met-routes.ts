@@ -8,6 +8,10 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import type { Logger } from 'pino';
 import { DocumentError, type MetApi } from '../met/engine.js';
 import type { FhirContext } from '../interactions/index.js';
+import { callerOf, requireScope } from './auth.js';
+
+/** What a push may create and update (src/met mappings): the token must allow both on each. */
+const MET_RESOURCE_TYPES = ['Patient', 'Observation', 'Goal', 'CarePlan', 'Encounter', 'Procedure', 'DocumentReference', 'Condition', 'Provenance'];
 
 const PROBLEM_JSON = 'application/problem+json';
 
@@ -28,6 +32,8 @@ export function metRoutes(api: MetApi, ctx: FhirContext, options: { maxBodyBytes
   router.post('/:collection', parseJson, async (req: Request, res: Response) => {
     const type = api.typeOf(String(req.params.collection));
     if (!type) return problem(res, 404, 'No such document collection', [], `Documents are pushed to: ${api.collections.map((c) => `/met/v1/${c}`).join(', ')}`);
+    const caller = callerOf(res);
+    for (const t of MET_RESOURCE_TYPES) requireScope(caller, t, ['create', 'update']);
     const software = req.get('x-met-software')?.slice(0, 200) || 'unnamed MET software';
     const result = await api.push(ctx.repo, type, req.body, { id: 'default', software });
     res.status(result.status === 'created' ? 201 : 200).json(result);

@@ -54,7 +54,7 @@ import type { Condition, Repository, StoredVersion } from '../store/repository.j
 import { conditionOf, queryParams } from './conditions.js';
 import { locationOf } from './params.js';
 import { runSearch } from './search.js';
-import type { FhirContext, FhirRequest, FhirResponse, Interaction } from './types.js';
+import type { Access, FhirContext, FhirRequest, FhirResponse, Interaction } from './types.js';
 
 /** At most this many entries in one batch or transaction. */
 export const MAX_ENTRIES = 10_000;
@@ -228,10 +228,28 @@ function planEntry(ctx: FhirContext, raw: unknown, index: number): Plan {
       const params = queryParams(url.query ?? '');
       plan.search = { ...parseSearch(plan.type, params, { fhirBase: ctx.fhirBase, lenient: false }), params };
     }
+    ctx.authorize?.(plan.type, accessOf(plan, url.id !== undefined));
   } catch (error) {
     throw anchored(error, plan);
   }
   return plan;
+}
+
+/** What an entry does, in scope terms (a conditional write searches too). */
+function accessOf(plan: Plan, hasId: boolean): Access[] {
+  const searches = plan.condition !== undefined ? (['search'] as const) : [];
+  switch (plan.method) {
+    case 'GET':
+    case 'HEAD':
+      return hasId ? ['read'] : ['search'];
+    case 'POST':
+      return ['create', ...searches];
+    case 'PUT':
+    case 'PATCH':
+      return ['update', ...searches];
+    case 'DELETE':
+      return ['delete', ...searches];
+  }
 }
 
 /** `request.url`: relative to the base (or absolute on this server): Type, Type/id, Type/id/_history/vid, each with an optional query. */

@@ -9,7 +9,7 @@ import type { JsonResource } from '../fhir/resource.js';
 import { selectElements, summarize } from '../fhir/summary.js';
 import { encodeCursor, parseSearch } from '../search/parse.js';
 import type { IncludeSpec, SearchQuery, SearchWarning } from '../search/query.js';
-import type { FhirContext, FhirRequest, FhirResponse, Interaction } from './types.js';
+import { allows, type FhirContext, type FhirRequest, type FhirResponse, type Interaction } from './types.js';
 import { requireType } from './params.js';
 
 /** At most this many resources are added by _include and _revinclude to one page. */
@@ -120,6 +120,8 @@ async function includes(ctx: FhirContext, query: SearchQuery, matches: JsonResou
       wanted.push(...ids.map((id) => ({ type: spec.sourceType, id })));
     }
     const fresh = wanted.filter((k) => {
+      // Only types the caller may read are included (and followed further).
+      if (!allows(ctx, k.type, 'read')) return false;
       const key = keyOf(k);
       if (seen.has(key)) return false;
       seen.add(key);

@@ -12,6 +12,27 @@ export interface FhirContext {
   fhirBase: string;
   software: { name: string; version: string };
   startedAt: string;
+  /**
+   * Per request, from the caller's access token: throws (403) unless the caller may do each of
+   * `needed` on `resourceType`. Bundle entries and _include are checked with it too. Unset: no
+   * checks (the store's own callers, tests of the interactions themselves).
+   */
+  authorize?: Authorize;
+}
+
+/** What an interaction does to a resource type, in SMART v2's terms (c r u d s). */
+export type Access = 'create' | 'read' | 'update' | 'delete' | 'search';
+export type Authorize = (resourceType: string, needed: readonly Access[]) => void;
+
+/** Whether `authorize` lets the caller do `access` on `resourceType` (without throwing). */
+export function allows(ctx: FhirContext, resourceType: string, access: Access): boolean {
+  if (!ctx.authorize) return true;
+  try {
+    ctx.authorize(resourceType, [access]);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 export interface FhirRequest {

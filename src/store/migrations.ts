@@ -4,6 +4,7 @@
  */
 import type { SqlPool } from './sql.js';
 import { inTransaction } from './database.js';
+import { CLIENTS_MIGRATION } from './clients.js';
 import { INDEX_MIGRATION, TOKEN_QUANTITY_MIGRATION } from './search-index.js';
 
 const MIGRATION_LOCK = 7_310_001;
@@ -102,6 +103,11 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
     // Their rows move from sp_token/sp_quantity (as <code>#0, <code>#1) to sp_token_quantity:
     // the server indexes every resource again at start (reindex()).
     sql: TOKEN_QUANTITY_MIGRATION,
+  },
+  {
+    version: 7,
+    name: 'security: tenants, OAuth clients, used client-assertion ids',
+    sql: CLIENTS_MIGRATION,
   },
 ];
 

@@ -1,0 +1,56 @@
+/**
+ * The bench is a SMART Backend Services client like any other: a client registered with the
+ * admin command (`node dist/admin.js`, as `npm run admin` runs it) before the server starts, and
+ * an access token from /auth/token (client_secret_post), fetched again every two minutes (tokens
+ * last five) so that long phases (the million-Observation load) never send an expired one.
+ */
+import { spawnSync } from 'node:child_process';
+
+const current = { token: '' };
+let timer: NodeJS.Timeout | undefined;
+
+export interface BenchClient {
+  client_id: string;
+  client_secret: string;
+}
+
+/** Registers tenant `bench` and a system/*.* client in the database `dbEnv` names. */
+export function registerBenchClient(root: string, dbEnv: Record<string, string>): BenchClient {
+  const env = { ...process.env, ...dbEnv, NODE_ENV: 'production', LOG_LEVEL: 'warn' };
+  const admin = (...args: string[]): string => {
+    const run = spawnSync(process.execPath, ['dist/admin.js', ...args], { cwd: root, env, encoding: 'utf8' });
+    if (run.status !== 0) throw new Error(`admin ${args.join(' ')}: ${run.stderr.trim()}`);
+    return run.stdout;
+  };
+  admin('tenant', 'create', 'bench');
+  return JSON.parse(admin('client', 'create', '--tenant', 'bench', '--name', 'bench', '--scopes', 'system/*.*')) as BenchClient;
+}
+
+async function fetchToken(baseUrl: string, client: BenchClient): Promise<void> {
+  const response = await fetch(`${baseUrl}/auth/token`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ grant_type: 'client_credentials', scope: 'system/*.*', client_id: client.client_id, client_secret: client.client_secret }).toString(),
+  });
+  const text = await response.text();
+  if (response.status !== 200) throw new Error(`/auth/token answered ${response.status}: ${text.slice(0, 300)}`);
+  current.token = (JSON.parse(text) as { access_token: string }).access_token;
+}
+
+/** Gets a token from the server at `baseUrl` and keeps it fresh until stopAuth(). */
+export async function startAuth(baseUrl: string, client: BenchClient): Promise<void> {
+  stopAuth();
+  await fetchToken(baseUrl, client);
+  timer = setInterval(() => void fetchToken(baseUrl, client).catch((error: unknown) => process.stderr.write(`[bench] token refresh failed: ${String(error)}\n`)), 120_000);
+  timer.unref();
+}
+
+export function stopAuth(): void {
+  if (timer) clearInterval(timer);
+  timer = undefined;
+}
+
+/** The Authorization header value with the current token. */
+export function authorization(): string {
+  return `Bearer ${current.token}`;
+}

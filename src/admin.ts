@@ -1,0 +1,104 @@
+/**
+ * `npm run admin -- <command>`: operator commands against the configured database (DATABASE_URL,
+ * or the embedded one in DATA_DIR). INTERFACE.md:
+ *   tenant create <name>
+ *   client create --tenant <name> --name <name> --scopes "<scopes>" [--jwks-url <url>]
+ * Each prints JSON on stdout and exits 0, or prints one line on stderr and exits non-zero.
+ * A client gets a secret (printed once, stored only as a scrypt hash) unless it registers a JWKS
+ * URL, in which case it authenticates with private_key_jwt.
+ */
+import { ConfigError, loadConfig } from './config.js';
+import { hashSecret, newClientId, newClientSecret, parseScopes } from './auth/index.js';
+import { ClientStore } from './store/clients.js';
+import { openDatabase } from './store/database.js';
+import { migrate } from './store/migrations.js';
+
+class UsageError extends Error {}
+
+const USAGE = 'usage: npm run admin -- tenant create <name> | client create --tenant <name> --name <name> --scopes "<scopes>" [--jwks-url <url>]';
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+function options(args: string[]): Map<string, string> {
+  const out = new Map<string, string>();
+  for (let i = 0; i < args.length; i += 2) {
+    const key = args[i] as string;
+    const value = args[i + 1];
+    if (!key.startsWith('--') || value === undefined) throw new UsageError(`expected --option value pairs, got '${args.slice(i).join(' ')}'`);
+    out.set(key.slice(2), value);
+  }
+  return out;
+}
+
+function checkJwksUrl(url: string, production: boolean): void {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new UsageError(`--jwks-url is not a URL: ${url}`);
+  }
+  const loopback = ['127.0.0.1', 'localhost', '[::1]'].includes(parsed.hostname);
+  if (parsed.protocol !== 'https:' && !(parsed.protocol === 'http:' && loopback && !production)) {
+    throw new UsageError('--jwks-url must be https (http only on loopback, outside production)');
+  }
+}
+
+async function run(args: string[]): Promise<unknown> {
+  const config = loadConfig(process.env);
+  const [noun, verb, ...rest] = args;
+  const db = await openDatabase({ ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}), dataDir: config.dataDir, poolSize: 2 });
+  try {
+    await migrate(db.pool);
+    const clients = new ClientStore(db.pool);
+    if (noun === 'tenant' && verb === 'create' && rest.length === 1) {
+      const name = rest[0] as string;
+      if (!NAME.test(name)) throw new UsageError(`tenant name must be 1-64 letters, digits, '.', '_' or '-': ${name}`);
+      if (await clients.tenantExists(name)) throw new UsageError(`tenant ${name} exists already`);
+      // Until every resource, search and history is confined to its tenant, a database serves one.
+      const existing = await clients.tenantNames();
+      if (existing.length > 0) {
+        throw new UsageError(`this build serves one tenant per database (tenant isolation of the data is not implemented yet); it has ${existing.join(', ')}: register clients there`);
+      }
+      await clients.createTenant(name);
+      return { tenant: name };
+    }
+    if (noun === 'client' && verb === 'create') {
+      const opts = options(rest);
+      for (const key of opts.keys()) if (!['tenant', 'name', 'scopes', 'jwks-url'].includes(key)) throw new UsageError(`unknown option --${key}`);
+      const tenant = opts.get('tenant');
+      const name = opts.get('name');
+      const scopes = opts.get('scopes');
+      if (!tenant || !name || !scopes) throw new UsageError('client create needs --tenant, --name and --scopes');
+      if (!(await clients.tenantExists(tenant))) throw new UsageError(`no tenant ${tenant}; create it first with: npm run admin -- tenant create ${tenant}`);
+      const parsed = parseScopes(scopes);
+      if (parsed.invalid.length > 0) throw new UsageError(`not SMART scopes: ${parsed.invalid.join(' ')}`);
+      const nonSystem = parsed.scopes.filter((s) => s.context !== 'system');
+      if (nonSystem.length > 0 || parsed.scopes.length === 0) throw new UsageError('backend clients get system/ scopes only (for example system/*.rs or system/Observation.cruds)');
+      const jwksUrl = opts.get('jwks-url');
+      const clientId = newClientId();
+      if (jwksUrl) {
+        checkJwksUrl(jwksUrl, config.production);
+        await clients.createClient({ clientId, tenant, name, jwksUrl, scopes });
+        return { client_id: clientId, tenant, name, scopes, jwks_url: jwksUrl, token_endpoint_auth_method: 'private_key_jwt' };
+      }
+      const secret = newClientSecret();
+      await clients.createClient({ clientId, tenant, name, secretHash: await hashSecret(secret), scopes });
+      return { client_id: clientId, client_secret: secret, tenant, name, scopes, token_endpoint_auth_method: 'client_secret_basic' };
+    }
+    throw new UsageError(USAGE);
+  } finally {
+    await db.close();
+  }
+}
+
+run(process.argv.slice(2)).then(
+  (result) => {
+    process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+  },
+  (error: unknown) => {
+    if (error instanceof ConfigError) process.stderr.write(`admin: ${error.problems.join('; ')}\n`);
+    else if (error instanceof UsageError) process.stderr.write(`admin: ${error.message}\n`);
+    else if ((error as { code?: string }).code === '23505') process.stderr.write('admin: a client of that name exists already in the tenant\n');
+    else process.stderr.write(`admin: ${(error as Error).message}\n`);
+    process.exitCode = 1;
+  },
+);

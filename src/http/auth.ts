@@ -1,0 +1,146 @@
+/**
+ * The Express side of SMART Backend Services (the rules themselves are in src/auth):
+ *  - POST /auth/token: OAuth 2.0 client_credentials (client_secret_basic, client_secret_post,
+ *    private_key_jwt), answered as RFC 6749 JSON;
+ *  - GET /auth/jwks: the public keys our access tokens are signed with;
+ *  - GET /fhir/.well-known/smart-configuration: where those are and what we support;
+ *  - requireToken: passport's bearer strategy in front of the API, answering 401 with an
+ *    OperationOutcome and `WWW-Authenticate: Bearer` (RFC 6750 §3).
+ * https://hl7.org/fhir/smart-app-launch/backend-services.html
+ */
+import express, { type NextFunction, type Request, type Response, type Router } from 'express';
+import passport from 'passport';
+import { Strategy as BearerStrategy } from 'passport-http-bearer';
+import type { Logger } from 'pino';
+import {
+  handleTokenRequest,
+  JwksFetcher,
+  parseScopes,
+  permits,
+  publicJwks,
+  verifyAccessToken,
+  type Interaction,
+  type Scope,
+  type SigningKey,
+} from '../auth/index.js';
+import { FhirError, fhirError } from '../fhir/errors.js';
+import type { ClientStore } from '../store/clients.js';
+
+export interface AuthOptions {
+  signingKey: SigningKey;
+  clients: ClientStore;
+  /** The server's public base (BASE_URL): tokens are issued by it, for `${baseUrl}/fhir`. */
+  baseUrl: string;
+  /** Fetches clients' JWKS URLs (https only unless told otherwise, for tests on loopback). */
+  jwksFetcher?: JwksFetcher;
+  tokenLifetimeSeconds?: number;
+}
+
+/** Who is calling, from a verified access token. */
+export interface Caller {
+  clientId: string;
+  tenant: string;
+  scopes: Scope[];
+}
+
+/** The caller of a request that passed requireToken. */
+export function callerOf(res: Response): Caller {
+  const caller = res.locals.caller as Caller | undefined;
+  if (!caller) throw new Error('no caller: the route is not behind requireToken');
+  return caller;
+}
+
+/** Throws 403 unless the caller's scopes grant every one of `needed` on `resourceType`. */
+export function requireScope(caller: Caller, resourceType: string, needed: readonly Interaction[]): void {
+  for (const interaction of needed) {
+    if (!permits(caller.scopes, resourceType, interaction)) {
+      const letter = { create: 'c', read: 'r', update: 'u', delete: 'd', search: 's' }[interaction];
+      throw fhirError('scope-insufficient', `This token's scopes do not allow ${interaction} on ${resourceType} (needs system/${resourceType}.${letter} or a wider scope)`);
+    }
+  }
+}
+
+export function smartConfiguration(baseUrl: string): Record<string, unknown> {
+  return {
+    issuer: baseUrl,
+    jwks_uri: `${baseUrl}/auth/jwks`,
+    token_endpoint: `${baseUrl}/auth/token`,
+    token_endpoint_auth_methods_supported: ['private_key_jwt', 'client_secret_basic', 'client_secret_post'],
+    token_endpoint_auth_signing_alg_values_supported: ['RS384', 'ES384'],
+    grant_types_supported: ['client_credentials'],
+    scopes_supported: ['system/*.read', 'system/*.write', 'system/*.*', 'system/*.cruds', 'system/*.rs'],
+    response_types_supported: ['token'],
+    capabilities: ['client-confidential-asymmetric', 'client-confidential-symmetric', 'permission-v1', 'permission-v2'],
+  };
+}
+
+/** /auth/token and /auth/jwks. */
+export function authRoutes(options: AuthOptions, logger: Logger): Router {
+  const router = express.Router();
+  const jwksFetcher = options.jwksFetcher ?? new JwksFetcher();
+  const deps = {
+    findClient: (clientId: string) => options.clients.findClient(clientId),
+    rememberJti: (clientId: string, jti: string, keepUntil: number) => options.clients.rememberJti(clientId, jti, keepUntil),
+    jwksFetcher,
+    signingKey: options.signingKey,
+    tokenUrl: `${options.baseUrl}/auth/token`,
+    issuer: options.baseUrl,
+    audience: `${options.baseUrl}/fhir`,
+    ...(options.tokenLifetimeSeconds ? { tokenLifetimeSeconds: options.tokenLifetimeSeconds } : {}),
+  };
+  const form = express.urlencoded({ extended: false, limit: '64kb', type: () => true });
+  router.post('/token', form, async (req: Request, res: Response) => {
+    const body = typeof req.body === 'object' && req.body !== null ? (req.body as Record<string, string | string[]>) : {};
+    const headers = { ...req.headers, 'content-type': req.get('content-type') };
+    let answer;
+    try {
+      answer = await handleTokenRequest({ headers, form: body }, deps);
+    } catch (error) {
+      logger.error({ requestId: res.locals.requestId, err: error }, 'token endpoint failed');
+      throw fhirError('database-unavailable', 'The token endpoint cannot reach its database');
+    }
+    // The reason (wrong secret, replayed jti, …) is for the log; the client gets RFC 6749's answer.
+    logger.info({ requestId: res.locals.requestId, audit: answer.audit }, 'token request');
+    res.status(answer.status).set(answer.headers).send(JSON.stringify(answer.body));
+  });
+  router.get('/jwks', (_req: Request, res: Response) => {
+    res.type('application/json').set('Cache-Control', 'public, max-age=300').send(JSON.stringify(publicJwks(options.signingKey)));
+  });
+  return router;
+}
+
+/** passport's bearer strategy, verifying our own access tokens. */
+export function requireToken(options: AuthOptions, logger: Logger) {
+  const authenticator = new passport.Passport();
+  authenticator.use(
+    new BearerStrategy((token, done) => {
+      verifyAccessToken(token, { keys: options.signingKey, issuer: options.baseUrl, audience: `${options.baseUrl}/fhir` }).then(
+        (verified) => {
+          if (!verified.ok) return done(null, false, verified.reason);
+          const { sub, tenant, scope } = verified.value as unknown as { sub: string; tenant: string; scope: string };
+          const caller: Caller = { clientId: sub, tenant, scopes: parseScopes(scope).scopes };
+          return done(null, caller);
+        },
+        (error: unknown) => done(error),
+      );
+    }),
+  );
+  return (req: Request, res: Response, next: NextFunction): void => {
+    const authenticate = authenticator.authenticate('bearer', { session: false }, (error: unknown, caller: Caller | false, info: unknown) => {
+      if (error) return next(error);
+      if (!caller) {
+        const sent = (req.get('authorization') ?? '').trim() !== '';
+        const reason = typeof info === 'string' ? info : 'missing';
+        logger.info({ requestId: res.locals.requestId, reason: sent ? reason : 'no token' }, 'access token refused');
+        return next(
+          sent
+            ? new FhirError('unauthorized', { code: 'token-invalid', message: 'The access token is not valid (expired, malformed or not issued by this server); get a new one at /auth/token' }, { 'WWW-Authenticate': 'Bearer realm="fhir", error="invalid_token"' })
+            : new FhirError('unauthorized', { code: 'token-missing', message: 'This request needs Authorization: Bearer <access token>; get one at /auth/token' }, { 'WWW-Authenticate': 'Bearer realm="fhir"' }),
+        );
+      }
+      res.locals.caller = caller;
+      next();
+    }) as (req: Request, res: Response, next: NextFunction) => void;
+    authenticate(req, res, next);
+  };
+}
