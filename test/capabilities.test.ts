@@ -15,6 +15,9 @@ describe('capabilities', () => {
     const types = (res.body.rest[0].resource as { type: string }[]).map((r) => r.type);
     assert.deepEqual(types, [...RESOURCE_TYPES]);
     assert.equal(types.length, 146);
+    const security = res.body.rest[0].security as { service: { coding: { code: string }[] }[]; extension: { extension: { url: string; valueUri: string }[] }[] };
+    assert.equal(security.service[0]?.coding[0]?.code, 'SMART-on-FHIR');
+    assert.equal(security.extension[0]?.extension[0]?.valueUri, 'http://fhir.test/auth/token');
   });
 
   it('lists exactly the interactions in the routing table, and each one answers something other than 404/405', async () => {

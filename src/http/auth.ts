@@ -109,16 +109,27 @@ export function authRoutes(options: AuthOptions, logger: Logger): Router {
   return router;
 }
 
+/** Tokens verified recently, so that a client's every request does not verify its signature again. */
+const VERIFIED_CACHE_SIZE = 1_000;
+
 /** passport's bearer strategy, verifying our own access tokens. */
 export function requireToken(options: AuthOptions, logger: Logger) {
   const authenticator = new passport.Passport();
+  // A token that passed verification, until it expires (by its own exp, no tolerance added):
+  // an ES384 verification costs more CPU than a read by id, and a client sends one token many times.
+  const verified = new Map<string, { caller: Caller; exp: number }>();
   authenticator.use(
     new BearerStrategy((token, done) => {
+      const known = verified.get(token);
+      if (known && known.exp > Date.now() / 1000) return done(null, known.caller);
+      if (known) verified.delete(token);
       verifyAccessToken(token, { keys: options.signingKey, issuer: options.baseUrl, audience: `${options.baseUrl}/fhir` }).then(
-        (verified) => {
-          if (!verified.ok) return done(null, false, verified.reason);
-          const { sub, tenant, scope } = verified.value as unknown as { sub: string; tenant: string; scope: string };
+        (result) => {
+          if (!result.ok) return done(null, false, result.reason);
+          const { sub, tenant, scope, exp } = result.value as unknown as { sub: string; tenant: string; scope: string; exp: number };
           const caller: Caller = { clientId: sub, tenant, scopes: parseScopes(scope).scopes };
+          if (verified.size >= VERIFIED_CACHE_SIZE) verified.delete(verified.keys().next().value as string);
+          verified.set(token, { caller, exp });
           return done(null, caller);
         },
         (error: unknown) => done(error),

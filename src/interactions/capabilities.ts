@@ -90,6 +90,19 @@ export function capabilityStatement(ctx: FhirContext, interactions: readonly Int
           'chaining and _has to 2 levels; _include and _revinclude with :iterate; _sort, _count (max 1000), _total, _summary, _elements; ' +
           'keyset paging (_cursor). Unknown parameters are an error unless Prefer: handling=lenient. ' +
           'Dates and times without a time zone are read as UTC. Conditional interactions accept any search criteria.',
+        // Every interaction but this one needs a SMART Backend Services access token (src/http/auth.ts).
+        security: {
+          extension: [
+            {
+              url: 'http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris',
+              extension: [{ url: 'token', valueUri: `${ctx.fhirBase.replace(/\/fhir$/, '')}/auth/token` }],
+            },
+          ],
+          service: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/restful-security-service', code: 'SMART-on-FHIR' }] }],
+          description:
+            'SMART Backend Services: client_credentials at the token URL with private_key_jwt (RS384, ES384), client_secret_basic or ' +
+            'client_secret_post; scopes system/<type>.<read|write|*> (v1) and system/<type>.<cruds> (v2), enforced per interaction.',
+        },
         resource,
         interaction: systemCodes.map((code) => ({ code })),
       },
