@@ -155,19 +155,20 @@ function alias(prefix: string): string {
 }
 
 /**
- * The index rows matching a parameter filter (its negation aside) or a composite filter, as the
- * FROM … WHERE of a query, and the alias whose `id` (and `resource_type`) they give.
+ * The index rows matching a parameter filter (its negation aside) or a composite filter: the
+ * tables (FROM) and conditions (WHERE) of a query, and the alias whose `id` (and
+ * `resource_type`) they give.
  */
-function indexRowsSql(filter: Extract<Filter, { kind: 'param' | 'composite' }>, resourceType: string, p: Params, name?: string): { alias: string; from: string } {
+function indexRowsSql(filter: Extract<Filter, { kind: 'param' | 'composite' }>, resourceType: string, p: Params, name?: string): { alias: string; from: string; where: string } {
   if (filter.kind === 'param') {
     const x = name ?? alias('x');
     const alternatives = filter.alternatives.map((a) => `(${alternativeSql(a, x, p)})`).join(' OR ');
-    return { alias: x, from: `FROM sp_${tableOf(filter.table)} ${x} WHERE ${x}.resource_type = ${p.add(resourceType)} AND ${x}.param = ${p.add(filter.param)} AND (${alternatives})` };
+    return { alias: x, from: `sp_${tableOf(filter.table)} ${x}`, where: `${x}.resource_type = ${p.add(resourceType)} AND ${x}.param = ${p.add(filter.param)} AND (${alternatives})` };
   }
   if (filter.tables.length === 2 && filter.tables[0] === 'token' && filter.tables[1] === 'quantity') {
     const x = name ?? alias('x');
     const alternatives = filter.alternatives.map((a) => `(${tokenQuantitySql(a, x, p)})`).join(' OR ');
-    return { alias: x, from: `FROM sp_token_quantity ${x} WHERE ${x}.resource_type = ${p.add(resourceType)} AND ${x}.param = ${p.add(filter.param)} AND (${alternatives})` };
+    return { alias: x, from: `sp_token_quantity ${x}`, where: `${x}.resource_type = ${p.add(resourceType)} AND ${x}.param = ${p.add(filter.param)} AND (${alternatives})` };
   }
   const names = filter.tables.map((_, i) => (i === 0 && name) || alias('c'));
   const first = names[0] as string;
@@ -184,7 +185,11 @@ function indexRowsSql(filter: Extract<Filter, { kind: 'param' | 'composite' }>, 
       return `(${a.components.map((c, i) => `(${alternativeSql(c, names[i] as string, p)})`).join(' AND ')})`;
     })
     .join(' OR ');
-  return { alias: first, from: `FROM sp_${tableOf(filter.tables[0] as string)} ${first} ${joins} WHERE ${first}.resource_type = ${p.add(resourceType)} AND ${first}.param = ${p.add(`${filter.param}#0`)} AND (${alternatives})` };
+  return {
+    alias: first,
+    from: `sp_${tableOf(filter.tables[0] as string)} ${first} ${joins}`,
+    where: `${first}.resource_type = ${p.add(resourceType)} AND ${first}.param = ${p.add(`${filter.param}#0`)} AND (${alternatives})`,
+  };
 }
 
 /** A boolean SQL condition on the resource row `r` (columns resource_type, id, last_updated). */
@@ -202,7 +207,8 @@ export function filterSql(filter: Filter, r: string, resourceType: string, p: Pa
         .join(' OR ')})`;
     case 'param': {
       const sub = indexRowsSql(filter, resourceType, p);
-      return filter.negate ? `${r}.id NOT IN (SELECT ${sub.alias}.id ${sub.from})` : `${r}.id IN (SELECT ${sub.alias}.id ${sub.from})`;
+      const ids = `SELECT ${sub.alias}.id FROM ${sub.from} WHERE ${sub.where}`;
+      return filter.negate ? `${r}.id NOT IN (${ids})` : `${r}.id IN (${ids})`;
     }
     case 'missing': {
       const x = alias('x');
@@ -211,7 +217,7 @@ export function filterSql(filter: Filter, r: string, resourceType: string, p: Pa
     }
     case 'composite': {
       const sub = indexRowsSql(filter, resourceType, p);
-      return `${r}.id IN (SELECT ${sub.alias}.id ${sub.from})`;
+      return `${r}.id IN (SELECT ${sub.alias}.id FROM ${sub.from} WHERE ${sub.where})`;
     }
     case 'chain': {
       const x = alias('x');
@@ -262,9 +268,8 @@ export function sourceSql(query: SearchQuery, p: Params): { from: string; where:
   }
   if (needsResource || !driver) return { from: 'resource r', where: whereSql(query, p), distinct: false };
   const rows = indexRowsSql(driver, query.resourceType, p, 'r');
-  const [from, where] = rows.from.replace(/^FROM /, '').split(/ WHERE (.*)/s) as [string, string];
   const rest = query.filters.filter((f) => f !== driver).map((f) => filterSql(f, 'r', query.resourceType, p));
-  return { from, where: [where, ...rest].join(' AND '), distinct: true };
+  return { from: rows.from, where: [rows.where, ...rest].join(' AND '), distinct: true };
 }
 
 interface SortColumn {
