@@ -10,8 +10,13 @@
 import { ConfigError, loadConfig } from './config.js';
 import { hashSecret, newClientId, newClientSecret, parseScopes } from './auth/index.js';
 import { ClientStore } from './store/clients.js';
+import { destination, pino } from 'pino';
 import { openDatabase } from './store/database.js';
-import { migrate } from './store/migrations.js';
+import { createTenant } from './store/tenants.js';
+import { fhirContext, prepareDatabase } from './server.js';
+
+/** Logs (a reindex after an upgrade, say) go to stderr: stdout carries the command's JSON. */
+const logger = pino({ level: 'info' }, destination(2));
 
 class UsageError extends Error {}
 
@@ -47,18 +52,13 @@ async function run(args: string[]): Promise<unknown> {
   const [noun, verb, ...rest] = args;
   const db = await openDatabase({ ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}), dataDir: config.dataDir, poolSize: 2 });
   try {
-    await migrate(db.pool);
+    await prepareDatabase(db, fhirContext(db, config.baseUrl), logger);
     const clients = new ClientStore(db.pool);
     if (noun === 'tenant' && verb === 'create' && rest.length === 1) {
       const name = rest[0] as string;
       if (!NAME.test(name)) throw new UsageError(`tenant name must be 1-64 letters, digits, '.', '_' or '-': ${name}`);
       if (await clients.tenantExists(name)) throw new UsageError(`tenant ${name} exists already`);
-      // Until every resource, search and history is confined to its tenant, a database serves one.
-      const existing = await clients.tenantNames();
-      if (existing.length > 0) {
-        throw new UsageError(`this build serves one tenant per database (tenant isolation of the data is not implemented yet); it has ${existing.join(', ')}: register clients there`);
-      }
-      await clients.createTenant(name);
+      await createTenant(db, name);
       return { tenant: name };
     }
     if (noun === 'client' && verb === 'create') {

@@ -12,6 +12,7 @@ import { openDatabase, type Database } from './store/database.js';
 import { migrate, REINDEX_MIGRATIONS } from './store/migrations.js';
 import { loadAuth } from './security.js';
 import { Repository } from './store/repository.js';
+import { Tenants } from './store/tenants.js';
 import { ProfileValidator } from './validation/profiles.js';
 import { ResourceValidator } from './validation/validator.js';
 import type { FhirContext } from './interactions/index.js';
@@ -30,15 +31,33 @@ const ANALYZE_EVERY = 5_000;
 
 export function fhirContext(db: Database, baseUrl: string, validator = new ResourceValidator()): FhirContext {
   const fhirBase = `${baseUrl}/fhir`;
+  // PGlite runs no autovacuum, and PostgreSQL's autovacuum may be a minute late after a bulk
+  // load: the repository keeps the planner's statistics current itself.
+  const repo = Repository.withStatsUpkeep(db.pool, fhirBase, ANALYZE_EVERY);
   return {
-    // PGlite runs no autovacuum, and PostgreSQL's autovacuum may be a minute late after a bulk
-    // load: the repository keeps the planner's statistics current itself.
-    repo: Repository.withStatsUpkeep(db.pool, fhirBase, ANALYZE_EVERY),
+    repo,
+    tenants: new Tenants(db, repo, ANALYZE_EVERY),
     validator,
     fhirBase,
     software: { name: pkg.name, version: pkg.version },
     startedAt: new Date().toISOString(),
   };
+}
+
+/**
+ * Applies the migrations due, in \`public\` and in every tenant's schema, and indexes again what a
+ * migration changed the index of. The server and the admin commands both run it before anything
+ * else, so that neither leaves a migration applied and its reindexing undone.
+ */
+export async function prepareDatabase(db: Database, ctx: FhirContext, logger: Logger): Promise<number[]> {
+  const applied = await migrate(db.pool);
+  if (applied.some((m) => REINDEX_MIGRATIONS.includes(m))) {
+    // Resources stored before the search index (or its present shape) existed are indexed once, before serving.
+    const indexed = await ctx.repo.reindex();
+    if (indexed > 0) logger.info({ indexed }, 'search index built for existing resources');
+  }
+  await ctx.tenants?.openAll(logger);
+  return applied;
 }
 
 export async function startServer(config: Readonly<Config>, logger: Logger, extra: Partial<AppOptions> = {}): Promise<RunningServer> {
@@ -47,12 +66,7 @@ export async function startServer(config: Readonly<Config>, logger: Logger, extr
   const db = await openDatabase({ ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}), dataDir: config.dataDir, poolSize: config.dbPoolSize });
   const ctx = fhirContext(db, config.baseUrl);
   try {
-    const applied = await migrate(db.pool);
-    if (applied.some((m) => REINDEX_MIGRATIONS.includes(m))) {
-      // Resources stored before the search index (or its present shape) existed are indexed once, before serving.
-      const indexed = await ctx.repo.reindex();
-      if (indexed > 0) logger.info({ indexed }, 'search index built for existing resources');
-    }
+    const applied = await prepareDatabase(db, ctx, logger);
     logger.info({ engine: db.engine, applied }, 'database ready');
   } catch (error) {
     await db.close();

@@ -21,6 +21,8 @@ import type { AuthOptions } from '../src/http/auth.js';
 import { ClientStore } from '../src/store/clients.js';
 
 export const BASE_URL = 'http://fhir.test';
+/** The tenant of the test tokens (tokenFor) unless one is named. */
+export const TEST_TENANT = 'test';
 export const FHIR_JSON = 'application/fhir+json';
 export const silentLogger = pino({ level: 'silent' });
 
@@ -46,7 +48,7 @@ export function testSigningKey(): Promise<SigningKey> {
 export async function tokenFor(scope: string, options: { tenant?: string; clientId?: string; lifetimeSeconds?: number } = {}): Promise<string> {
   const issued = await issueAccessToken(
     await testSigningKey(),
-    { clientId: options.clientId ?? 'test-client', tenant: options.tenant ?? 'test', scope },
+    { clientId: options.clientId ?? 'test-client', tenant: options.tenant ?? TEST_TENANT, scope },
     { issuer: BASE_URL, audience: `${BASE_URL}/fhir`, lifetimeSeconds: options.lifetimeSeconds ?? 3600 },
   );
   return issued.accessToken;
@@ -74,6 +76,16 @@ export async function openTestDatabase(): Promise<Database> {
   const url = process.env.DATABASE_URL;
   const db = await openDatabase(url ? { databaseUrl: url, dataDir: 'unused', poolSize: 30 } : { dataDir: 'memory://' });
   await migrate(db.pool);
+  // The tenant of tokenFor()'s tokens: the first one registered, whose data is in `public`.
+  const clients = new ClientStore(db.pool);
+  if (!(await clients.tenantExists(TEST_TENANT))) {
+    try {
+      await clients.createTenant(TEST_TENANT);
+    } catch (error) {
+      // Another pool on the same database (PostgreSQL runs) registered it at the same moment.
+      if (!(await clients.tenantExists(TEST_TENANT))) throw error;
+    }
+  }
   return db;
 }
 

@@ -4,6 +4,8 @@ import { openDatabase } from '../src/store/database.js';
 import { MIGRATIONS, migrate, REINDEX_MIGRATIONS, SEARCH_INDEX_MIGRATION } from '../src/store/migrations.js';
 import { Repository } from '../src/store/repository.js';
 import { parseSearch } from '../src/search/parse.js';
+import { ClientStore } from '../src/store/clients.js';
+import { createTenant, Tenants } from '../src/store/tenants.js';
 
 describe('migrations', function () {
   this.timeout(60_000);
@@ -83,6 +85,33 @@ describe('migrations', function () {
       assert.equal(await tuples(), 5, 'analysed after the 5th');
       await repo.transaction((tx) => tx.createMany(Array.from({ length: 6 }, (_, i) => ({ resource: { resourceType: 'Basic', code: { text: `m${i}` } }, id: `m-${i}` }))));
       assert.equal(await tuples(), 11, 'writes inside a transaction count too');
+    } finally {
+      await db.close();
+    }
+  });
+  it('migration 8 gives the tenant of a database from before tenants the public schema, where its data is; later tenants get schemas of their own', async () => {
+    const db = await openDatabase({ dataDir: 'memory://' });
+    try {
+      await db.pool.query('CREATE TABLE schema_migration (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())');
+      for (const m of MIGRATIONS.filter((m) => m.version < 8)) {
+        await db.pool.query(m.sql);
+        await db.pool.query('INSERT INTO schema_migration (version, name) VALUES ($1, $2)', [m.version, m.name]);
+      }
+      await db.pool.query("INSERT INTO tenant (name) VALUES ('default')");
+      const before = new Repository(db.pool, 'http://fhir.test/fhir');
+      const { version } = await before.create({ resourceType: 'Basic', code: { text: 'before tenants' } });
+      assert.deepEqual(await migrate(db.pool), [8]);
+      const clients = new ClientStore(db.pool);
+      assert.equal(await clients.tenantSchema('default'), 'public');
+      const tenants = new Tenants(db, before, 0);
+      const repo = await tenants.repository('default');
+      assert.equal(repo, before, 'the first tenant is served from public');
+      assert.equal((await repo.read('Basic', version.id)).versionId, '1');
+      const schema = await createTenant(db, 'second');
+      assert.match(schema, /^tenant_[0-9]+$/);
+      const second = await tenants.repository('second');
+      await assert.rejects(second!.read('Basic', version.id), (e: { status?: number }) => e.status === 404);
+      assert.equal(await tenants.repository('nobody'), undefined);
     } finally {
       await db.close();
     }

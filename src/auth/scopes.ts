@@ -136,7 +136,14 @@ export function parseScopes(scopeString: string | undefined): { scopes: Scope[];
 /** Whether a scope is one this server honours at all: `system/` context. */
 const honoured = (s: Scope): boolean => s.context === 'system';
 
-const covers = (s: Scope, resourceType: string): boolean => s.resourceType === '*' || s.resourceType === resourceType;
+/**
+ * Types a wildcard scope does not cover: a client must be registered for them by name. AuditEvents
+ * (the record of every access) are for whoever audits, not for every client with `system/*.*`.
+ */
+export const NAMED_SCOPE_ONLY: ReadonlySet<string> = new Set(['AuditEvent']);
+
+const covers = (s: Scope, resourceType: string): boolean =>
+  s.resourceType === resourceType || (s.resourceType === '*' && !NAMED_SCOPE_ONLY.has(resourceType));
 
 /**
  * Whether the granted scopes allow `interaction` on every resource of `resourceType` (use `*` for

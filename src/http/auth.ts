@@ -25,6 +25,8 @@ import {
 } from '../auth/index.js';
 import { FhirError, fhirError } from '../fhir/errors.js';
 import type { ClientStore } from '../store/clients.js';
+import type { Repository } from '../store/repository.js';
+import type { FhirContext } from '../interactions/index.js';
 
 export interface AuthOptions {
   signingKey: SigningKey;
@@ -48,6 +50,17 @@ export function callerOf(res: Response): Caller {
   const caller = res.locals.caller as Caller | undefined;
   if (!caller) throw new Error('no caller: the route is not behind requireToken');
   return caller;
+}
+
+/**
+ * The repository of the caller's tenant: every statement of the request runs in the tenant's own
+ * schema. A token for a tenant no longer registered is refused like any invalid token.
+ */
+export async function tenantRepository(ctx: FhirContext, caller: Caller): Promise<Repository> {
+  if (!ctx.tenants) return ctx.repo;
+  const repo = await ctx.tenants.repository(caller.tenant);
+  if (!repo) throw fhirError('token-invalid', 'The access token is for a tenant that is not registered here');
+  return repo;
 }
 
 /** Throws 403 unless the caller's scopes grant every one of `needed` on `resourceType`. */

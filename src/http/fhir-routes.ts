@@ -13,7 +13,7 @@ import { INTERACTIONS, type FhirContext, type FhirRequest, type FhirResponse, ty
 import { checkRequestType, handlingPreference, responseType, returnPreference } from './negotiation.js';
 import { requestIdOf } from './send.js';
 import { REQUIRED_ACCESS } from '../auth/index.js';
-import { callerOf, requireScope } from './auth.js';
+import { callerOf, requireScope, tenantRepository } from './auth.js';
 
 export interface FhirRoutesOptions {
   maxBodyBytes: number;
@@ -72,7 +72,7 @@ async function run(ctx: FhirContext, interaction: Interaction, req: Request, res
   if (interaction.code !== 'capabilities') {
     // Every interaction but the CapabilityStatement is behind requireToken (app.ts).
     const caller = callerOf(res);
-    reqCtx = { ...ctx, authorize: (type, needed) => requireScope(caller, type, needed) };
+    reqCtx = { ...ctx, repo: await tenantRepository(ctx, caller), authorize: (type, needed) => requireScope(caller, type, needed) };
     const needed = [...(REQUIRED_ACCESS[interaction.code] ?? [])];
     if (interaction.code === 'create' && request.ifNoneExist !== undefined) needed.push('search');
     // Bundles are checked entry by entry (bundle.ts); system-level history needs a wildcard scope.

@@ -8,7 +8,7 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import type { Logger } from 'pino';
 import { DocumentError, type MetApi } from '../met/engine.js';
 import type { FhirContext } from '../interactions/index.js';
-import { callerOf, requireScope } from './auth.js';
+import { callerOf, requireScope, tenantRepository } from './auth.js';
 
 /** What a push may create and update (src/met mappings): the token must allow both on each. */
 const MET_RESOURCE_TYPES = ['Patient', 'Observation', 'Goal', 'CarePlan', 'Encounter', 'Procedure', 'DocumentReference', 'Condition', 'Provenance'];
@@ -35,7 +35,8 @@ export function metRoutes(api: MetApi, ctx: FhirContext, options: { maxBodyBytes
     const caller = callerOf(res);
     for (const t of MET_RESOURCE_TYPES) requireScope(caller, t, ['create', 'update']);
     const software = req.get('x-met-software')?.slice(0, 200) || 'unnamed MET software';
-    const result = await api.push(ctx.repo, type, req.body, { id: 'default', software });
+    const repo = await tenantRepository(ctx, caller);
+    const result = await api.push(repo, type, req.body, { id: 'default', software });
     res.status(result.status === 'created' ? 201 : 200).json(result);
   });
 

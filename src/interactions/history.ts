@@ -6,7 +6,7 @@
 import type { Bundle, BundleEntry, BundleLink } from 'fhir/r4.js';
 import { fhirError } from '../fhir/errors.js';
 import type { StoredVersion } from '../store/repository.js';
-import type { FhirContext, FhirRequest, FhirResponse, Interaction } from './types.js';
+import { allows, type FhirContext, type FhirRequest, type FhirResponse, type Interaction } from './types.js';
 import { requireInstance, requireType, singleParam } from './params.js';
 
 export const HISTORY_DEFAULT_COUNT = 50;
@@ -17,6 +17,8 @@ const INSTANT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}
 interface Scope {
   resourceType?: string;
   id?: string;
+  /** System level: types left out (those the caller's wildcard scope does not cover). */
+  excludeTypes?: string[];
 }
 
 async function history(ctx: FhirContext, req: FhirRequest, scope: Scope): Promise<FhirResponse> {
@@ -34,7 +36,7 @@ async function history(ctx: FhirContext, req: FhirRequest, scope: Scope): Promis
   if (cursor !== undefined && !/^\d{1,18}$/.test(cursor)) {
     throw fhirError('invalid-cursor', `_cursor '${cursor}' is not a cursor this server issued`, '_cursor');
   }
-  const page = await ctx.repo.history({ ...scope, count, ...(since ? { since } : {}), ...(cursor ? { before: cursor } : {}) });
+  const page = await ctx.repo.history({ resourceType: scope.resourceType, id: scope.id, excludeTypes: scope.excludeTypes, count, ...(since ? { since } : {}), ...(cursor ? { before: cursor } : {}) });
 
   const path = [scope.resourceType, scope.id, '_history'].filter(Boolean).join('/');
   const link = (relation: string, pageCursor?: string): BundleLink => {
@@ -91,5 +93,6 @@ export const historySystem: Interaction = {
   level: 'system',
   method: 'GET',
   path: '/_history',
-  handle: (ctx, req) => history(ctx, req, {}),
+  // AuditEvents need a scope naming them (scopes.ts): a wildcard's system history leaves them out.
+  handle: (ctx, req) => history(ctx, req, allows(ctx, 'AuditEvent', 'read') ? {} : { excludeTypes: ['AuditEvent'] }),
 };

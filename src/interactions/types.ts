@@ -3,10 +3,14 @@
  * turns Express requests into these and these into HTTP responses; nothing here knows Express.
  */
 import type { Repository, StoredVersion } from '../store/repository.js';
+import type { Tenants } from '../store/tenants.js';
 import type { ResourceValidator } from '../validation/validator.js';
 
 export interface FhirContext {
+  /** The data of the request's tenant (or, where no tenant applies, of the first tenant). */
   repo: Repository;
+  /** Every tenant's data: the HTTP layer picks the caller's tenant's repository from it. */
+  tenants?: Tenants;
   validator: ResourceValidator;
   /** Public base of the FHIR API, e.g. http://localhost:8080/fhir */
   fhirBase: string;

@@ -54,11 +54,46 @@ export const CLIENTS_MIGRATION = `
   );
 `;
 
+/**
+ * Each tenant's data lives in a schema of its own (schema-pool.ts). The first tenant's is `public`,
+ * where the data of a database from before tenants already is; every later one gets `tenant_<n>`.
+ */
+export const TENANT_SCHEMA_MIGRATION = `
+  CREATE SEQUENCE tenant_schema_seq;
+  ALTER TABLE tenant ADD COLUMN schema_name text UNIQUE;
+  UPDATE tenant SET schema_name = 'public' WHERE name = (SELECT name FROM tenant ORDER BY created_at, name LIMIT 1);
+  UPDATE tenant SET schema_name = 'tenant_' || nextval('tenant_schema_seq') WHERE schema_name IS NULL;
+  ALTER TABLE tenant ALTER COLUMN schema_name SET NOT NULL;
+`;
+
 export class ClientStore {
   constructor(private readonly pool: SqlPool) {}
 
-  async createTenant(name: string): Promise<void> {
-    await this.pool.query('INSERT INTO tenant (name) VALUES ($1)', [name]);
+  /**
+   * Registers a tenant and names its schema (the caller creates the schema: tenants.ts). Of two
+   * tenants created at once, the unique schema name lets one take \`public\`; the other retries.
+   */
+  async createTenant(name: string): Promise<string> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const created = await this.pool.query<{ schema_name: string }>(
+          `INSERT INTO tenant (name, schema_name)
+           SELECT $1, CASE WHEN EXISTS (SELECT 1 FROM tenant WHERE schema_name = 'public') THEN 'tenant_' || nextval('tenant_schema_seq') ELSE 'public' END
+           RETURNING schema_name`,
+          [name],
+        );
+        return created.rows[0]!.schema_name;
+      } catch (error) {
+        const unique = (error as { code?: string; constraint?: string }).code === '23505';
+        if (!unique || attempt >= 2 || (await this.tenantExists(name))) throw error;
+      }
+    }
+  }
+
+  /** The schema holding a tenant's data; undefined for an unknown tenant. */
+  async tenantSchema(name: string): Promise<string | undefined> {
+    const found = await this.pool.query<{ schema_name: string }>('SELECT schema_name FROM tenant WHERE name = $1', [name]);
+    return found.rows[0]?.schema_name;
   }
 
   async tenantExists(name: string): Promise<boolean> {

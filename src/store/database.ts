@@ -8,13 +8,17 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { PGlite } from '@electric-sql/pglite';
 import { PGlitePool } from './pglite-pool.js';
+import { SchemaPool } from './schema-pool.js';
 import type { SqlClient, SqlPool } from './sql.js';
 
 export type Engine = 'postgresql' | 'pglite';
 
 export interface Database {
+  /** Statements in the `public` schema: the global tables (tenants, clients) and the first tenant's data. */
   readonly pool: SqlPool;
   readonly engine: Engine;
+  /** Statements in one tenant's schema (schema-pool.ts), on the same connections. */
+  inSchema(schema: string): SqlPool;
   close(): Promise<void>;
 }
 
@@ -37,7 +41,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
     });
     // An idle client losing its connection must not crash the process; the next query reports it.
     pool.on('error', () => undefined);
-    return { pool: pool as unknown as SqlPool, engine: 'postgresql', close: () => pool.end() };
+    return withSchemas(pool, 'postgresql', () => pool.end());
   }
   let lite: PGlite;
   if (options.dataDir === 'memory://') {
@@ -48,14 +52,27 @@ export async function openDatabase(options: DatabaseOptions): Promise<Database> 
     lite = await PGlite.create({ dataDir: dir });
   }
   const pool = new PGlitePool(lite);
-  return {
-    pool,
-    engine: 'pglite',
-    close: async () => {
-      await pool.end();
-      await lite.close();
-    },
+  return withSchemas(pool, 'pglite', async () => {
+    await pool.end();
+    await lite.close();
+  });
+}
+
+/**
+ * Every statement goes through a schema pool, the global ones too: a connection last used for a
+ * tenant must not run a global statement in that tenant's schema.
+ */
+function withSchemas(base: SqlPool, engine: Engine, close: () => Promise<void>): Database {
+  const pools = new Map<string, SqlPool>();
+  const inSchema = (schema: string): SqlPool => {
+    let pool = pools.get(schema);
+    if (!pool) {
+      pool = new SchemaPool(base, schema);
+      pools.set(schema, pool);
+    }
+    return pool;
   };
+  return { pool: inSchema('public'), engine, inSchema, close };
 }
 
 /** Runs `work` in one transaction on one connection; rolls back on any error. */

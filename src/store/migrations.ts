@@ -4,7 +4,7 @@
  */
 import type { SqlPool } from './sql.js';
 import { inTransaction } from './database.js';
-import { CLIENTS_MIGRATION } from './clients.js';
+import { CLIENTS_MIGRATION, TENANT_SCHEMA_MIGRATION } from './clients.js';
 import { INDEX_MIGRATION, TOKEN_QUANTITY_MIGRATION } from './search-index.js';
 
 const MIGRATION_LOCK = 7_310_001;
@@ -14,10 +14,22 @@ export const SEARCH_INDEX_MIGRATION = 2;
 /** Migrations after which every resource is indexed again (their index rows changed shape). */
 export const REINDEX_MIGRATIONS: readonly number[] = [SEARCH_INDEX_MIGRATION, 6];
 
-export const MIGRATIONS: readonly { version: number; name: string; sql: string }[] = [
+/**
+ * `tenant` migrations make the tables of a tenant's data; they run in `public` (which holds the
+ * first tenant's data) and in every other tenant's schema. `global` ones run in `public` only.
+ */
+export interface Migration {
+  version: number;
+  name: string;
+  scope: 'tenant' | 'global';
+  sql: string;
+}
+
+export const MIGRATIONS: readonly Migration[] = [
   {
     version: 1,
     name: 'resources and their history',
+    scope: 'tenant',
     sql: `
       -- The current version of every resource (deleted ones keep a row with deleted = true).
       CREATE TABLE resource (
@@ -49,6 +61,7 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
   {
     version: 2,
     name: 'search index',
+    scope: 'tenant',
     // Resources stored before this migration are indexed by the server at start (reindex()).
     sql: `
       DROP INDEX resource_identifier;
@@ -58,6 +71,7 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
   {
     version: 3,
     name: 'search: index-only paths for paging and quantity ranges',
+    scope: 'tenant',
     sql: `
       -- The ids of live resources, in id order, without reading their (large) rows: the default
       -- search order and the semi-joins of every search read this instead of the table.
@@ -72,6 +86,7 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
   {
     version: 4,
     name: 'MET documents: what each pushed document created',
+    scope: 'tenant',
     sql: `
       -- The last version of every document MET software pushed (/met/v1), with the FHIR resources
       -- it produced, by part: a resend updates those, and a part gone from it is retired.
@@ -90,6 +105,7 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
   {
     version: 5,
     name: 'MET documents: by client',
+    scope: 'tenant',
     sql: `
       -- A client's documents (goals, assessments, sessions): goal progress is computed from them.
       ALTER TABLE source_document ADD COLUMN client_id text;
@@ -100,6 +116,7 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
   {
     version: 6,
     name: 'search: composites of a token and a quantity in one row',
+    scope: 'tenant',
     // Their rows move from sp_token/sp_quantity (as <code>#0, <code>#1) to sp_token_quantity:
     // the server indexes every resource again at start (reindex()).
     sql: TOKEN_QUANTITY_MIGRATION,
@@ -107,11 +124,35 @@ export const MIGRATIONS: readonly { version: number; name: string; sql: string }
   {
     version: 7,
     name: 'security: tenants, OAuth clients, used client-assertion ids',
+    scope: 'global',
     sql: CLIENTS_MIGRATION,
+  },
+  {
+    version: 8,
+    name: 'security: every tenant has a schema of its own',
+    scope: 'global',
+    sql: TENANT_SCHEMA_MIGRATION,
   },
 ];
 
-export async function migrate(pool: SqlPool): Promise<number[]> {
+/** Applies the migrations due in `public` (`pool` is the database's public-schema pool). */
+export function migrate(pool: SqlPool): Promise<number[]> {
+  return apply(pool, MIGRATIONS);
+}
+
+/**
+ * Creates a tenant's schema if need be and applies the tenant migrations due in it. `pool` must be
+ * the schema's own pool (Database.inSchema), whose statements run with search_path = the schema.
+ */
+export async function migrateTenantSchema(pool: SqlPool, schema: string): Promise<number[]> {
+  if (schema === 'public') return migrate(pool);
+  // The name comes from tenant.schema_name, which only tenant creation writes (public | tenant_<n>).
+  if (!/^tenant_[0-9]+$/.test(schema)) throw new Error(`not a tenant schema: ${schema}`);
+  await pool.query(`CREATE SCHEMA IF NOT EXISTS "${schema}"`);
+  return apply(pool, MIGRATIONS.filter((m) => m.scope === 'tenant'));
+}
+
+async function apply(pool: SqlPool, migrations: readonly Migration[]): Promise<number[]> {
   return inTransaction(pool, async (client) => {
     await client.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
     await client.query(
@@ -120,7 +161,7 @@ export async function migrate(pool: SqlPool): Promise<number[]> {
     const done = await client.query<{ version: number }>('SELECT version FROM schema_migration');
     const applied = new Set(done.rows.map((r) => r.version));
     const now: number[] = [];
-    for (const m of MIGRATIONS) {
+    for (const m of migrations) {
       if (applied.has(m.version)) continue;
       await client.query(m.sql);
       await client.query('INSERT INTO schema_migration (version, name) VALUES ($1, $2)', [m.version, m.name]);

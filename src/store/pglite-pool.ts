@@ -55,6 +55,7 @@ export class PGlitePool implements SqlPool {
     const release = await this.acquire();
     let released = false;
     return {
+      session: this,
       query: <R = Record<string, unknown>>(text: string | SqlStatement, values?: unknown[]) => this.run<R>(text, values),
       release: () => {
         if (released) return;

@@ -69,6 +69,8 @@ export interface SearchPage {
 export interface HistoryQuery {
   resourceType?: string;
   id?: string;
+  /** Types left out (system level). */
+  excludeTypes?: string[] | undefined;
   /** Only versions written after this instant. */
   since?: string;
   /** Page size. */
@@ -522,6 +524,7 @@ export class Repository {
     };
     if (query.resourceType) add('resource_type = ?', query.resourceType);
     if (query.id) add('id = ?', query.id);
+    if (query.excludeTypes?.length) add('resource_type <> ALL(?::text[])', query.excludeTypes);
     if (query.since) add('last_updated > ?', query.since);
     if (query.before) add('seq < ?', query.before);
     values.push(query.count + 1);

@@ -21,6 +21,12 @@ export interface SqlQueryable {
 
 export interface SqlClient extends SqlQueryable {
   release(destroy?: boolean): void;
+  /**
+   * The database session the client is a handle on, when handles are not one per session
+   * (PGlite: every connect() hands out a new handle on its one session). Unset: the client is the
+   * session (pg). schema-pool.ts remembers each session's search_path by it.
+   */
+  readonly session?: object;
 }
 
 export interface SqlPool extends SqlQueryable {
