@@ -3,6 +3,7 @@
  * or the embedded one in DATA_DIR). INTERFACE.md:
  *   tenant create <name>
  *   client create --tenant <name> --name <name> --scopes "<scopes>" [--jwks-url <url>]
+ *   audit unattributed [--since <instant>]   (AuditEvents of callers no tenant could be named for)
  * Each prints JSON on stdout and exits 0, or prints one line on stderr and exits non-zero.
  * A client gets a secret (printed once, stored only as a scrypt hash) unless it registers a JWKS
  * URL, in which case it authenticates with private_key_jwt.
@@ -13,6 +14,7 @@ import { ClientStore } from './store/clients.js';
 import { destination, pino } from 'pino';
 import { openDatabase } from './store/database.js';
 import { createTenant } from './store/tenants.js';
+import { AuditStore } from './store/audit-store.js';
 import { fhirContext, prepareDatabase } from './server.js';
 
 /** Logs (a reindex after an upgrade, say) go to stderr: stdout carries the command's JSON. */
@@ -20,7 +22,8 @@ const logger = pino({ level: 'info' }, destination(2));
 
 class UsageError extends Error {}
 
-const USAGE = 'usage: npm run admin -- tenant create <name> | client create --tenant <name> --name <name> --scopes "<scopes>" [--jwks-url <url>]';
+const USAGE =
+  'usage: npm run admin -- tenant create <name> | client create --tenant <name> --name <name> --scopes "<scopes>" [--jwks-url <url>] | audit unattributed [--since <instant>]';
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 function options(args: string[]): Map<string, string> {
@@ -52,7 +55,8 @@ async function run(args: string[]): Promise<unknown> {
   const [noun, verb, ...rest] = args;
   const db = await openDatabase({ ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}), dataDir: config.dataDir, poolSize: 2 });
   try {
-    await prepareDatabase(db, fhirContext(db, config.baseUrl), logger);
+    const ctx = fhirContext(db, config.baseUrl);
+    await prepareDatabase(db, ctx, logger);
     const clients = new ClientStore(db.pool);
     if (noun === 'tenant' && verb === 'create' && rest.length === 1) {
       const name = rest[0] as string;
@@ -83,6 +87,13 @@ async function run(args: string[]): Promise<unknown> {
       const secret = newClientSecret();
       await clients.createClient({ clientId, tenant, name, secretHash: await hashSecret(secret), scopes });
       return { client_id: clientId, client_secret: secret, tenant, name, scopes, token_endpoint_auth_method: 'client_secret_basic' };
+    }
+    if (noun === 'audit' && verb === 'unattributed') {
+      const opts = options(rest);
+      for (const key of opts.keys()) if (key !== 'since') throw new UsageError(`unknown option --${key}`);
+      const since = opts.get('since');
+      if (since !== undefined && Number.isNaN(Date.parse(since))) throw new UsageError(`--since is not an instant: ${since}`);
+      return new AuditStore((t) => ctx.tenants!.repository(t), db.pool).listUnattributed(since, 10_000);
     }
     throw new UsageError(USAGE);
   } finally {

@@ -11,8 +11,17 @@ export interface Config {
   dataDir: string;
   hl7Port: number;
   production: boolean;
+  /** False only for measuring what the audit log costs (AUDIT=off), never in production. */
+  audit: boolean;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   maxBodyBytes: number;
+  /** Longest request target (path and query) accepted; longer is 400 query-too-long. */
+  maxQueryBytes: number;
+  /** Requests per minute per client on /fhir and /met/v1 (0: no limit), and the burst allowed. */
+  rateLimitPerMinute: number;
+  rateLimitBurst: number;
+  /** Token requests per minute per source address at /auth/token (0: no limit). */
+  tokenRateLimitPerMinute: number;
   dbPoolSize: number;
   shutdownTimeoutMs: number;
 }
@@ -52,6 +61,9 @@ export function loadConfig(env: Record<string, string | undefined>): Readonly<Co
   if (nodeEnv !== undefined && nodeEnv !== '' && !['production', 'development', 'test'].includes(nodeEnv)) {
     problems.push(`NODE_ENV=${nodeEnv} is invalid: expected production, development or test`);
   }
+  const audit = env.AUDIT || 'on';
+  if (audit !== 'on' && audit !== 'off') problems.push(`AUDIT=${audit} is invalid: expected on or off`);
+  else if (audit === 'off' && nodeEnv === 'production') problems.push('AUDIT=off is refused with NODE_ENV=production: every access is audited');
   const config: Config = {
     port,
     host,
@@ -60,8 +72,14 @@ export function loadConfig(env: Record<string, string | undefined>): Readonly<Co
     dataDir: env.DATA_DIR || './data',
     hl7Port: int('HL7_PORT', 2575, 0, 65535),
     production: nodeEnv === 'production',
+    audit: audit !== 'off',
     logLevel,
     maxBodyBytes: int('MAX_BODY_BYTES', 10 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
+    // Node itself refuses request heads over 16 KiB (431); a search longer than this goes as POST _search.
+    maxQueryBytes: int('MAX_QUERY_BYTES', 8192, 256, 16_000),
+    rateLimitPerMinute: int('RATE_LIMIT_PER_MINUTE', 6000, 0, 10_000_000),
+    rateLimitBurst: int('RATE_LIMIT_BURST', 1000, 1, 10_000_000),
+    tokenRateLimitPerMinute: int('TOKEN_RATE_LIMIT_PER_MINUTE', 120, 0, 1_000_000),
     dbPoolSize: int('DB_POOL_SIZE', 20, 1, 500),
     shutdownTimeoutMs: int('SHUTDOWN_TIMEOUT_MS', 10_000, 0, 600_000),
   };

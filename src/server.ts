@@ -13,6 +13,8 @@ import { migrate, REINDEX_MIGRATIONS } from './store/migrations.js';
 import { loadAuth } from './security.js';
 import { Repository } from './store/repository.js';
 import { Tenants } from './store/tenants.js';
+import { AuditStore } from './store/audit-store.js';
+import { AuditLog } from './audit/log.js';
 import { ProfileValidator } from './validation/profiles.js';
 import { ResourceValidator } from './validation/validator.js';
 import type { FhirContext } from './interactions/index.js';
@@ -60,6 +62,13 @@ export async function prepareDatabase(db: Database, ctx: FhirContext, logger: Lo
   return applied;
 }
 
+/** The audit log over the database: each tenant's events in its own data (src/audit/log.ts). */
+export function auditLogFor(db: Database, ctx: FhirContext, logger: Logger): AuditLog {
+  const tenants = ctx.tenants;
+  if (!tenants) throw new Error('the audit log needs the tenants of the context');
+  return new AuditLog(new AuditStore((t) => tenants.repository(t), db.pool), logger);
+}
+
 export async function startServer(config: Readonly<Config>, logger: Logger, extra: Partial<AppOptions> = {}): Promise<RunningServer> {
   // Our profiles (and the R4 and US Core ones) for the MET API's resources: loaded once (~2 s).
   const profiles = await ProfileValidator.load();
@@ -80,8 +89,11 @@ export async function startServer(config: Readonly<Config>, logger: Logger, extr
     throw error;
   }
   const met = new MetApi(ctx.validator, profiles);
+  const audit = config.audit ? auditLogFor(db, ctx, logger) : undefined;
+  if (!audit) logger.warn('AUDIT=off: requests are not audited (for measurement only)');
   let accepting = true;
-  const app = createApp({ ctx, logger, maxBodyBytes: config.maxBodyBytes, isAccepting: () => accepting, met, auth, ...extra });
+  const limits = { maxQueryBytes: config.maxQueryBytes, perMinute: config.rateLimitPerMinute, burst: config.rateLimitBurst, tokenPerMinute: config.tokenRateLimitPerMinute };
+  const app = createApp({ ctx, logger, maxBodyBytes: config.maxBodyBytes, isAccepting: () => accepting, met, auth, ...(audit ? { audit } : {}), limits, ...extra });
   const server = createServer(app);
   server.keepAliveTimeout = 65_000;
   await new Promise<void>((resolve, reject) => {
@@ -102,6 +114,8 @@ export async function startServer(config: Readonly<Config>, logger: Logger, extr
       const timer = setTimeout(() => server.closeAllConnections(), config.shutdownTimeoutMs);
       await closed;
       clearTimeout(timer);
+      // The audit events of the last requests are written before the database closes.
+      await audit?.close();
       await db.close();
       logger.info('stopped');
     })();

@@ -18,8 +18,9 @@ const ALLOWED: Record<string, string[]> = {
   store: ['fhir', 'search'],
   interactions: ['fhir', 'search', 'patch', 'store', 'validation'],
   met: ['fhir', 'store', 'validation'],
-  http: ['fhir', 'interactions', 'met', 'auth', 'store'],
-  '.': ['fhir', 'search', 'patch', 'store', 'validation', 'interactions', 'met', 'http', 'auth'],
+  audit: [],
+  http: ['fhir', 'interactions', 'met', 'auth', 'store', 'audit'],
+  '.': ['fhir', 'search', 'patch', 'store', 'validation', 'interactions', 'met', 'http', 'auth', 'audit'],
 };
 
 function files(dir: string): string[] {

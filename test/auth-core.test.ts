@@ -712,7 +712,7 @@ describe('auth core', function () {
       assert.equal(claims.sub, 'secret-client');
       assert.equal(claims.tenant, 'practice-1');
       assert.equal(claims.scope, 'system/Observation.rs');
-      assert.deepEqual(r.audit, { outcome: 'issued', reason: 'issued', clientId: 'secret-client', method: 'client_secret_basic', scope: 'system/Observation.rs' });
+      assert.deepEqual(r.audit, { outcome: 'issued', reason: 'issued', clientId: 'secret-client', tenant: 'practice-1', method: 'client_secret_basic', scope: 'system/Observation.rs' });
     });
 
     it('decodes form-urlencoded ids and secrets in HTTP Basic (RFC 6749 §2.3.1)', async () => {

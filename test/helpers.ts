@@ -10,7 +10,8 @@ import supertest from 'supertest';
 import type { Express } from 'express';
 import { createApp, type AppOptions } from '../src/http/app.js';
 import { MetApi } from '../src/met/engine.js';
-import { fhirContext } from '../src/server.js';
+import { auditLogFor, fhirContext } from '../src/server.js';
+import type { AuditLog } from '../src/audit/log.js';
 import { openDatabase, type Database } from '../src/store/database.js';
 import { migrate } from '../src/store/migrations.js';
 import type { FhirContext } from '../src/interactions/index.js';
@@ -34,6 +35,8 @@ interface TestContext {
   auth: AuthOptions;
   /** An access token of this run's tenant with scope system/*.* (an hour long). */
   token: string;
+  /** The audit log of the app: flush() it before looking for the events of a request. */
+  audit: AuditLog;
 }
 
 let signingKey: Promise<SigningKey> | undefined;
@@ -96,16 +99,19 @@ export function testContext(): Promise<TestContext> {
     // The MET API as the server runs it: every mapped resource checked against its profiles too.
     const met = new MetApi(ctx.validator, await profileValidator());
     const auth = await testAuth(db);
-    const app = createApp({ ctx, logger: silentLogger, maxBodyBytes: 10 * 1024 * 1024, met, auth });
-    return { db, ctx, app, met, auth, token: await tokenFor('system/*.*') };
+    // Every request of the suite is audited, as in the server.
+    const audit = auditLogFor(db, ctx, silentLogger);
+    const app = createApp({ ctx, logger: silentLogger, maxBodyBytes: 10 * 1024 * 1024, met, auth, audit });
+    return { db, ctx, app, met, auth, audit, token: await tokenFor('system/*.*') };
   })();
   return shared;
 }
 
 export async function closeTestContext(): Promise<void> {
   if (!shared) return;
-  const { db } = await shared;
+  const { db, audit } = await shared;
   shared = undefined;
+  await audit.close();
   await db.close();
 }
 

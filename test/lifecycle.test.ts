@@ -116,8 +116,13 @@ describe('configuration', () => {
         dataDir: './data',
         hl7Port: 2575,
         production: false,
+        audit: true,
         logLevel: 'info',
         maxBodyBytes: 10 * 1024 * 1024,
+        maxQueryBytes: 8192,
+        rateLimitPerMinute: 6000,
+        rateLimitBurst: 1000,
+        tokenRateLimitPerMinute: 120,
         dbPoolSize: 20,
         shutdownTimeoutMs: 10_000,
       },
@@ -128,7 +133,7 @@ describe('configuration', () => {
   it('lists every problem at once, one line each', () => {
     let error: unknown;
     try {
-      loadConfig({ PORT: 'eighty', DATABASE_URL: 'mysql://x', LOG_LEVEL: 'loud', MAX_BODY_BYTES: '12', BASE_URL: 'ftp://x', NODE_ENV: 'staging' });
+      loadConfig({ PORT: 'eighty', DATABASE_URL: 'mysql://x', LOG_LEVEL: 'loud', MAX_BODY_BYTES: '12', BASE_URL: 'ftp://x', NODE_ENV: 'staging', AUDIT: 'maybe' });
     } catch (e) {
       error = e;
     }
@@ -139,6 +144,7 @@ describe('configuration', () => {
       'DATABASE_URL is invalid: expected postgres://user@host:port/database',
       'LOG_LEVEL=loud is invalid: expected one of fatal, error, warn, info, debug, trace, silent',
       'NODE_ENV=staging is invalid: expected production, development or test',
+      'AUDIT=maybe is invalid: expected on or off',
       'MAX_BODY_BYTES=12 is invalid: expected a whole number from 1024 to 1073741824',
     ]);
   });

@@ -55,7 +55,7 @@ export interface TokenResponse {
   headers: Record<string, string>;
   body: Record<string, unknown>;
   /** For the log, never for the client. */
-  audit: { outcome: 'issued' | 'refused'; reason: string; clientId?: string; method?: ClientAuthMethod; scope?: string };
+  audit: { outcome: 'issued' | 'refused'; reason: string; clientId?: string; tenant?: string; method?: ClientAuthMethod; scope?: string };
 }
 
 export type OAuthError = 'invalid_request' | 'invalid_client' | 'unauthorized_client' | 'unsupported_grant_type' | 'invalid_scope';
@@ -149,7 +149,7 @@ export async function handleTokenRequest(req: TokenRequest, deps: TokenEndpointD
     status: 200,
     headers: { ...NO_STORE },
     body: { access_token: accessToken, token_type: 'Bearer', expires_in: expiresIn, scope },
-    audit: { outcome: 'issued', reason: 'issued', clientId: client.clientId, method, scope },
+    audit: { outcome: 'issued', reason: 'issued', clientId: client.clientId, tenant: client.tenant, method, scope },
   };
 }
 

@@ -32,6 +32,7 @@ export const ERROR_CODES = {
   'unknown-resource-type': 'notFound',
   'unknown-path': 'notFound',
   'method-not-allowed': 'methodNotAllowed',
+  'audit-read-only': 'methodNotAllowed',
   'format-not-supported': 'notAcceptable',
   // 409, 410, 412, 413, 415
   'write-conflict': 'conflict',
@@ -75,6 +76,9 @@ export const ERROR_CODES = {
   'duplicate-bundle-entry': 'invalid',
   'bundle-reference-unresolved': 'unprocessable',
   'too-many-entries': 'tooLarge',
+  // HTTP limits (src/http/limits.ts): the request line's length, and each client's request rate
+  'query-too-long': 'invalid',
+  'rate-limited': 'tooManyRequests',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

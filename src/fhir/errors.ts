@@ -21,6 +21,7 @@ export const ERROR_CATEGORIES = {
   tooLarge: { status: 413, issueCode: 'too-costly' },
   unsupportedMediaType: { status: 415, issueCode: 'not-supported' },
   unprocessable: { status: 422, issueCode: 'processing' },
+  tooManyRequests: { status: 429, issueCode: 'throttled' },
   internal: { status: 500, issueCode: 'exception' },
   unavailable: { status: 503, issueCode: 'transient' },
 } as const;

@@ -14,6 +14,9 @@ import { fhirRoutes } from './fhir-routes.js';
 import { authRoutes, requireToken, smartConfiguration, type AuthOptions } from './auth.js';
 import { metRoutes } from './met-routes.js';
 import { sendOutcome } from './send.js';
+import { auditRequests } from './audit.js';
+import { callerKey, noStore, queryLengthLimit, rateLimit, securityHeaders } from './limits.js';
+import type { AuditLog } from '../audit/log.js';
 
 export interface AppOptions {
   ctx: FhirContext;
@@ -25,6 +28,10 @@ export interface AppOptions {
   isAccepting?: () => boolean;
   /** The MET documentation API (made from ctx when not given). */
   met?: MetApi;
+  /** Request limits (config.ts); unset: none (tests of other parts). */
+  limits?: { maxQueryBytes: number; perMinute: number; burst: number; tokenPerMinute: number };
+  /** Where every request's AuditEvent goes (none: nothing is audited, for tests of other parts). */
+  audit?: AuditLog;
 }
 
 const REQUEST_ID = /^[A-Za-z0-9\-.]{1,64}$/;
@@ -49,6 +56,15 @@ export function createApp(options: AppOptions): express.Express {
     next();
   });
 
+  if (options.audit) app.use(auditRequests(options.audit, { ...ctx.software, baseUrl: options.auth.baseUrl }));
+  // Security headers on every answer; nothing with health data may be cached on the way.
+  app.use(securityHeaders(), noStore());
+  if (options.limits) app.use(queryLengthLimit(options.limits.maxQueryBytes));
+  // One budget per client across /fhir and /met/v1 (keyed after the token check); token requests by address.
+  const perClient = options.limits && options.limits.perMinute > 0 ? rateLimit({ perMinute: options.limits.perMinute, burst: options.limits.burst, keyOf: callerKey }) : undefined;
+  const perAddress =
+    options.limits && options.limits.tokenPerMinute > 0 ? rateLimit({ perMinute: options.limits.tokenPerMinute, keyOf: (req) => req.socket.remoteAddress ?? 'unknown' }) : undefined;
+
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
   });
@@ -65,6 +81,7 @@ export function createApp(options: AppOptions): express.Express {
     }
   });
 
+  if (perAddress) app.use('/auth/token', perAddress);
   app.use('/auth', authRoutes(options.auth, logger));
   app.get('/fhir/.well-known/smart-configuration', (_req: Request, res: Response) => {
     res.type('application/json').send(JSON.stringify(smartConfiguration(options.auth.baseUrl)));
@@ -74,9 +91,11 @@ export function createApp(options: AppOptions): express.Express {
     if (req.path === '/metadata') return next();
     requireAccessToken(req, res, next);
   });
+  if (perClient) app.use('/fhir', perClient);
   app.use('/fhir', fhirRoutes(ctx, { maxBodyBytes: options.maxBodyBytes }));
 
   app.use('/met/v1', requireAccessToken);
+  if (perClient) app.use('/met/v1', perClient);
   app.use('/met/v1', metRoutes(options.met ?? new MetApi(ctx.validator), ctx, { maxBodyBytes: options.maxBodyBytes, logger }));
 
   app.use((_req: Request, _res: Response) => {

@@ -26,6 +26,7 @@ import {
 import { FhirError, fhirError } from '../fhir/errors.js';
 import type { ClientStore } from '../store/clients.js';
 import type { Repository } from '../store/repository.js';
+import type { AuditNote } from './audit.js';
 import type { FhirContext } from '../interactions/index.js';
 
 export interface AuthOptions {
@@ -61,6 +62,27 @@ export async function tenantRepository(ctx: FhirContext, caller: Caller): Promis
   const repo = await ctx.tenants.repository(caller.tenant);
   if (!repo) throw fhirError('token-invalid', 'The access token is for a tenant that is not registered here');
   return repo;
+}
+
+/** Types the API only reads: the server writes them itself (the audit log). */
+const SERVER_WRITTEN = new Set(['AuditEvent']);
+
+/**
+ * The per-request check of FhirContext.authorize: AuditEvents are never created, changed or
+ * deleted through the API (also not in Bundle entries), whatever the scopes; anything else is
+ * as the caller's scopes allow.
+ */
+export function authorizer(caller: Caller): (resourceType: string, needed: readonly Interaction[]) => void {
+  return (resourceType, needed) => {
+    if (SERVER_WRITTEN.has(resourceType) && needed.some((n) => n === 'create' || n === 'update' || n === 'delete')) {
+      throw new FhirError(
+        'methodNotAllowed',
+        { code: 'audit-read-only', message: `${resourceType} resources are written by the server alone: they can be read and searched, never created, changed or deleted` },
+        { Allow: 'GET' },
+      );
+    }
+    requireScope(caller, resourceType, needed);
+  };
 }
 
 /** Throws 403 unless the caller's scopes grant every one of `needed` on `resourceType`. */
@@ -114,6 +136,16 @@ export function authRoutes(options: AuthOptions, logger: Logger): Router {
     }
     // The reason (wrong secret, replayed jti, …) is for the log; the client gets RFC 6749's answer.
     logger.info({ requestId: res.locals.requestId, audit: answer.audit }, 'token request');
+    const asked = new URLSearchParams();
+    for (const name of ['grant_type', 'scope']) if (typeof body[name] === 'string') asked.set(name, body[name]);
+    const note: AuditNote = {
+      kind: 'login',
+      query: { query: asked.toString() },
+      ...(answer.audit.outcome === 'refused' ? { outcomeText: answer.audit.reason } : {}),
+      // A refused request's client id is only a claim: recorded, but tied to no tenant.
+      ...(answer.audit.clientId ? { client: { clientId: answer.audit.clientId, ...(answer.audit.outcome === 'issued' && answer.audit.tenant ? { tenant: answer.audit.tenant } : {}) } } : {}),
+    };
+    res.locals.audit = note;
     res.status(answer.status).set(answer.headers).send(JSON.stringify(answer.body));
   });
   router.get('/jwks', (_req: Request, res: Response) => {

@@ -13,7 +13,8 @@ import { INTERACTIONS, type FhirContext, type FhirRequest, type FhirResponse, ty
 import { checkRequestType, handlingPreference, responseType, returnPreference } from './negotiation.js';
 import { requestIdOf } from './send.js';
 import { REQUIRED_ACCESS } from '../auth/index.js';
-import { callerOf, requireScope, tenantRepository } from './auth.js';
+import { authorizer, callerOf, tenantRepository } from './auth.js';
+import type { AuditNote } from './audit.js';
 
 export interface FhirRoutesOptions {
   maxBodyBytes: number;
@@ -70,16 +71,68 @@ async function run(ctx: FhirContext, interaction: Interaction, req: Request, res
   const request = toFhirRequest(req);
   let reqCtx = ctx;
   if (interaction.code !== 'capabilities') {
+    // What the audit log records of this request (app.ts), also when it fails below.
+    const note: AuditNote = { kind: auditKind(interaction.code, request), ...auditTarget(interaction, request, req) };
+    res.locals.audit = note;
     // Every interaction but the CapabilityStatement is behind requireToken (app.ts).
     const caller = callerOf(res);
-    reqCtx = { ...ctx, repo: await tenantRepository(ctx, caller), authorize: (type, needed) => requireScope(caller, type, needed) };
+    const authorize = authorizer(caller);
+    reqCtx = { ...ctx, repo: await tenantRepository(ctx, caller), authorize };
     const needed = [...(REQUIRED_ACCESS[interaction.code] ?? [])];
     if (interaction.code === 'create' && request.ifNoneExist !== undefined) needed.push('search');
     // Bundles are checked entry by entry (bundle.ts); system-level history needs a wildcard scope.
-    if (interaction.code !== 'transaction') requireScope(caller, request.resourceType ?? '*', needed);
+    if (interaction.code !== 'transaction') authorize(request.resourceType ?? '*', needed);
+    const result = await interaction.handle(reqCtx, request);
+    if (result.version) note.resource = { type: result.version.resourceType, id: result.version.id, versionId: result.version.versionId };
+    send(req, res, result);
+    return;
   }
   const result = await interaction.handle(reqCtx, request);
   send(req, res, result);
+}
+
+/** The audit event kind of an interaction (BALP distinguishes read, create, update, delete, query). */
+function auditKind(code: Interaction['code'], request: FhirRequest): AuditNote['kind'] {
+  switch (code) {
+    case 'read':
+    case 'vread':
+    case 'create':
+    case 'update':
+    case 'delete':
+    case 'patch':
+      return code;
+    case 'conditional-update':
+      return 'update';
+    case 'conditional-delete':
+      return 'delete';
+    case 'conditional-patch':
+      return 'patch';
+    case 'search-type':
+      return 'search';
+    case 'history-instance':
+    case 'history-type':
+    case 'history-system':
+      return 'history';
+    case 'transaction':
+    case 'batch':
+      return (request.body as { type?: unknown } | undefined)?.type === 'batch' ? 'batch' : 'transaction';
+    case 'capabilities':
+      return 'operation';
+  }
+}
+
+/** What the request names: the resource (type, id, version), or the query of a search or history. */
+function auditTarget(interaction: Interaction, request: FhirRequest, req: Request): Pick<AuditNote, 'resource' | 'query'> {
+  const search = interaction.code === 'search-type' || interaction.code.startsWith('history') || interaction.code.startsWith('conditional');
+  const queryString = (): string => {
+    if (request.form) return new URLSearchParams(Object.entries(request.form).flatMap(([k, vs]) => vs.map((v) => [k, v]))).toString();
+    const at = req.originalUrl.indexOf('?');
+    return at < 0 ? '' : req.originalUrl.slice(at + 1);
+  };
+  return {
+    ...(request.resourceType ? { resource: { type: request.resourceType, ...(request.id ? { id: request.id } : {}), ...(request.versionId ? { versionId: request.versionId } : {}) } } : {}),
+    ...(search ? { query: { ...(request.resourceType ? { resourceType: request.resourceType } : {}), query: queryString() } } : {}),
+  };
 }
 
 function toFhirRequest(req: Request): FhirRequest {

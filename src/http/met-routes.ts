@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import { DocumentError, type MetApi } from '../met/engine.js';
 import type { FhirContext } from '../interactions/index.js';
 import { callerOf, requireScope, tenantRepository } from './auth.js';
+import type { AuditNote } from './audit.js';
 
 /** What a push may create and update (src/met mappings): the token must allow both on each. */
 const MET_RESOURCE_TYPES = ['Patient', 'Observation', 'Goal', 'CarePlan', 'Encounter', 'Procedure', 'DocumentReference', 'Condition', 'Provenance'];
@@ -32,11 +33,15 @@ export function metRoutes(api: MetApi, ctx: FhirContext, options: { maxBodyBytes
   router.post('/:collection', parseJson, async (req: Request, res: Response) => {
     const type = api.typeOf(String(req.params.collection));
     if (!type) return problem(res, 404, 'No such document collection', [], `Documents are pushed to: ${api.collections.map((c) => `/met/v1/${c}`).join(', ')}`);
+    const note: AuditNote = { kind: 'operation', query: { query: new URLSearchParams({ collection: String(req.params.collection) }).toString() } };
+    res.locals.audit = note;
     const caller = callerOf(res);
     for (const t of MET_RESOURCE_TYPES) requireScope(caller, t, ['create', 'update']);
     const software = req.get('x-met-software')?.slice(0, 200) || 'unnamed MET software';
     const repo = await tenantRepository(ctx, caller);
     const result = await api.push(repo, type, req.body, { id: 'default', software });
+    const touched = result.resources.find((r) => r.type === 'Patient') ?? result.resources[0];
+    if (touched) note.resource = { type: touched.type, id: touched.id, versionId: touched.version };
     res.status(result.status === 'created' ? 201 : 200).json(result);
   });
 

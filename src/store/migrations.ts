@@ -4,6 +4,7 @@
  */
 import type { SqlPool } from './sql.js';
 import { inTransaction } from './database.js';
+import { AUDIT_MIGRATION } from './audit-store.js';
 import { CLIENTS_MIGRATION, TENANT_SCHEMA_MIGRATION } from './clients.js';
 import { INDEX_MIGRATION, TOKEN_QUANTITY_MIGRATION } from './search-index.js';
 
@@ -132,6 +133,12 @@ export const MIGRATIONS: readonly Migration[] = [
     name: 'security: every tenant has a schema of its own',
     scope: 'global',
     sql: TENANT_SCHEMA_MIGRATION,
+  },
+  {
+    version: 9,
+    name: 'audit: events no tenant can be named for',
+    scope: 'global',
+    sql: AUDIT_MIGRATION,
   },
 ];
 

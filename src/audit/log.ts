@@ -1,0 +1,137 @@
+/**
+ * The audit log: every AuditEvent (events.ts) the HTTP layer records is written, off the request's
+ * path, in batches: each tenant's to its own data as an ordinary AuditEvent resource (searchable
+ * at /fhir/AuditEvent by a client registered for AuditEvent; the API never writes, changes or
+ * deletes one), and those of callers no tenant can be named for (a missing or forged token, a
+ * refused token request) to the global table `audit_unattributed`, which the admin command lists.
+ *
+ * Batching: events wait at most `flushMs` (default 100 ms) and are written `maxBatch` at a time
+ * with one statement. A batch that fails stays queued and is tried again; close() (at shutdown,
+ * after the last request) writes everything still queued. What a crash of the process loses is
+ * the last `flushMs` of events, never a request's own data.
+ */
+import type { AuditEvent } from 'fhir/r4.js';
+import type { Logger } from 'pino';
+
+/** Where events are written: a tenant's repository, or the unattributed table. */
+export interface AuditSink {
+  /** Writes a tenant's events as AuditEvent resources; false if the tenant is not registered. */
+  writeTenant(tenant: string, events: AuditEvent[]): Promise<boolean>;
+  writeUnattributed(events: AuditEvent[]): Promise<void>;
+}
+
+export interface AuditLogOptions {
+  flushMs?: number;
+  maxBatch?: number;
+  /** Events kept while the database is unreachable; beyond it the oldest are dropped, and logged. */
+  maxQueued?: number;
+}
+
+const UNATTRIBUTED = '\u0000unattributed';
+
+export class AuditLog {
+  private readonly queues = new Map<string, AuditEvent[]>();
+  private queued = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private flushing: Promise<void> | undefined;
+  private closed = false;
+  private readonly flushMs: number;
+  private readonly maxBatch: number;
+  private readonly maxQueued: number;
+  /** Events written since start, and dropped (queue full while the database was down). */
+  readonly counts = { written: 0, dropped: 0 };
+
+  constructor(
+    private readonly sink: AuditSink,
+    private readonly logger: Logger,
+    options: AuditLogOptions = {},
+  ) {
+    this.flushMs = options.flushMs ?? 100;
+    this.maxBatch = options.maxBatch ?? 500;
+    this.maxQueued = options.maxQueued ?? 100_000;
+  }
+
+  /** An event that could not even be built: logged, counted, never thrown at a response. */
+  failed(error: unknown): void {
+    this.counts.dropped++;
+    this.logger.error({ err: error }, 'audit event could not be built');
+  }
+
+  /** Queues an event of `tenant` (undefined: no tenant could be named for the caller). */
+  record(tenant: string | undefined, event: AuditEvent): void {
+    const key = tenant ?? UNATTRIBUTED;
+    let queue = this.queues.get(key);
+    if (!queue) {
+      queue = [];
+      this.queues.set(key, queue);
+    }
+    queue.push(event);
+    this.queued++;
+    if (this.queued > this.maxQueued) this.dropOldest();
+    if (this.closed) return;
+    this.schedule(this.flushMs);
+  }
+
+  /** The timer does not keep the process alive: close() writes what is left at shutdown. */
+  private schedule(ms: number): void {
+    this.timer ??= setTimeout(() => {
+      this.timer = undefined;
+      void this.flush();
+    }, ms).unref();
+  }
+
+  /** Writes everything queued now (and waits for a flush already running). */
+  async flush(): Promise<void> {
+    while (this.flushing) await this.flushing;
+    this.flushing = this.writeQueued().finally(() => (this.flushing = undefined));
+    await this.flushing;
+  }
+
+  /** At shutdown, after the last request: writes what is queued and stops. */
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    await this.flush();
+    if (this.queued > 0) this.logger.error({ events: this.queued }, 'audit events could not be written before shutdown');
+  }
+
+  private async writeQueued(): Promise<void> {
+    let failed = false;
+    for (const [key, queue] of this.queues) {
+      while (queue.length > 0) {
+        const batch = queue.slice(0, this.maxBatch);
+        try {
+          if (key === UNATTRIBUTED) await this.sink.writeUnattributed(batch);
+          else if (!(await this.sink.writeTenant(key, batch))) {
+            // A tenant gone from the registry (tokens outlive it by minutes): its events are kept unattributed.
+            await this.sink.writeUnattributed(batch);
+          }
+        } catch (error) {
+          this.logger.error({ err: error, events: batch.length }, 'audit events not written yet; retrying');
+          failed = true;
+          break;
+        }
+        queue.splice(0, batch.length);
+        this.queued -= batch.length;
+        this.counts.written += batch.length;
+      }
+      if (queue.length === 0) this.queues.delete(key);
+    }
+    // What failed is tried again later (not at once: the database is likely down).
+    if (this.queued > 0 && !this.closed) this.schedule(failed ? Math.max(this.flushMs, 1_000) : this.flushMs);
+  }
+
+  private dropOldest(): void {
+    // The biggest queue loses its oldest event.
+    let biggest: AuditEvent[] | undefined;
+    for (const queue of this.queues.values()) if (!biggest || queue.length > biggest.length) biggest = queue;
+    if (!biggest || biggest.length === 0) return;
+    biggest.shift();
+    this.queued--;
+    this.counts.dropped++;
+    if (this.counts.dropped === 1 || this.counts.dropped % 1000 === 0) {
+      this.logger.error({ dropped: this.counts.dropped }, 'audit queue full (database unreachable?): oldest events dropped');
+    }
+  }
+}
