@@ -26,6 +26,13 @@ export function registerBenchClient(root: string, dbEnv: Record<string, string>)
   return JSON.parse(admin('client', 'create', '--tenant', 'bench', '--name', 'bench', '--scopes', 'system/*.*')) as BenchClient;
 }
 
+/** Routes a sending facility's HL7 v2 messages to a tenant (admin command). */
+export function routeHl7(root: string, dbEnv: Record<string, string>, facility: string, tenant: string): void {
+  const env = { ...process.env, ...dbEnv, NODE_ENV: 'production', LOG_LEVEL: 'warn' };
+  const run = spawnSync(process.execPath, ['dist/admin.js', 'hl7', 'route', '--facility', facility, '--tenant', tenant], { cwd: root, env, encoding: 'utf8' });
+  if (run.status !== 0) throw new Error(`admin hl7 route: ${run.stderr.trim()}`);
+}
+
 async function fetchToken(baseUrl: string, client: BenchClient): Promise<void> {
   const response = await fetch(`${baseUrl}/auth/token`, {
     method: 'POST',

@@ -38,7 +38,8 @@ import autocannon from 'autocannon';
 import pg from 'pg';
 import { MET_CLIENTS, MET_CONNECTIONS, metRequests, seedMet, TARGET_MET_DPS, TARGET_MET_P99_MS } from './met-documents.js';
 import { runSearchPhase, type SearchPhaseResult } from './search-phase.js';
-import { authorization, registerBenchClient, startAuth, stopAuth } from './auth.js';
+import { authorization, registerBenchClient, routeHl7, startAuth, stopAuth } from './auth.js';
+import { HL7_FACILITY, runHl7Phase, type Hl7Result } from './hl7.js';
 
 // ---------------------------------------------------------------------------------------------
 // Settings and targets
@@ -82,6 +83,9 @@ const TARGET_RSS_MIB = 300e6 / 2 ** 20;
 /** Observations loaded for the search scenarios; 0 skips the search phase. */
 const OBSERVATIONS = Number(process.env.BENCH_OBSERVATIONS ?? 1_000_000);
 const TARGET_INGEST_RPS = 2_000;
+/** Issue #6: inbound ADT with DG1 over one MLLP connection, acknowledged. */
+const TARGET_HL7_MPS = 500;
+const HL7_MESSAGES = Number(process.env.BENCH_HL7_MESSAGES ?? 3000);
 const TARGET_SEARCH_P99_MS = 20;
 /** Foreign CPU load (in % of one core) above which a scenario's figures are flagged as disturbed. */
 const OTHER_CPU_WARNING_PCT = 15;
@@ -177,6 +181,8 @@ interface Report {
   scenarios: ScenarioResult[];
   /** Ingest, bulk load and search at scale on PostgreSQL (bench/search-phase.ts). */
   search?: SearchPhaseResult;
+  /** Inbound HL7 v2 ADT over one MLLP connection on PostgreSQL (bench/hl7.ts). */
+  hl7?: Hl7Result;
   pgliteToPostgresqlCreateRatio?: number;
   targets: TargetResult[];
   allTargetsMet?: boolean;
@@ -797,6 +803,15 @@ function evaluateTargets(report: Report): TargetResult[] {
       pass: cost <= AUDIT_COST_MAX,
     });
   }
+  if (report.hl7) {
+    const h = report.hl7;
+    targets.push({
+      name: 'inbound HL7 v2 ADT with DG1, one MLLP connection, on PostgreSQL',
+      target: `≥ ${TARGET_HL7_MPS} messages/s acknowledged AA`,
+      actual: `${fmt(h.messagesPerSecond, 1)} messages/s (${fmt(h.acknowledged)} of ${fmt(h.messages)} AA; p50 ${fmt(h.latencyMs.p50, 2)} ms, p99 ${fmt(h.latencyMs.p99, 2)} ms)`,
+      pass: h.acknowledged === h.messages && h.messagesPerSecond >= TARGET_HL7_MPS,
+    });
+  }
   const met = report.scenarios.find((s) => s.id === 'met-assessment-postgresql');
   if (met) {
     targets.push({
@@ -919,6 +934,7 @@ async function main(): Promise<number> {
     const pgDataDir = mkdtempSync(join(os.tmpdir(), 'bench-pg-keys-'));
     cleanups.push({ name: `remove ${pgDataDir}`, run: () => rm(pgDataDir, { recursive: true, force: true }) });
     const pgEnv = { DATABASE_URL: databaseUrl.toString(), DATA_DIR: pgDataDir };
+    const hl7Port = await freePort();
     log('registering the bench client (admin command)');
     const pgClient = registerBenchClient(ROOT, pgEnv);
     // What the audit log costs: create and read first on a server with AUDIT=off (allowed outside
@@ -950,7 +966,8 @@ async function main(): Promise<number> {
     );
     await quietServer.stop();
     log('starting server on PostgreSQL');
-    const pgServer = await startServerProcess('postgresql', pgEnv, pgLog);
+    routeHl7(ROOT, pgEnv, HL7_FACILITY, 'bench');
+    const pgServer = await startServerProcess('postgresql', { ...pgEnv, HL7_PORT: String(hl7Port) }, pgLog);
     await startAuth(pgServer.url, pgClient);
     report.idleRssMiB.postgresql = round((readRssKiB(pgServer.pid) ?? 0) / 1024, 1);
 
@@ -1001,6 +1018,8 @@ async function main(): Promise<number> {
         requests: () => metRequests(metCounter),
       }),
     );
+    log(`inbound HL7 v2: ${fmt(HL7_MESSAGES)} ADT^A04 with 3 DG1 over one MLLP connection`);
+    report.hl7 = await runHl7Phase('127.0.0.1', hl7Port, new URL('../../shared/data/hl7v2/adt-a04-knee-oa.hl7', import.meta.url).pathname, HL7_MESSAGES, log);
     if (OBSERVATIONS > 0) report.search = await runSearchPhase(pgServer.url, databaseUrl.toString(), OBSERVATIONS, log);
     log('stopping server (SIGTERM)');
     await pgServer.stop();

@@ -4,6 +4,7 @@
  *   tenant create <name>
  *   client create --tenant <name> --name <name> --scopes "<scopes>" [--jwks-url <url>]
  *   audit unattributed [--since <instant>]   (AuditEvents of callers no tenant could be named for)
+ *   hl7 route --facility <MSH-4> --tenant <name>   (inbound HL7 v2 from that facility goes to the tenant)
  * Each prints JSON on stdout and exits 0, or prints one line on stderr and exits non-zero.
  * A client gets a secret (printed once, stored only as a scrypt hash) unless it registers a JWKS
  * URL, in which case it authenticates with private_key_jwt.
@@ -15,6 +16,7 @@ import { destination, pino } from 'pino';
 import { openDatabase } from './store/database.js';
 import { createTenant } from './store/tenants.js';
 import { AuditStore } from './store/audit-store.js';
+import { Hl7Routes } from './store/hl7-store.js';
 import { fhirContext, prepareDatabase } from './server.js';
 
 /** Logs (a reindex after an upgrade, say) go to stderr: stdout carries the command's JSON. */
@@ -23,7 +25,7 @@ const logger = pino({ level: 'info' }, destination(2));
 class UsageError extends Error {}
 
 const USAGE =
-  'usage: npm run admin -- tenant create <name> | client create --tenant <name> --name <name> --scopes "<scopes>" [--jwks-url <url>] | audit unattributed [--since <instant>]';
+  'usage: npm run admin -- tenant create <name> | client create --tenant <name> --name <name> --scopes "<scopes>" [--jwks-url <url>] | audit unattributed [--since <instant>] | hl7 route --facility <MSH-4> --tenant <name>';
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 function options(args: string[]): Map<string, string> {
@@ -94,6 +96,16 @@ async function run(args: string[]): Promise<unknown> {
       const since = opts.get('since');
       if (since !== undefined && Number.isNaN(Date.parse(since))) throw new UsageError(`--since is not an instant: ${since}`);
       return new AuditStore((t) => ctx.tenants!.repository(t), db.pool).listUnattributed(since, 10_000);
+    }
+    if (noun === 'hl7' && verb === 'route') {
+      const opts = options(rest);
+      for (const key of opts.keys()) if (!['facility', 'tenant'].includes(key)) throw new UsageError(`unknown option --${key}`);
+      const facility = opts.get('facility');
+      const tenant = opts.get('tenant');
+      if (!facility || !tenant) throw new UsageError('hl7 route needs --facility and --tenant');
+      if (!(await clients.tenantExists(tenant))) throw new UsageError(`no tenant ${tenant}; create it first with: npm run admin -- tenant create ${tenant}`);
+      await new Hl7Routes(db.pool).setRoute(facility, tenant);
+      return { sending_facility: facility, tenant };
     }
     throw new UsageError(USAGE);
   } finally {

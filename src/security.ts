@@ -20,7 +20,12 @@ export async function loadAuth(config: Readonly<Config>, db: Database, logger: L
   const clients = new ClientStore(db.pool);
   if (config.dataDir.startsWith('memory://')) {
     // A database in memory (tests): a key in memory too, and no credentials file.
-    return { signingKey: await signingKeyFromJwk(await generateSigningJwk('ES384')), clients, baseUrl: config.baseUrl };
+    return {
+      signingKey: await signingKeyFromJwk(await generateSigningJwk('ES384')),
+      clients,
+      baseUrl: config.baseUrl,
+      jwksFetcher: new JwksFetcher({ requireHttps: config.production }),
+    };
   }
   const { key, created } = await loadOrCreateSigningKey(join(config.dataDir, 'keys'));
   if (created) logger.info({ kid: key.kid, dir: join(config.dataDir, 'keys') }, 'created the server signing key');

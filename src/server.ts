@@ -3,6 +3,7 @@
  * validator, HTTP. start() and stop() are each other's inverse, in a defined order.
  */
 import { createServer, type Server } from 'node:http';
+import { createServer as createNetServer } from 'node:net';
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
@@ -15,6 +16,9 @@ import { Repository } from './store/repository.js';
 import { Tenants } from './store/tenants.js';
 import { AuditStore } from './store/audit-store.js';
 import { AuditLog } from './audit/log.js';
+import { startMllpServer, type MllpServer } from './hl7/mllp.js';
+import { Hl7Inbound } from './inbound/hl7-inbound.js';
+import { Hl7Routes } from './store/hl7-store.js';
 import { ProfileValidator } from './validation/profiles.js';
 import { ResourceValidator } from './validation/validator.js';
 import type { FhirContext } from './interactions/index.js';
@@ -23,6 +27,8 @@ export interface RunningServer {
   server: Server;
   db: Database;
   port: number;
+  /** The MLLP listener's port, when it runs. */
+  hl7Port?: number;
   stop(): Promise<void>;
 }
 
@@ -62,6 +68,18 @@ export async function prepareDatabase(db: Database, ctx: FhirContext, logger: Lo
   return applied;
 }
 
+function freePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = createNetServer();
+    probe.once('error', reject);
+    probe.listen(0, host, () => {
+      const address = probe.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
 /** The audit log over the database: each tenant's events in its own data (src/audit/log.ts). */
 export function auditLogFor(db: Database, ctx: FhirContext, logger: Logger): AuditLog {
   const tenants = ctx.tenants;
@@ -69,7 +87,13 @@ export function auditLogFor(db: Database, ctx: FhirContext, logger: Logger): Aud
   return new AuditLog(new AuditStore((t) => tenants.repository(t), db.pool), logger);
 }
 
-export async function startServer(config: Readonly<Config>, logger: Logger, extra: Partial<AppOptions> = {}): Promise<RunningServer> {
+export async function startServer(given: Readonly<Config>, logger: Logger, extra: Partial<AppOptions> = {}): Promise<RunningServer> {
+  // PORT=0 without BASE_URL: the port is chosen now, so that the base URL (token audience, links) names it.
+  let config = given;
+  if (given.port === 0 && given.baseUrl.endsWith(':0')) {
+    const port = await freePort(given.host);
+    config = Object.freeze({ ...given, port, baseUrl: `${given.baseUrl.slice(0, -2)}:${port}` });
+  }
   // Our profiles (and the R4 and US Core ones) for the MET API's resources: loaded once (~2 s).
   const profiles = await ProfileValidator.load();
   const db = await openDatabase({ ...(config.databaseUrl ? { databaseUrl: config.databaseUrl } : {}), dataDir: config.dataDir, poolSize: config.dbPoolSize });
@@ -88,14 +112,29 @@ export async function startServer(config: Readonly<Config>, logger: Logger, extr
     await db.close();
     throw error;
   }
+  // Our client assertions to EHRs are signed with the server's own key (published at /auth/jwks).
+  ctx.outboundKey = { privateKey: auth.signingKey.privateKey, kid: auth.signingKey.kid, alg: auth.signingKey.alg };
+  ctx.allowHttpEhr = !config.production;
   const met = new MetApi(ctx.validator, profiles);
   const audit = config.audit ? auditLogFor(db, ctx, logger) : undefined;
   if (!audit) logger.warn('AUDIT=off: requests are not audited (for measurement only)');
   let accepting = true;
   const limits = { maxQueryBytes: config.maxQueryBytes, perMinute: config.rateLimitPerMinute, burst: config.rateLimitBurst, tokenPerMinute: config.tokenRateLimitPerMinute };
   const app = createApp({ ctx, logger, maxBodyBytes: config.maxBodyBytes, isAccepting: () => accepting, met, auth, ...(audit ? { audit } : {}), limits, ...extra });
+  // Inbound HL7 v2 over MLLP (HL7_PORT; 0 turns it off).
+  let mllp: MllpServer | undefined;
+  if (config.hl7Port !== 0) {
+    const tenants = ctx.tenants;
+    if (!tenants) throw new Error('the HL7 listener needs the tenants of the context');
+    const inbound = new Hl7Inbound(ctx, tenants, new Hl7Routes(db.pool), logger);
+    mllp = await startMllpServer(inbound.handle, { port: config.hl7Port, host: config.host, onError: (err) => logger.warn({ err }, 'MLLP connection error') });
+    logger.info({ port: mllp.port }, 'HL7 v2 MLLP listener ready');
+  }
   const server = createServer(app);
   server.keepAliveTimeout = 65_000;
+  // A client that announces a body and never sends it is cut off (408) rather than held for Node's 5 minutes.
+  server.requestTimeout = 60_000;
+  server.headersTimeout = 30_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.port, config.host, () => resolve());
@@ -114,6 +153,7 @@ export async function startServer(config: Readonly<Config>, logger: Logger, extr
       const timer = setTimeout(() => server.closeAllConnections(), config.shutdownTimeoutMs);
       await closed;
       clearTimeout(timer);
+      await mllp?.close();
       // The audit events of the last requests are written before the database closes.
       await audit?.close();
       await db.close();
@@ -121,5 +161,5 @@ export async function startServer(config: Readonly<Config>, logger: Logger, extr
     })();
     return stopping;
   };
-  return { server, db, port, stop };
+  return { server, db, port, ...(mllp ? { hl7Port: mllp.port } : {}), stop };
 }

@@ -16,11 +16,15 @@ const ALLOWED: Record<string, string[]> = {
   search: ['fhir'],
   patch: ['fhir'],
   store: ['fhir', 'search'],
-  interactions: ['fhir', 'search', 'patch', 'store', 'validation'],
+  interactions: ['fhir', 'search', 'patch', 'store', 'validation', 'ehr'],
   met: ['fhir', 'store', 'validation'],
   audit: [],
+  hl7: ['fhir'],
+  summary: ['fhir'],
+  ehr: ['fhir'],
+  inbound: ['fhir', 'hl7', 'interactions', 'store', 'validation', 'search'],
   http: ['fhir', 'interactions', 'met', 'auth', 'store', 'audit'],
-  '.': ['fhir', 'search', 'patch', 'store', 'validation', 'interactions', 'met', 'http', 'auth', 'audit'],
+  '.': ['fhir', 'search', 'patch', 'store', 'validation', 'interactions', 'met', 'http', 'auth', 'audit', 'hl7', 'summary', 'ehr', 'inbound'],
 };
 
 function files(dir: string): string[] {

@@ -25,8 +25,11 @@ describe('capabilities', () => {
     const patient = (res.body.rest[0].resource as { type: string; interaction: { code: string }[] }[]).find((r) => r.type === 'Patient');
     const routed = [...new Set(INTERACTIONS.filter((i) => i.level !== 'system').map((i) => i.code))];
     // Conditional update and delete are stated by their own flags, not as interaction codes.
-    const conditional = new Set(['conditional-update', 'conditional-delete']);
+    const conditional = new Set(['conditional-update', 'conditional-delete', 'operation']);
     assert.deepEqual(patient?.interaction.map((i) => i.code).sort(), routed.filter((c) => !conditional.has(c)).sort());
+    // Operations are listed by name under their resource type.
+    const operations = INTERACTIONS.filter((i) => i.code === 'operation' && i.resourceType === 'Patient').map((i) => i.operation);
+    assert.deepEqual((patient as unknown as { operation?: { name: string }[] }).operation?.map((o) => o.name), operations);
     const flags = patient as unknown as { conditionalUpdate: boolean; conditionalDelete: string };
     assert.equal(flags.conditionalUpdate, routed.includes('conditional-update'));
     assert.equal(flags.conditionalDelete, routed.includes('conditional-delete') ? 'single' : 'not-supported');
@@ -46,13 +49,19 @@ describe('capabilities', () => {
       patch: () => agent.patch('/fhir/Patient/x1').set('Content-Type', 'application/json-patch+json').send([{ op: 'add', path: '/active', value: true }]),
       'conditional-update': () => agent.put('/fhir/Patient?_id=x1').set('Content-Type', 'application/fhir+json').send({ resourceType: 'Patient', id: 'x1' }),
       'conditional-delete': () => agent.delete('/fhir/Patient?_id=x-none'),
+      operation: () => agent.post('/fhir/Patient/x1/$pull-diagnoses'),
     };
     await probes.update?.();
     for (const code of routed) {
       const probe = probes[code];
       assert.ok(probe, `a probe for ${code}`);
-      const status = (await probe()).status;
-      assert.ok(status >= 200 && status < 300, `${code} answered ${status}`);
+      const res = (await probe()) as { status: number; body?: { issue?: { details?: { coding?: { code?: string }[] } }[] } };
+      if (code === 'operation') {
+        // Routed and run: x1 is linked to no EHR, which the operation itself reports.
+        assert.equal(res.body?.issue?.[0]?.details?.coding?.[0]?.code, 'unprocessable-operation', `${code} answered ${res.status}`);
+        continue;
+      }
+      assert.ok(res.status >= 200 && res.status < 300, `${code} answered ${res.status}`);
     }
   });
 });

@@ -99,6 +99,8 @@ export function testContext(): Promise<TestContext> {
     // The MET API as the server runs it: every mapped resource checked against its profiles too.
     const met = new MetApi(ctx.validator, await profileValidator());
     const auth = await testAuth(db);
+    ctx.outboundKey = { privateKey: auth.signingKey.privateKey, kid: auth.signingKey.kid, alg: auth.signingKey.alg };
+    ctx.allowHttpEhr = true;
     // Every request of the suite is audited, as in the server.
     const audit = auditLogFor(db, ctx, silentLogger);
     const app = createApp({ ctx, logger: silentLogger, maxBodyBytes: 10 * 1024 * 1024, met, auth, audit });

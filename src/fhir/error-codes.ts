@@ -22,6 +22,7 @@ export const ERROR_CODES = {
   'version-missing': 'invalid',
   'request-aborted': 'invalid',
   'body-size-mismatch': 'invalid',
+  'body-too-deep': 'invalid',
   // 401, 403
   'token-missing': 'unauthorized',
   'token-invalid': 'unauthorized',
@@ -33,6 +34,10 @@ export const ERROR_CODES = {
   'unknown-path': 'notFound',
   'method-not-allowed': 'methodNotAllowed',
   'audit-read-only': 'methodNotAllowed',
+  // EHR operations ($pull-diagnoses, $send-summary)
+  'unprocessable-operation': 'unprocessable',
+  'ehr-refused': 'unprocessable',
+  'ehr-unavailable': 'unavailable',
   'format-not-supported': 'notAcceptable',
   // 409, 410, 412, 413, 415
   'write-conflict': 'conflict',

@@ -127,6 +127,8 @@ function fromExpressError(error: unknown): FhirError {
       return fhirError('charset-not-supported', 'Send the body in UTF-8');
     case 'request.aborted':
       return fhirError('request-aborted', 'The client aborted the request');
+    case 'parameters.too.many':
+      return fhirError('body-too-large', 'The form body has more parameters than the server accepts (1,000)');
     case 'request.size.invalid':
       return fhirError('body-size-mismatch', 'The body is not as long as Content-Length says');
     default:

@@ -182,6 +182,12 @@ export function requireToken(options: AuthOptions, logger: Logger) {
     }),
   );
   return (req: Request, res: Response, next: NextFunction): void => {
+    // passport-http-bearer also reads ?access_token= (RFC 6750 §2.3): a token in a URL ends up in
+    // logs, caches and links (our own paging links included), so it is refused, never used.
+    if (new URL(req.originalUrl, 'http://x').searchParams.has('access_token')) {
+      next(new FhirError('unauthorized', { code: 'token-invalid', message: 'Send the access token in the Authorization header, never in the URL' }, { 'WWW-Authenticate': 'Bearer realm="fhir", error="invalid_request"' }));
+      return;
+    }
     const authenticate = authenticator.authenticate('bearer', { session: false }, (error: unknown, caller: Caller | false, info: unknown) => {
       if (error) return next(error);
       if (!caller) {

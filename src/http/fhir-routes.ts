@@ -10,7 +10,7 @@ import { match } from 'path-to-regexp';
 import { FhirError, fhirError, informationOutcome } from '../fhir/errors.js';
 import { queryParams } from '../interactions/conditions.js';
 import { INTERACTIONS, type FhirContext, type FhirRequest, type FhirResponse, type Interaction } from '../interactions/index.js';
-import { checkRequestType, handlingPreference, responseType, returnPreference } from './negotiation.js';
+import { checkRequestType, handlingPreference, MAX_BODY_DEPTH, nestedDeeperThan, responseType, returnPreference } from './negotiation.js';
 import { requestIdOf } from './send.js';
 import { REQUIRED_ACCESS } from '../auth/index.js';
 import { authorizer, callerOf, tenantRepository } from './auth.js';
@@ -22,7 +22,14 @@ export interface FhirRoutesOptions {
 
 export function fhirRoutes(ctx: FhirContext, options: FhirRoutesOptions): Router {
   const router = express.Router({ caseSensitive: true, strict: false });
-  const parseJson = express.json({ limit: options.maxBodyBytes, strict: true, type: () => true });
+  const json = express.json({ limit: options.maxBodyBytes, strict: true, type: () => true });
+  const parseJson = [
+    json,
+    (req: Request, _res: Response, next: NextFunction) => {
+      if (nestedDeeperThan(req.body, MAX_BODY_DEPTH)) throw fhirError('body-too-deep', `The body nests arrays and objects more than ${MAX_BODY_DEPTH} levels deep`);
+      next();
+    },
+  ];
   const parseForm = express.urlencoded({ limit: options.maxBodyBytes, extended: false, type: () => true });
 
   // Negotiate the response format first: even errors are sent in the negotiated type.
@@ -35,7 +42,7 @@ export function fhirRoutes(ctx: FhirContext, options: FhirRoutesOptions): Router
 
   for (const interaction of INTERACTIONS) {
     const body = interaction.body ?? (interaction.method === 'POST' || interaction.method === 'PUT' ? 'resource' : 'none');
-    const parsers = body === 'none' ? [] : [checkBodyType(body), body === 'form' ? parseForm : parseJson];
+    const parsers = body === 'none' ? [] : [checkBodyType(body), ...(body === 'form' ? [parseForm] : parseJson)];
     router[methodName(interaction)](interaction.path, ...parsers, (req: Request, res: Response) => run(ctx, interaction, req, res));
   }
 
@@ -69,6 +76,7 @@ function checkBodyType(kind: 'resource' | 'form' | 'patch') {
 
 async function run(ctx: FhirContext, interaction: Interaction, req: Request, res: Response): Promise<void> {
   const request = toFhirRequest(req);
+  if (interaction.resourceType) request.resourceType = interaction.resourceType;
   let reqCtx = ctx;
   if (interaction.code !== 'capabilities') {
     // What the audit log records of this request (app.ts), also when it fails below.
@@ -117,6 +125,7 @@ function auditKind(code: Interaction['code'], request: FhirRequest): AuditNote['
     case 'batch':
       return (request.body as { type?: unknown } | undefined)?.type === 'batch' ? 'batch' : 'transaction';
     case 'capabilities':
+    case 'operation':
       return 'operation';
   }
 }

@@ -9,10 +9,12 @@ import type { Logger } from 'pino';
 import { DocumentError, type MetApi } from '../met/engine.js';
 import type { FhirContext } from '../interactions/index.js';
 import { callerOf, requireScope, tenantRepository } from './auth.js';
+import { MAX_BODY_DEPTH, nestedDeeperThan } from './negotiation.js';
 import type { AuditNote } from './audit.js';
 
 /** What a push may create and update (src/met mappings): the token must allow both on each. */
-const MET_RESOURCE_TYPES = ['Patient', 'Observation', 'Goal', 'CarePlan', 'Encounter', 'Procedure', 'DocumentReference', 'Condition', 'Provenance'];
+// Every type a push can write (a client's precautions are Flags, its referring physician a Practitioner).
+const MET_RESOURCE_TYPES = ['Patient', 'Observation', 'Goal', 'CarePlan', 'Encounter', 'Procedure', 'DocumentReference', 'Condition', 'Provenance', 'Flag', 'Practitioner'];
 
 const PROBLEM_JSON = 'application/problem+json';
 
@@ -31,6 +33,7 @@ export function metRoutes(api: MetApi, ctx: FhirContext, options: { maxBodyBytes
   });
 
   router.post('/:collection', parseJson, async (req: Request, res: Response) => {
+    if (nestedDeeperThan(req.body, MAX_BODY_DEPTH)) return problem(res, 400, 'The body is nested too deeply', [], `Arrays and objects may nest at most ${MAX_BODY_DEPTH} levels deep`);
     const type = api.typeOf(String(req.params.collection));
     if (!type) return problem(res, 404, 'No such document collection', [], `Documents are pushed to: ${api.collections.map((c) => `/met/v1/${c}`).join(', ')}`);
     const note: AuditNote = { kind: 'operation', query: { query: new URLSearchParams({ collection: String(req.params.collection) }).toString() } };

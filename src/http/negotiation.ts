@@ -85,3 +85,21 @@ export function returnPreference(prefer: string | undefined): ReturnPreference {
   if (value === 'operationoutcome') return 'OperationOutcome';
   return 'representation';
 }
+
+/** Deepest nesting of arrays and objects a body may have (FHIR's deepest real structures, nested Questionnaire items, stay far below). */
+export const MAX_BODY_DEPTH = 256;
+
+/**
+ * Whether a parsed JSON body nests deeper than `max`, measured without recursion: a 100,000-deep
+ * body must get a clear 400, not a stack overflow in a validator walking it.
+ */
+export function nestedDeeperThan(value: unknown, max: number): boolean {
+  const stack: [unknown, number][] = [[value, 0]];
+  while (stack.length > 0) {
+    const [node, depth] = stack.pop() as [unknown, number];
+    if (node === null || typeof node !== 'object') continue;
+    if (depth >= max) return true;
+    for (const child of Array.isArray(node) ? node : Object.values(node)) if (child !== null && typeof child === 'object') stack.push([child, depth + 1]);
+  }
+  return false;
+}

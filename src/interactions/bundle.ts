@@ -54,7 +54,7 @@ import type { Condition, Repository, StoredVersion } from '../store/repository.j
 import { conditionOf, queryParams } from './conditions.js';
 import { locationOf } from './params.js';
 import { runSearch } from './search.js';
-import type { Access, FhirContext, FhirRequest, FhirResponse, Interaction } from './types.js';
+import { authorizeJoins, type Access, type FhirContext, type FhirRequest, type FhirResponse, type Interaction } from './types.js';
 
 /** At most this many entries in one batch or transaction. */
 export const MAX_ENTRIES = 10_000;
@@ -227,6 +227,7 @@ function planEntry(ctx: FhirContext, raw: unknown, index: number): Plan {
     } else if ((plan.method === 'GET' || plan.method === 'HEAD') && url.id === undefined) {
       const params = queryParams(url.query ?? '');
       plan.search = { ...parseSearch(plan.type, params, { fhirBase: ctx.fhirBase, lenient: false }), params };
+      authorizeJoins(ctx, plan.search.query);
     }
     ctx.authorize?.(plan.type, accessOf(plan, url.id !== undefined));
   } catch (error) {
@@ -566,10 +567,12 @@ async function runTransaction(ctx: FhirContext, tx: Repository, plans: Plan[], s
       const resource = resources.get(p.index) as JsonResource;
       if (p.id !== undefined) {
         const { created, version } = await tx.update(resource, p.id, p.ifMatch);
+        if (created) ctx.authorize?.(p.type, ['create']);
         return writeEntry(ctx, version, created ? 201 : 200);
       }
       try {
         const { created, version } = await tx.conditionalUpdate(resource, p.condition as Condition);
+        if (created) ctx.authorize?.(p.type, ['create']);
         return writeEntry(ctx, version, created ? 201 : 200);
       } catch (error) {
         // The match changed since step 2 (a concurrent writer): re-run with the new state.
@@ -622,6 +625,8 @@ async function batchEntry(ctx: FhirContext, tx: Repository, p: Plan, fullUrls: S
           : p.id !== undefined
             ? await tx.update(resource, p.id, p.ifMatch)
             : await tx.conditionalUpdate(resource, p.condition as Condition);
+      // An update that creates is a create: the caller needs that too (the entry's own transaction rolls back).
+      if (created) ctx.authorize?.(p.type, ['create']);
       return writeEntry(ctx, version, created ? 201 : 200);
     }
     case 'PATCH': {

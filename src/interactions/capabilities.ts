@@ -16,6 +16,9 @@ type SystemInteraction = NonNullable<NonNullable<CapabilityStatement['rest']>[nu
 const TYPE_CODES = new Set<string>(['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'history-type', 'create', 'search-type']);
 const SYSTEM_CODES = new Set<string>(['transaction', 'batch', 'history-system', 'search-system']);
 
+/** Our operations' canonical URLs (documented in the README; not served as OperationDefinitions yet). */
+const OPERATION_BASE = 'https://met-fhir-server.dev/fhir/OperationDefinition/';
+
 const COMMON_PARAMS: CapabilityStatementRestResourceSearchParam[] = [
   { name: '_id', definition: 'http://hl7.org/fhir/SearchParameter/Resource-id', type: 'token', documentation: 'Logical id; comma for OR.' },
   { name: '_lastUpdated', definition: 'http://hl7.org/fhir/SearchParameter/Resource-lastUpdated', type: 'date', documentation: 'With prefixes eq ne gt lt ge le sa eb ap.' },
@@ -48,9 +51,11 @@ export function capabilityStatement(ctx: FhirContext, interactions: readonly Int
   const registry = searchRegistry();
   const resource: CapabilityStatementRestResource[] = RESOURCE_TYPES.map((type) => {
     const referenceParams = registry.params(type).filter((p) => p.type === 'reference');
+    // AuditEvents are written by the server alone (src/http/auth.ts): clients read and search them.
+    const allowed = type === 'AuditEvent' ? typeCodes.filter((c) => !['create', 'update', 'patch', 'delete'].includes(c)) : typeCodes;
     const entry: CapabilityStatementRestResource = {
       type: type as CapabilityStatementRestResource['type'],
-      interaction: typeCodes.map((code) => ({ code })),
+      interaction: allowed.map((code) => ({ code })),
       versioning: 'versioned-update',
       readHistory: codes.has('vread'),
       updateCreate: codes.has('update'),
@@ -68,6 +73,10 @@ export function capabilityStatement(ctx: FhirContext, interactions: readonly Int
           .map((p) => `${source}:${p.code}`),
       );
       entry.searchParam = searchParams(type);
+    }
+    const operations = interactions.filter((i) => i.code === 'operation' && i.resourceType === type && i.operation);
+    if (operations.length > 0) {
+      entry.operation = operations.map((i) => ({ name: i.operation as string, definition: `${OPERATION_BASE}${type}-${i.operation as string}` }));
     }
     return entry;
   });

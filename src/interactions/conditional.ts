@@ -19,7 +19,13 @@ export async function conditionalUpdateResource(ctx: FhirContext, req: FhirReque
   const resourceType = requireType(req);
   const body = req.body as { id?: unknown } | undefined;
   const resource = ctx.validator.checkWrite(req.body, resourceType, typeof body?.id === 'string' ? body.id : undefined);
-  const { created, version } = await ctx.repo.conditionalUpdate(resource, criteria(ctx, req, resourceType, 'update'));
+  const condition = criteria(ctx, req, resourceType, 'update');
+  const { created, version } = await ctx.repo.transaction(async (tx) => {
+    const result = await tx.conditionalUpdate(resource, condition);
+    // No match, so a create: the caller needs that scope too (refused: rolled back).
+    if (result.created) ctx.authorize?.(resourceType, ['create']);
+    return result;
+  });
   return created ? { status: 201, version, location: locationOf(ctx, version) } : { status: 200, version };
 }
 

@@ -6,7 +6,7 @@
 import { fhirError } from '../fhir/errors.js';
 import { parseSearch } from '../search/parse.js';
 import type { Condition } from '../store/repository.js';
-import type { FhirContext } from './types.js';
+import { authorizeJoins, type FhirContext } from './types.js';
 
 /** Query-string parameters as name → values, in order; no prototype, so a parameter may be called valueOf or __proto__. */
 export function queryParams(query: string): Record<string, string[]> {
@@ -32,6 +32,10 @@ export function conditionOf(ctx: FhirContext, resourceType: string, params: Reco
     for (const p of e.problems ?? []) p.expression = where;
     throw error;
   }
+  // Criteria search the type (and what their chains reach): a caller who may not search them
+  // must not learn, from a conditional reference or write, whether a match exists.
+  ctx.authorize?.(resourceType, ['search']);
+  authorizeJoins(ctx, parsed.query);
   // One lock key per distinct set of criteria: the same criteria, in any order, serialise.
   const canonical = names
     .sort()

@@ -11,12 +11,29 @@ import { deleteInteraction } from './delete.js';
 import { historyInstance, historySystem, historyType } from './history.js';
 import { read } from './read.js';
 import { patch } from './patch.js';
+import { pullDiagnosesOperation } from './pull-diagnoses.js';
 import { search, searchPost } from './search.js';
 import type { Interaction } from './types.js';
 import { update } from './update.js';
 import { vread } from './vread.js';
 
-const RESOURCE_INTERACTIONS: readonly Interaction[] = [historySystem, historyType, searchPost, vread, historyInstance, read, update, patch, deleteInteraction, create, search, conditionalUpdate, conditionalDelete, bundleInteraction];
+const RESOURCE_INTERACTIONS: readonly Interaction[] = [
+  historySystem,
+  historyType,
+  searchPost,
+  pullDiagnosesOperation,
+  vread,
+  historyInstance,
+  read,
+  update,
+  patch,
+  deleteInteraction,
+  create,
+  search,
+  conditionalUpdate,
+  conditionalDelete,
+  bundleInteraction,
+];
 
 const metadata: Interaction = {
   code: 'capabilities',

@@ -9,7 +9,7 @@ import type { JsonResource } from '../fhir/resource.js';
 import { selectElements, summarize } from '../fhir/summary.js';
 import { encodeCursor, parseSearch } from '../search/parse.js';
 import type { IncludeSpec, SearchQuery, SearchWarning } from '../search/query.js';
-import { allows, type FhirContext, type FhirRequest, type FhirResponse, type Interaction } from './types.js';
+import { allows, authorizeJoins, type FhirContext, type FhirRequest, type FhirResponse, type Interaction } from './types.js';
 import { requireType } from './params.js';
 
 /** At most this many resources are added by _include and _revinclude to one page. */
@@ -22,6 +22,7 @@ export async function searchType(ctx: FhirContext, req: FhirRequest): Promise<Fh
   const params = Object.create(null) as Record<string, string[]>;
   for (const source of [req.query, req.form ?? {}]) for (const [k, v] of Object.entries(source)) (params[k] ??= []).push(...v);
   const { query, warnings } = parseSearch(resourceType, params, { fhirBase: ctx.fhirBase, lenient: req.handling === 'lenient' });
+  authorizeJoins(ctx, query);
   const bundle = await runSearch(ctx, query, params, warnings);
   return { status: 200, resource: bundle };
 }

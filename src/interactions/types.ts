@@ -4,6 +4,7 @@
  */
 import type { Repository, StoredVersion } from '../store/repository.js';
 import type { Tenants } from '../store/tenants.js';
+import type { Filter, SearchQuery } from '../search/query.js';
 import type { ResourceValidator } from '../validation/validator.js';
 
 export interface FhirContext {
@@ -22,11 +23,41 @@ export interface FhirContext {
    * checks (the store's own callers, tests of the interactions themselves).
    */
   authorize?: Authorize;
+  /** The key our client assertions to EHRs are signed with (the server's signing key). */
+  outboundKey?: OutboundKey;
+  /** EHRs over plain http (outside production, for EHRs on loopback in development and tests). */
+  allowHttpEhr?: boolean;
+}
+
+/** The key this server signs its client assertions to EHRs with (its own signing key). */
+export interface OutboundKey {
+  privateKey: CryptoKey;
+  kid: string;
+  alg: 'ES384' | 'RS384';
 }
 
 /** What an interaction does to a resource type, in SMART v2's terms (c r u d s). */
 export type Access = 'create' | 'read' | 'update' | 'delete' | 'search';
 export type Authorize = (resourceType: string, needed: readonly Access[]) => void;
+
+/**
+ * A search reads the types its chains and `_has` filters reach, not only its own: the caller must
+ * be allowed to search each of them (else `Patient?_has:Observation:subject:code=…` would tell a
+ * Patient-only token which patients have that Observation).
+ */
+export function authorizeJoins(ctx: FhirContext, query: SearchQuery): void {
+  if (!ctx.authorize) return;
+  const visit = (filter: Filter): void => {
+    if (filter.kind === 'chain') {
+      for (const t of filter.targetTypes) ctx.authorize?.(t, ['search']);
+      for (const inner of filter.filters.values()) visit(inner);
+    } else if (filter.kind === 'has') {
+      ctx.authorize?.(filter.sourceType, ['search']);
+      visit(filter.filter);
+    }
+  };
+  for (const filter of query.filters) visit(filter);
+}
 
 /** Whether `authorize` lets the caller do `access` on `resourceType` (without throwing). */
 export function allows(ctx: FhirContext, resourceType: string, access: Access): boolean {
@@ -85,7 +116,8 @@ export type InteractionCode =
   | 'batch'
   | 'transaction'
   | 'history-system'
-  | 'capabilities';
+  | 'capabilities'
+  | 'operation';
 
 export interface Interaction {
   code: InteractionCode;
@@ -93,6 +125,10 @@ export interface Interaction {
   method: 'GET' | 'POST' | 'PUT' | 'DELETE' | 'PATCH';
   /** Path under the FHIR base, in Express syntax. */
   path: string;
+  /** The resource type of a path that names it literally (operations such as /Patient/:id/$op). */
+  resourceType?: string;
+  /** An operation's name, for the CapabilityStatement. */
+  operation?: string;
   /** The request body: a FHIR resource (default for POST and PUT), a form (search), a patch document, or none. */
   body?: 'resource' | 'form' | 'patch' | 'none';
   handle(ctx: FhirContext, req: FhirRequest): Promise<FhirResponse>;

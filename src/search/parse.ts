@@ -50,6 +50,9 @@ export interface ParsedSearch {
 
 type IndexedType = Exclude<SearchParamType, 'composite'>;
 
+/** The most AND-ed criteria (repeated or distinct parameters) one search may have. */
+export const MAX_FILTERS = 32;
+
 export function parseSearch(resourceType: string, params: Record<string, string[]>, options: ParseOptions): ParsedSearch {
   const warnings: SearchWarning[] = [];
   const query: SearchQuery = { resourceType, filters: [], sort: [], count: DEFAULT_COUNT, include: [], revinclude: [] };
@@ -83,7 +86,12 @@ export function parseSearch(resourceType: string, params: Record<string, string[
       }
     }
   }
+  // Each AND-ed filter is a join: past a few dozen, a search costs seconds to minutes (a cheap denial of service).
+  if (query.filters.length > MAX_FILTERS) {
+    throw fhirError('invalid-search-value', `A search may combine at most ${MAX_FILTERS} criteria (this one has ${query.filters.length}); use comma-separated values for OR`);
+  }
   if (options.combine !== false) query.filters = combineRootedComposites(resourceType, query.filters);
+  if (query.cursor) checkCursorValues(query);
   return { query, warnings };
 }
 
@@ -235,6 +243,35 @@ function parseCursor(value: string): Cursor {
     // falls through to the error
   }
   throw fhirError('invalid-cursor', '_cursor is not a cursor this server issued', '_cursor');
+}
+
+const NUMERIC = /^-?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$/;
+/** A timestamptz as PostgreSQL writes it as text (2026-11-23 19:00:00.123+00), or ISO 8601. */
+const INSTANT = /^-?\d{4,}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}(:?\d{2}){0,2})?( BC)?$|^-?infinity$/;
+
+/** PostgreSQL's text form of a timestamptz as ISO 8601, for Date.parse to check its ranges. */
+function isoOf(value: string): string {
+  return value.replace(' ', 'T').replace(/([+-]\d{2})$/, '$1:00').replace(/([+-]\d{2})(\d{2})$/, '$1:$2');
+}
+
+/**
+ * A cursor's values are compared in SQL with the sort keys' columns: each must be of its key's
+ * type (a date an instant, a number a number), or the cursor is not one this server issued.
+ */
+function checkCursorValues(query: SearchQuery): void {
+  const cursor = query.cursor as Cursor;
+  const keys = query.sort.filter((k) => k.param !== '_id');
+  const bad = (): never => {
+    throw fhirError('invalid-cursor', '_cursor is not a cursor this server issued (for this _sort)', '_cursor');
+  };
+  if (cursor.values.length > keys.length) bad();
+  cursor.values.forEach((value, i) => {
+    if (value === null) return;
+    const key = keys[i] as SortKey;
+    const kind = key.param === '_lastUpdated' ? 'date' : key.table;
+    if (kind === 'date' && (!INSTANT.test(value) || (!value.endsWith('infinity') && !value.endsWith(' BC') && Number.isNaN(Date.parse(isoOf(value)))))) bad();
+    if ((kind === 'number' || kind === 'quantity') && !NUMERIC.test(value)) bad();
+  });
 }
 
 export function encodeCursor(cursor: Cursor): string {

@@ -5,6 +5,7 @@
 import type { SqlPool } from './sql.js';
 import { inTransaction } from './database.js';
 import { AUDIT_MIGRATION } from './audit-store.js';
+import { HL7_MESSAGE_MIGRATION, HL7_ROUTE_MIGRATION } from './hl7-store.js';
 import { CLIENTS_MIGRATION, TENANT_SCHEMA_MIGRATION } from './clients.js';
 import { INDEX_MIGRATION, TOKEN_QUANTITY_MIGRATION } from './search-index.js';
 
@@ -139,6 +140,18 @@ export const MIGRATIONS: readonly Migration[] = [
     name: 'audit: events no tenant can be named for',
     scope: 'global',
     sql: AUDIT_MIGRATION,
+  },
+  {
+    version: 10,
+    name: 'HL7 v2: messages received, with their status',
+    scope: 'tenant',
+    sql: HL7_MESSAGE_MIGRATION,
+  },
+  {
+    version: 11,
+    name: 'HL7 v2: sending facilities routed to tenants; messages no tenant could be named for',
+    scope: 'global',
+    sql: HL7_ROUTE_MIGRATION,
   },
 ];
 

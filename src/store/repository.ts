@@ -13,6 +13,7 @@ import { extractIndex } from '../search/extract.js';
 import type { SearchQuery } from '../search/query.js';
 import { indexCtes, indexCtesMany, indexValues, indexValuesMany } from './search-index.js';
 import { GroupCommit, type Outcome } from './group-commit.js';
+import { storeMessage, type StoredMessage } from './hl7-store.js';
 import { countSql, estimateSql, pageSql, whereSql, Params } from './search-sql.js';
 
 
@@ -400,6 +401,11 @@ export class Repository {
         [doc.sender, doc.type, doc.id, doc.version, JSON.stringify(doc.content), JSON.stringify(doc.parts), doc.updatedAt, doc.clientId ?? null],
       ),
     );
+  }
+
+  /** Records an HL7 v2 message with its status (inside the transaction that applied it, or alone). */
+  async recordHl7Message(message: StoredMessage): Promise<void> {
+    await this.write((client) => storeMessage(client, message));
   }
 
   /**

@@ -1,0 +1,145 @@
+/**
+ * Inbound HL7 v2 (ADT^A01, A04, A08, A31 with PID and DG1) applied to a tenant's data: the
+ * sending facility (MSH-4) names the tenant (admin command `hl7 route`), the Patient is matched by
+ * its identifier (the MRN) or created, each DG1 becomes a Condition (matched by its identifier, so
+ * a resend or an A08 updates rather than duplicates), and a Provenance records the message.
+ * Every message is stored with its status before the ACK is returned:
+ *  - AA: applied, in one transaction with the message row (status applied);
+ *  - AE: understood but not applied (unsupported event, a DG1 without code, a resource our
+ *    validation refuses, several Patients with that MRN): stored with status error and the reason;
+ *  - AR: not parseable, or from a facility routed to no tenant: stored in hl7_unrouted.
+ * If the message cannot be stored at all (database down), the handler throws: the connection is
+ * closed without an ACK, so the sender keeps the message and sends it again.
+ */
+import type { Patient, Provenance } from 'fhir/r4.js';
+import type { Logger } from 'pino';
+import { FhirError } from '../fhir/errors.js';
+import type { JsonResource } from '../fhir/resource.js';
+import { ack, ackFor, parseAdt, type AdtOk } from '../hl7/adt.js';
+import type { MllpMeta } from '../hl7/mllp.js';
+import { conditionOf } from '../interactions/conditions.js';
+import type { FhirContext } from '../interactions/types.js';
+import type { Hl7Routes } from '../store/hl7-store.js';
+import type { Repository } from '../store/repository.js';
+import type { Tenants } from '../store/tenants.js';
+
+export class Hl7Inbound {
+  constructor(
+    private readonly ctx: FhirContext,
+    private readonly tenants: Tenants,
+    private readonly routes: Hl7Routes,
+    private readonly logger: Logger,
+  ) {}
+
+  /** The MLLP handler: one message in, its ACK out (see the module comment). */
+  handle = async (message: string, meta: MllpMeta): Promise<string> => {
+    const result = parseAdt(message);
+    if (result.kind === 'reject') {
+      await this.routes.storeUnrouted(message, result.reason, meta.remoteAddress);
+      return ackFor(message, result);
+    }
+    const facility = sendingFacility(message);
+    const tenant = facility ? await this.routes.tenantOf(facility) : undefined;
+    const repo = tenant ? await this.tenants.repository(tenant) : undefined;
+    if (!repo) {
+      const reason = facility ? `Sending facility ${facility} is not routed to a practice on this server` : 'MSH-4 (sending facility) is empty';
+      await this.routes.storeUnrouted(message, reason, meta.remoteAddress);
+      return ack(message, 'AR', reason, { segment: 'MSH', sequence: 1, field: 4, code: 103 });
+    }
+    const base = { sendingFacility: facility, controlId: result.controlId, messageType: messageType(message), raw: message };
+    if (result.kind === 'error') {
+      await repo.recordHl7Message({ ...base, status: 'error', detail: result.reason });
+      return ackFor(message, result);
+    }
+    try {
+      await repo.transaction(async (tx) => {
+        await this.apply(tx, result);
+        await tx.recordHl7Message({ ...base, status: 'applied', ...(result.warnings.length ? { detail: result.warnings.join('; ') } : {}) });
+      });
+      return ackFor(message, result);
+    } catch (error) {
+      const reason = error instanceof FhirError ? error.message : 'the message could not be applied';
+      if (!(error instanceof FhirError)) this.logger.error({ err: error, controlId: result.controlId }, 'HL7 message not applied');
+      // Stored with its status (a throw here, database down, leaves the message unacknowledged).
+      await repo.recordHl7Message({ ...base, status: 'error', detail: reason });
+      return ack(message, 'AE', reason, { code: 207 });
+    }
+  };
+
+  private async apply(tx: Repository, adt: AdtOk): Promise<void> {
+    const { system, value } = adt.mrn;
+    const criteria = { identifier: [token(system, value)] };
+    // Writers of one MRN serialise: two messages for a new patient make one Patient.
+    await tx.lockKey(`hl7-patient:${system}|${value}`);
+    const found = await tx.search(conditionOf(this.ctx, 'Patient', criteria, 'PID-3').query);
+    if (found.rows.length > 1) throw new FhirError('preconditionFailed', { code: 'multiple-matches', message: `More than one Patient has identifier ${system}|${value}` });
+    const existing = found.rows[0] ? (JSON.parse(found.rows[0].json) as Patient) : undefined;
+    let patientId: string;
+    if (existing?.id) {
+      const merged = this.ctx.validator.checkWrite(mergePatient(existing, adt.patient), 'Patient', existing.id);
+      const { version } = await tx.update(merged, existing.id);
+      patientId = version.id;
+    } else {
+      const created = this.ctx.validator.checkWrite(adt.patient, 'Patient');
+      const { version } = await tx.create(created);
+      patientId = version.id;
+    }
+    const targets = [{ reference: `Patient/${patientId}` }];
+    for (const [i, condition] of adt.conditions.entries()) {
+      const identifier = condition.identifier?.[0];
+      const resource = this.ctx.validator.checkWrite({ ...condition, subject: { reference: `Patient/${patientId}` } }, 'Condition');
+      if (!identifier?.system || !identifier.value) throw new FhirError('unprocessable', { code: 'invalid-search-value', message: `DG1 ${i + 1} has no identifier to match it by` });
+      const match = conditionOf(this.ctx, 'Condition', { identifier: [token(identifier.system, identifier.value)] }, `DG1 ${i + 1}`);
+      const { version } = await tx.conditionalUpdate(resource, match);
+      targets.push({ reference: `Condition/${version.id}` });
+    }
+    const provenance: Provenance = {
+      resourceType: 'Provenance',
+      target: targets,
+      recorded: new Date().toISOString(),
+      activity: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-DataOperation', code: existing ? 'UPDATE' : 'CREATE' }] },
+      agent: [
+        {
+          type: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/provenance-participant-type', code: 'author' }] },
+          who: { display: `${adt.sendingApplication || 'HL7 v2 sender'} at ${adt.sendingFacility}` },
+        },
+      ],
+      entity: [{ role: 'source', what: { identifier: { system: `urn:hl7v2:message:${adt.sendingFacility}`, value: adt.controlId }, display: `ADT^${adt.event} ${adt.controlId}` } }],
+    };
+    await tx.create(this.ctx.validator.checkWrite(provenance, 'Provenance'));
+  }
+}
+
+/** A Patient updated from PID: demographics from the message, identifiers of both kept. */
+function mergePatient(existing: Patient, incoming: Patient): JsonResource {
+  const identifiers = [...(existing.identifier ?? [])];
+  for (const id of incoming.identifier ?? []) {
+    if (!identifiers.some((e) => e.system === id.system && e.value === id.value)) identifiers.push(id);
+  }
+  const { meta: _meta, ...current } = existing;
+  return { ...current, ...incoming, id: existing.id, identifier: identifiers } as unknown as JsonResource;
+}
+
+/** A token search value system|value, with FHIR search's escapes (\\ before | , $ and \\). */
+function token(system: string, value: string): string {
+  const escape = (s: string): string => s.replace(/[\\|,$]/g, (c) => `\\${c}`);
+  return `${escape(system)}|${escape(value)}`;
+}
+
+/** MSH-4's first component, read without the parser (also for messages it refused). */
+export function sendingFacility(message: string): string | undefined {
+  const msh = message.split(/\r\n|\r|\n/).find((l) => l.startsWith('MSH'));
+  if (!msh || msh.length < 8) return undefined;
+  const fs = msh[3] as string;
+  const cs = msh[4] ?? '^';
+  const value = msh.split(fs)[3]?.split(cs)[0]?.trim();
+  return value || undefined;
+}
+
+function messageType(message: string): string | undefined {
+  const msh = message.split(/\r\n|\r|\n/).find((l) => l.startsWith('MSH'));
+  if (!msh || msh.length < 8) return undefined;
+  const fs = msh[3] as string;
+  const cs = msh[4] ?? '^';
+  return msh.split(fs)[8]?.split(cs).slice(0, 2).join('^') || undefined;
+}

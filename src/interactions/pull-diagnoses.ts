@@ -1,0 +1,158 @@
+/**
+ * POST [base]/Patient/{id}/$pull-diagnoses: fetches the patient's diagnoses (Condition, categories
+ * problem-list-item and encounter-diagnosis) from every EHR the patient is linked to, and stores
+ * them as local Conditions that keep the EHR's identifiers and meta.source (src/ehr/fhir-ehr.ts),
+ * with a Provenance. Pulling twice changes nothing; a Condition changed in the EHR (resolved, say)
+ * gets a new version here.
+ *
+ * EHRs are FHIR Endpoint resources of the tenant: connectionType `hl7-fhir-rest`, status active,
+ * address = the EHR's FHIR base, with the extension EHR_ENDPOINT_EXTENSION saying how to
+ * authenticate (SMART Backend Services: token URL, our client id there, scope; our private key is
+ * the server's own signing key, whose public half is at /auth/jwks for the EHR to register) and
+ * the identifier system of the EHR's MRNs. A Patient is linked to an EHR by carrying an identifier
+ * of that system. No secret is ever kept in an Endpoint.
+ */
+import type { Condition, Endpoint, Extension, Parameters, Patient, Provenance } from 'fhir/r4.js';
+import { isDeepStrictEqual } from 'node:util';
+import { CONDITION_CATEGORIES, EhrError, findPatient, searchConditions, toLocalCondition, type EhrConnection } from '../ehr/fhir-ehr.js';
+import { FhirError, fhirError } from '../fhir/errors.js';
+import { parseSearch } from '../search/parse.js';
+import { conditionOf } from './conditions.js';
+import type { FhirContext, FhirRequest, FhirResponse, Interaction, OutboundKey } from './types.js';
+
+export const EHR_ENDPOINT_EXTENSION = 'https://met-fhir-server.dev/fhir/StructureDefinition/ehr-connection';
+
+
+interface LinkedEhr {
+  endpoint: Endpoint & { id: string };
+  connection: EhrConnection;
+  identifier: { system: string; value: string };
+}
+
+function sub(ext: Extension | undefined, url: string): Extension | undefined {
+  return ext?.extension?.find((e) => e.url === url);
+}
+
+/** How to reach an EHR, from its Endpoint; undefined when the Endpoint is not a usable FHIR EHR. */
+export function connectionOf(endpoint: Endpoint, key: OutboundKey | undefined, allowHttp: boolean): { connection: EhrConnection; identifierSystem: string } | undefined {
+  const type = endpoint.connectionType;
+  if (type.code !== 'hl7-fhir-rest' || endpoint.status !== 'active') return undefined;
+  const ext = endpoint.extension?.find((e) => e.url === EHR_ENDPOINT_EXTENSION);
+  const identifierSystem = sub(ext, 'patientIdentifierSystem')?.valueUri;
+  if (!ext || !identifierSystem) return undefined;
+  const method = sub(ext, 'auth')?.valueCode ?? 'none';
+  const base = { baseUrl: endpoint.address, timeoutMs: 20_000, allowHttp };
+  if (method === 'smart-backend') {
+    const tokenUrl = sub(ext, 'tokenUrl')?.valueUrl;
+    const clientId = sub(ext, 'clientId')?.valueString;
+    const scope = sub(ext, 'scope')?.valueString ?? 'system/Patient.rs system/Condition.rs';
+    if (!tokenUrl || !clientId || !key) return undefined;
+    return { connection: { ...base, auth: { kind: 'smart-backend', tokenUrl, clientId, privateKey: key.privateKey, kid: key.kid, alg: key.alg, scope } }, identifierSystem };
+  }
+  if (method === 'none') return { connection: { ...base, auth: { kind: 'none' } }, identifierSystem };
+  return undefined;
+}
+
+async function linkedEhrs(ctx: FhirContext, patient: Patient): Promise<LinkedEhr[]> {
+  const query = parseSearch('Endpoint', { 'connection-type': ['hl7-fhir-rest'], status: ['active'], _count: ['100'] }, { fhirBase: ctx.fhirBase, lenient: false }).query;
+  const page = await ctx.repo.search(query);
+  const out: LinkedEhr[] = [];
+  for (const row of page.rows) {
+    const endpoint = JSON.parse(row.json) as Endpoint & { id: string };
+    const found = connectionOf(endpoint, ctx.outboundKey, ctx.allowHttpEhr ?? false);
+    if (!found) continue;
+    const mrn = patient.identifier?.find((i) => i.system === found.identifierSystem && i.value);
+    if (mrn?.value) out.push({ endpoint, connection: found.connection, identifier: { system: found.identifierSystem, value: mrn.value } });
+  }
+  return out;
+}
+
+type Action = 'created' | 'updated' | 'unchanged';
+
+export async function pullDiagnoses(ctx: FhirContext, req: FhirRequest): Promise<FhirResponse> {
+  const id = req.id as string;
+  ctx.authorize?.('Patient', ['read']);
+  ctx.authorize?.('Endpoint', ['search']);
+  ctx.authorize?.('Condition', ['create', 'update', 'search']);
+  ctx.authorize?.('Provenance', ['create']);
+  const patient = JSON.parse((await ctx.repo.read('Patient', id)).json ?? '{}') as Patient;
+  const ehrs = await linkedEhrs(ctx, patient);
+  if (ehrs.length === 0) {
+    throw fhirError('unprocessable-operation', `Patient/${id} is linked to no EHR: give it an identifier of the patientIdentifierSystem of an active hl7-fhir-rest Endpoint`);
+  }
+  const results: { action: Action; reference: string }[] = [];
+  for (const ehr of ehrs) {
+    let remotes: Condition[];
+    let remotePatient;
+    try {
+      remotePatient = await findPatient(ehr.connection, { identifier: ehr.identifier });
+      if (!remotePatient?.id) throw fhirError('unprocessable-operation', `The EHR of Endpoint/${ehr.endpoint.id} has no Patient with identifier ${ehr.identifier.system}|${ehr.identifier.value}`);
+      remotes = [];
+      for (const category of CONDITION_CATEGORIES) remotes.push(...(await searchConditions(ehr.connection, remotePatient.id, category)));
+    } catch (error) {
+      throw error instanceof EhrError ? ehrFailure(error, ehr.endpoint.id) : error;
+    }
+    // A Condition in both categories comes once.
+    const unique = [...new Map(remotes.map((c) => [c.id, c])).values()];
+    await ctx.repo.transaction(async (tx) => {
+      const touched: string[] = [];
+      for (const remote of unique) {
+        const local = toLocalCondition(remote, { endpointId: ehr.endpoint.id, baseUrl: ehr.connection.baseUrl }, `Patient/${id}`);
+        const key = local.identifier?.find((i) => i.system === `${ehr.connection.baseUrl.replace(/\/+$/, '')}/Condition`);
+        const match = conditionOf(ctx, 'Condition', { identifier: [`${escapeToken(key?.system ?? '')}|${escapeToken(key?.value ?? '')}`] }, 'Condition.identifier');
+        await tx.lockKey(match.lockKey);
+        const existing = (await tx.search(match.query)).rows[0];
+        if (existing && isDeepStrictEqual(withoutServerMeta(JSON.parse(existing.json) as Condition), withoutServerMeta(local))) {
+          results.push({ action: 'unchanged', reference: `Condition/${existing.id}` });
+          continue;
+        }
+        const resource = ctx.validator.checkWrite({ ...local, ...(existing ? { id: existing.id } : {}) }, 'Condition', existing?.id);
+        const { created, version } = existing ? await tx.update(resource, existing.id) : await tx.create(resource);
+        results.push({ action: created ? 'created' : 'updated', reference: `Condition/${version.id}` });
+        touched.push(`Condition/${version.id}`);
+      }
+      if (touched.length > 0) {
+        const provenance: Provenance = {
+          resourceType: 'Provenance',
+          target: touched.map((reference) => ({ reference })),
+          recorded: new Date().toISOString(),
+          activity: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-DataOperation', code: 'UPDATE' }] },
+          agent: [{ type: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/provenance-participant-type', code: 'author' }] }, who: { reference: `Endpoint/${ehr.endpoint.id}`, display: ehr.endpoint.name ?? ehr.connection.baseUrl } }],
+          entity: [{ role: 'source', what: { reference: `${ehr.connection.baseUrl.replace(/\/+$/, '')}/Patient/${remotePatient.id}` } }],
+        };
+        await tx.create(ctx.validator.checkWrite(provenance, 'Provenance'));
+      }
+    });
+  }
+  const parameters: Parameters = {
+    resourceType: 'Parameters',
+    parameter: results.map((r) => ({ name: 'outcome', part: [{ name: 'action', valueCode: r.action }, { name: 'resource', valueReference: { reference: r.reference } }] })),
+  };
+  return { status: 200, resource: parameters };
+}
+
+/** The EHR's failure, for our caller: 502 (the EHR refused or failed) or 504-like transient as 503. */
+function ehrFailure(error: EhrError, endpointId: string): FhirError {
+  const code = error.kind === 'transient' ? 'ehr-unavailable' : 'ehr-refused';
+  return fhirError(code, `The EHR of Endpoint/${endpointId} ${error.kind === 'transient' ? 'could not be reached or failed; retry later' : 'refused the request'}: ${error.message}`);
+}
+
+function escapeToken(s: string): string {
+  return s.replace(/[\\|,$]/g, (c) => `\\${c}`);
+}
+
+function withoutServerMeta(c: Condition): unknown {
+  const { id: _id, meta, ...rest } = c;
+  return { ...rest, source: meta?.source, tag: meta?.tag, security: meta?.security };
+}
+
+export const pullDiagnosesOperation: Interaction = {
+  code: 'operation',
+  level: 'instance',
+  method: 'POST',
+  path: '/Patient/:id/$pull-diagnoses',
+  resourceType: 'Patient',
+  operation: 'pull-diagnoses',
+  body: 'none',
+  handle: pullDiagnoses,
+};

@@ -1,0 +1,138 @@
+/**
+ * Inbound HL7 v2 end to end over real MLLP on loopback, into the real database: ADT with DG1 from
+ * a routed facility makes a Patient and its Conditions in that facility's tenant (ACK AA), a
+ * resend or an A08 updates rather than duplicates, a message we cannot apply is AE and one we
+ * cannot read or route is AR, and every message is stored with its status before the ACK.
+ */
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { Bundle, Condition, Patient } from 'fhir/r4.js';
+import supertest from 'supertest';
+import { readAck } from '../src/hl7/adt.js';
+import { MllpClient } from '../src/hl7/mllp-client.js';
+import { startMllpServer, type MllpServer } from '../src/hl7/mllp.js';
+import { Hl7Inbound } from '../src/inbound/hl7-inbound.js';
+import { Hl7Routes } from '../src/store/hl7-store.js';
+import { ClientStore } from '../src/store/clients.js';
+import { createTenant } from '../src/store/tenants.js';
+import { silentLogger, testContext, tokenFor } from './helpers.js';
+
+const DATA = new URL('../../shared/data/hl7v2/', import.meta.url).pathname;
+const RUN = randomUUID().slice(0, 6).toUpperCase();
+
+/** A sample with its facility, control id and MRN made unique to this run. */
+function sample(file: string, facility: string, replace: Record<string, string> = {}): string {
+  let text = readFileSync(DATA + file, 'utf8').replace(/\r?\n/g, '\r').trimEnd();
+  text = text.replace(/^(MSH\|[^|]*\|[^|]*\|)([^|^]*)/, `$1${facility}`);
+  for (const [from, to] of Object.entries(replace)) text = text.split(from).join(to);
+  return text;
+}
+
+describe('inbound HL7 v2 over MLLP', function () {
+  this.timeout(60_000);
+  let server: MllpServer;
+  let client: MllpClient;
+  const facility = `RIVERSIDE-${RUN}`;
+  const tenant = `hl7-${RUN}`;
+
+  before(async () => {
+    const { db, ctx } = await testContext();
+    if (!(await new ClientStore(db.pool).tenantExists(tenant))) await createTenant(db, tenant);
+    const routes = new Hl7Routes(db.pool);
+    await routes.setRoute(facility, tenant);
+    const inbound = new Hl7Inbound(ctx, ctx.tenants!, routes, silentLogger);
+    server = await startMllpServer(inbound.handle, { port: 0, host: '127.0.0.1' });
+    client = await MllpClient.connect({ host: '127.0.0.1', port: server.port, timeoutMs: 20_000 });
+  });
+
+  after(async () => {
+    await client?.close();
+    await server?.close();
+  });
+
+  async function http() {
+    return supertest.agent((await testContext()).app).auth(await tokenFor('system/*.*', { tenant }), { type: 'bearer' });
+  }
+
+  async function patientsWith(mrn: string): Promise<Patient[]> {
+    const res = await (await http()).get(`/fhir/Patient?identifier=${encodeURIComponent(mrn)}`).expect(200);
+    return ((res.body as Bundle).entry ?? []).map((e) => e.resource as Patient);
+  }
+
+  async function conditionsOf(patientId: string): Promise<Condition[]> {
+    const res = await (await http()).get(`/fhir/Condition?subject=Patient/${patientId}&_count=100`).expect(200);
+    return ((res.body as Bundle).entry ?? []).map((e) => e.resource as Condition);
+  }
+
+  async function messages(): Promise<{ control_id: string; status: string; detail: string | null }[]> {
+    const { db } = await testContext();
+    const schema = await new ClientStore(db.pool).tenantSchema(tenant);
+    const rows = await db.inSchema(schema!).query<{ control_id: string; status: string; detail: string | null }>('SELECT control_id, status, detail FROM hl7_message ORDER BY seq');
+    return rows.rows;
+  }
+
+  it('applies an ADT^A04 with three DG1: one Patient, three Conditions, a Provenance, ACK AA, the message stored as applied', async () => {
+    const mrn = `E${RUN}1`;
+    const text = sample('adt-a04-knee-oa.hl7', facility, { E4471023: mrn, RVS000123: `C${RUN}1` });
+    const reply = readAck(await client.send(text));
+    assert.equal(reply?.code, 'AA', JSON.stringify(reply));
+    assert.equal(reply?.controlId, `C${RUN}1`);
+    const patients = await patientsWith(mrn);
+    assert.equal(patients.length, 1);
+    const patient = patients[0]!;
+    assert.equal(patient.name?.[0]?.family, 'Delacroix');
+    assert.equal(patient.birthDate, '1958-06-14');
+    const conditions = await conditionsOf(patient.id!);
+    assert.deepEqual(conditions.map((c) => c.code?.coding?.[0]?.code).sort(), ['I10', 'M17.11', 'Z96.651']);
+    assert.ok(conditions.every((c) => c.code?.coding?.[0]?.system === 'http://hl7.org/fhir/sid/icd-10-cm'));
+    const provenance = await (await http()).get(`/fhir/Provenance?target=Patient/${patient.id}`).expect(200);
+    assert.equal((provenance.body as Bundle).entry?.length, 1);
+    assert.deepEqual((await messages()).filter((m) => m.control_id === `C${RUN}1`).map((m) => m.status), ['applied']);
+
+    // The same message again (a sender retrying after a lost ACK): AA, and nothing duplicated.
+    assert.equal(readAck(await client.send(text))?.code, 'AA');
+    assert.equal((await patientsWith(mrn)).length, 1);
+    assert.equal((await conditionsOf(patient.id!)).length, 3);
+  });
+
+  it('updates the Patient and its Conditions from an A08, keeping identifiers it had', async () => {
+    const mrn = `E${RUN}2`;
+    await client.send(sample('adt-a04-knee-oa.hl7', facility, { E4471023: mrn, RVS000123: `C${RUN}2` }));
+    const [before] = await patientsWith(mrn);
+    // The same patient moves house (PID-11) in an A08.
+    const update = sample('adt-a04-knee-oa.hl7', facility, { E4471023: mrn, RVS000123: `C${RUN}3`, 'ADT^A04': 'ADT^A08', 'EVN|A04': 'EVN|A08', '418 Birch Ln': '7 Elm St' });
+    assert.equal(readAck(await client.send(update))?.code, 'AA');
+    const after = await patientsWith(mrn);
+    assert.equal(after.length, 1);
+    assert.equal(after[0]!.id, before!.id);
+    assert.equal(after[0]!.address?.[0]?.line?.[0], '7 Elm St');
+    assert.equal(after[0]!.meta?.versionId, '2');
+    assert.equal((await conditionsOf(before!.id!)).length, 3);
+  });
+
+  it('answers AE to a message it understands but cannot apply, and stores it with the reason', async () => {
+    const text = sample('malformed-bad-dg1-code.hl7', facility, { RVS000124: `C${RUN}4`, E4471099: `E${RUN}4` });
+    const reply = readAck(await client.send(text));
+    assert.equal(reply?.code, 'AE', JSON.stringify(reply));
+    const stored = (await messages()).find((m) => m.control_id === `C${RUN}4`);
+    assert.equal(stored?.status, 'error');
+    assert.ok(stored?.detail);
+    assert.equal((await patientsWith(`E${RUN}4`)).length, 0, 'nothing applied');
+  });
+
+  it('answers AR to a message from a facility routed to no tenant, and to one it cannot parse; both stored', async () => {
+    const { db } = await testContext();
+    const stranger = sample('adt-a04-knee-oa.hl7', `NOWHERE-${RUN}`, { RVS000123: `C${RUN}5`, E4471023: `E${RUN}5` });
+    const reply = readAck(await client.send(stranger));
+    assert.equal(reply?.code, 'AR');
+    assert.match(reply?.text ?? '', /not routed/);
+    const noMsh = readFileSync(DATA + 'malformed-no-msh.hl7', 'utf8').replace(/\r?\n/g, '\r').trimEnd();
+    assert.equal(readAck(await client.send(noMsh))?.code, 'AR');
+    const unrouted = await db.pool.query<{ raw: string; status: string }>('SELECT raw, status FROM hl7_unrouted');
+    assert.ok(unrouted.rows.some((r) => r.raw.includes(`C${RUN}5`) && r.status === 'rejected'));
+    assert.ok(unrouted.rows.some((r) => r.raw === noMsh));
+    // Nothing of it reached any tenant.
+    assert.equal((await patientsWith(`E${RUN}5`)).length, 0);
+  });
+});
