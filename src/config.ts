@@ -13,6 +13,8 @@ export interface Config {
   production: boolean;
   /** False only for measuring what the audit log costs (AUDIT=off), never in production. */
   audit: boolean;
+  /** Whether this process delivers queued documents to EHRs (DELIVERY=off: another process does). */
+  delivery: boolean;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   maxBodyBytes: number;
   /** Longest request target (path and query) accepted; longer is 400 query-too-long. */
@@ -64,6 +66,8 @@ export function loadConfig(env: Record<string, string | undefined>): Readonly<Co
   const audit = env.AUDIT || 'on';
   if (audit !== 'on' && audit !== 'off') problems.push(`AUDIT=${audit} is invalid: expected on or off`);
   else if (audit === 'off' && nodeEnv === 'production') problems.push('AUDIT=off is refused with NODE_ENV=production: every access is audited');
+  const delivery = env.DELIVERY || 'on';
+  if (delivery !== 'on' && delivery !== 'off') problems.push(`DELIVERY=${delivery} is invalid: expected on or off`);
   const config: Config = {
     port,
     host,
@@ -73,6 +77,7 @@ export function loadConfig(env: Record<string, string | undefined>): Readonly<Co
     hl7Port: int('HL7_PORT', 2575, 0, 65535),
     production: nodeEnv === 'production',
     audit: audit !== 'off',
+    delivery: delivery !== 'off',
     logLevel,
     maxBodyBytes: int('MAX_BODY_BYTES', 10 * 1024 * 1024, 1024, 1024 * 1024 * 1024),
     // Node itself refuses request heads over 16 KiB (431); a search longer than this goes as POST _search.

@@ -18,6 +18,8 @@ import { AuditStore } from './store/audit-store.js';
 import { AuditLog } from './audit/log.js';
 import { startMllpServer, type MllpServer } from './hl7/mllp.js';
 import { Hl7Inbound } from './inbound/hl7-inbound.js';
+import { DeliveryWorker } from './delivery/worker.js';
+import { FhirDocumentTransport, MllpDocumentTransport } from './delivery/transports.js';
 import { Hl7Routes } from './store/hl7-store.js';
 import { ProfileValidator } from './validation/profiles.js';
 import { ResourceValidator } from './validation/validator.js';
@@ -130,6 +132,20 @@ export async function startServer(given: Readonly<Config>, logger: Logger, extra
     mllp = await startMllpServer(inbound.handle, { port: config.hl7Port, host: config.host, onError: (err) => logger.warn({ err }, 'MLLP connection error') });
     logger.info({ port: mllp.port }, 'HL7 v2 MLLP listener ready');
   }
+  // Documents queued by $send-summary go out from here (DELIVERY=off leaves them to another process).
+  let worker: DeliveryWorker | undefined;
+  if (config.delivery && ctx.tenants) {
+    const tenants = ctx.tenants;
+    worker = new DeliveryWorker({
+      tenants: () => tenants.stores(),
+      transports: { fhir: new FhirDocumentTransport(), mllp: new MllpDocumentTransport() },
+      validator: ctx.validator,
+      ...(ctx.outboundKey ? { outboundKey: ctx.outboundKey } : {}),
+      allowHttp: ctx.allowHttpEhr ?? false,
+      logger,
+    });
+    worker.start();
+  }
   const server = createServer(app);
   server.keepAliveTimeout = 65_000;
   // A client that announces a body and never sends it is cut off (408) rather than held for Node's 5 minutes.
@@ -154,6 +170,7 @@ export async function startServer(given: Readonly<Config>, logger: Logger, extra
       await closed;
       clearTimeout(timer);
       await mllp?.close();
+      await worker?.stop();
       // The audit events of the last requests are written before the database closes.
       await audit?.close();
       await db.close();

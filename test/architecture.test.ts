@@ -16,15 +16,16 @@ const ALLOWED: Record<string, string[]> = {
   search: ['fhir'],
   patch: ['fhir'],
   store: ['fhir', 'search'],
-  interactions: ['fhir', 'search', 'patch', 'store', 'validation', 'ehr'],
+  interactions: ['fhir', 'search', 'patch', 'store', 'validation', 'ehr', 'summary'],
   met: ['fhir', 'store', 'validation'],
   audit: [],
   hl7: ['fhir'],
   summary: ['fhir'],
   ehr: ['fhir'],
+  delivery: ['fhir', 'store', 'ehr', 'hl7', 'interactions', 'validation'],
   inbound: ['fhir', 'hl7', 'interactions', 'store', 'validation', 'search'],
   http: ['fhir', 'interactions', 'met', 'auth', 'store', 'audit'],
-  '.': ['fhir', 'search', 'patch', 'store', 'validation', 'interactions', 'met', 'http', 'auth', 'audit', 'hl7', 'summary', 'ehr', 'inbound'],
+  '.': ['fhir', 'search', 'patch', 'store', 'validation', 'interactions', 'met', 'http', 'auth', 'audit', 'hl7', 'summary', 'ehr', 'inbound', 'delivery'],
 };
 
 function files(dir: string): string[] {

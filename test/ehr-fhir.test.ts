@@ -101,7 +101,7 @@ describe('EHR client over FHIR, with this server as the EHR', function () {
     fhirBase = `${origin}/fhir`;
     tokenUrl = `${origin}/auth/token`;
     // A DATA_DIR on disk, not memory://: in memory the server only fetches https JWKS URLs.
-    const env: Record<string, string> = { PORT: String(port), HL7_PORT: '0', BASE_URL: origin, DATA_DIR: dataDir, LOG_LEVEL: 'silent' };
+    const env: Record<string, string> = { PORT: String(port), HL7_PORT: '0', DELIVERY: 'off', BASE_URL: origin, DATA_DIR: dataDir, LOG_LEVEL: 'silent' };
     if (process.env.DATABASE_URL) env.DATABASE_URL = process.env.DATABASE_URL;
     ehr = await startServer(loadConfig(env), silentLogger);
     ehr.server.prependListener('request', (req: IncomingMessage) => requests.push((req.url ?? '').split('?')[0] as string));

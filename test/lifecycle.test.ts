@@ -49,7 +49,7 @@ describe('server lifecycle', function () {
     const dataDir = mkdtempSync(join(tmpdir(), 'met-fhir-'));
     try {
       // One public base for both starts (a token names it as its audience); the ports themselves are free ones.
-      const config = loadConfig({ PORT: '0', HL7_PORT: '0', BASE_URL: 'http://fhir.restart.test', DATA_DIR: dataDir, LOG_LEVEL: 'silent' });
+      const config = loadConfig({ PORT: '0', HL7_PORT: '0', DELIVERY: 'off', BASE_URL: 'http://fhir.restart.test', DATA_DIR: dataDir, LOG_LEVEL: 'silent' });
       const first = await startServer(config, silentLogger);
       // Development convenience: a first start creates a client and writes its credentials (0600).
       const file = join(dataDir, 'dev-credentials.json');
@@ -75,7 +75,7 @@ describe('server lifecycle', function () {
   it('on stop, finishes in-flight requests, refuses new connections, and closes the database', async () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'met-fhir-'));
     after(() => rmSync(dataDir, { recursive: true, force: true }));
-    const env: Record<string, string> = { PORT: '0', HL7_PORT: '0', LOG_LEVEL: 'silent', DATA_DIR: dataDir };
+    const env: Record<string, string> = { PORT: '0', HL7_PORT: '0', DELIVERY: 'off', LOG_LEVEL: 'silent', DATA_DIR: dataDir };
     if (process.env.DATABASE_URL) env.DATABASE_URL = process.env.DATABASE_URL;
     const running = await startServer(loadConfig(env), silentLogger);
     // A client registered as `npm run admin -- client create` does it.
@@ -118,6 +118,7 @@ describe('configuration', () => {
         hl7Port: 2575,
         production: false,
         audit: true,
+        delivery: true,
         logLevel: 'info',
         maxBodyBytes: 10 * 1024 * 1024,
         maxQueryBytes: 8192,

@@ -64,7 +64,7 @@ describe('$pull-diagnoses from an EHR over FHIR', function () {
     await new Promise<void>((resolve) => jwks.listen(0, '127.0.0.1', resolve));
 
     dataDir = mkdtempSync(join(tmpdir(), 'met-ehr-pull-'));
-    const env: Record<string, string> = { PORT: '0', HL7_PORT: '0', DATA_DIR: dataDir, LOG_LEVEL: 'silent' };
+    const env: Record<string, string> = { PORT: '0', HL7_PORT: '0', DELIVERY: 'off', DATA_DIR: dataDir, LOG_LEVEL: 'silent' };
     if (process.env.DATABASE_URL) env.DATABASE_URL = process.env.DATABASE_URL;
     ehr = await startServer(loadConfig(env), silentLogger);
     const origin = `http://localhost:${ehr.port}`;

@@ -12,6 +12,7 @@ import { historyInstance, historySystem, historyType } from './history.js';
 import { read } from './read.js';
 import { patch } from './patch.js';
 import { pullDiagnosesOperation } from './pull-diagnoses.js';
+import { sendSummaryOperation } from './send-summary.js';
 import { search, searchPost } from './search.js';
 import type { Interaction } from './types.js';
 import { update } from './update.js';
@@ -22,6 +23,7 @@ const RESOURCE_INTERACTIONS: readonly Interaction[] = [
   historyType,
   searchPost,
   pullDiagnosesOperation,
+  sendSummaryOperation,
   vread,
   historyInstance,
   read,

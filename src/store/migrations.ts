@@ -6,6 +6,7 @@ import type { SqlPool } from './sql.js';
 import { inTransaction } from './database.js';
 import { AUDIT_MIGRATION } from './audit-store.js';
 import { HL7_MESSAGE_MIGRATION, HL7_ROUTE_MIGRATION } from './hl7-store.js';
+import { DELIVERY_MIGRATION } from './delivery-jobs.js';
 import { CLIENTS_MIGRATION, TENANT_SCHEMA_MIGRATION } from './clients.js';
 import { INDEX_MIGRATION, TOKEN_QUANTITY_MIGRATION } from './search-index.js';
 
@@ -152,6 +153,12 @@ export const MIGRATIONS: readonly Migration[] = [
     name: 'HL7 v2: sending facilities routed to tenants; messages no tenant could be named for',
     scope: 'global',
     sql: HL7_ROUTE_MIGRATION,
+  },
+  {
+    version: 12,
+    name: 'delivery: documents queued for physicians\' EHRs',
+    scope: 'tenant',
+    sql: DELIVERY_MIGRATION,
   },
 ];
 

@@ -14,6 +14,7 @@ import type { SearchQuery } from '../search/query.js';
 import { indexCtes, indexCtesMany, indexValues, indexValuesMany } from './search-index.js';
 import { GroupCommit, type Outcome } from './group-commit.js';
 import { storeMessage, type StoredMessage } from './hl7-store.js';
+import { insertJob, type NewDeliveryJob } from './delivery-jobs.js';
 import { countSql, estimateSql, pageSql, whereSql, Params } from './search-sql.js';
 
 
@@ -401,6 +402,11 @@ export class Repository {
         [doc.sender, doc.type, doc.id, doc.version, JSON.stringify(doc.content), JSON.stringify(doc.parts), doc.updatedAt, doc.clientId ?? null],
       ),
     );
+  }
+
+  /** Queues a delivery job (inside the transaction that wrote what it delivers). */
+  async enqueueDelivery(job: NewDeliveryJob): Promise<void> {
+    await this.write((client) => insertJob(client, job));
   }
 
   /** Records an HL7 v2 message with its status (inside the transaction that applied it, or alone). */

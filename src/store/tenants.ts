@@ -11,6 +11,7 @@ import { classifyDatabaseError } from './db-errors.js';
 import type { Database } from './database.js';
 import { migrateTenantSchema, REINDEX_MIGRATIONS } from './migrations.js';
 import { Repository } from './repository.js';
+import type { SqlPool } from './sql.js';
 
 export class Tenants {
   private readonly repos = new Map<string, Promise<Repository>>();
@@ -48,6 +49,17 @@ export class Tenants {
     this.repos.set(tenant, opening);
     opening.catch(() => this.repos.delete(tenant));
     return opening;
+  }
+
+  /** Every tenant's schema pool and repository (the delivery worker visits each). */
+  async stores(): Promise<{ tenant: string; pool: SqlPool; repo: Repository }[]> {
+    const out: { tenant: string; pool: SqlPool; repo: Repository }[] = [];
+    for (const tenant of await this.clients.tenantNames()) {
+      const schema = await this.clients.tenantSchema(tenant);
+      const repo = await this.repository(tenant);
+      if (schema !== undefined && repo) out.push({ tenant, pool: this.db.inSchema(schema), repo });
+    }
+    return out;
   }
 
   /** Migrates (and where a migration asks for it, reindexes) every tenant's schema; at start. */

@@ -1,0 +1,245 @@
+/**
+ * POST [base]/Patient/{id}/$send-summary: builds the progress report over a period from what is
+ * stored (diagnoses, program, goals and their progress, outcome measures at baseline and now, each
+ * with a small chart, attendance, adverse events, the professional's recommendations) as a FHIR
+ * Composition and a PDF (src/summary), and queues its delivery to the physician's EHR, named by an
+ * Endpoint: over FHIR (a DocumentReference with the PDF) or HL7 v2 (MDM^T02 over MLLP). Returns
+ * the Task that tracks the delivery. The Composition, the local DocumentReference, the Task and the
+ * delivery job are written in one transaction: a report either is queued whole or not at all.
+ *
+ * Parameters (a FHIR Parameters body):
+ *  - endpoint (valueReference, required): the EHR's Endpoint (hl7-fhir-rest or hl7v2-mllp);
+ *  - author (valueReference, required): the MET, a Practitioner;
+ *  - period (valuePeriod): default the last 30 days;
+ *  - recipient (valueString): the physician's name, as the report addresses them;
+ *  - recommendation (valueString, repeating): the professional's recommendations.
+ */
+import { randomUUID } from 'node:crypto';
+import type { CarePlan, Condition, DocumentReference, Encounter, Endpoint, Goal, Observation, Parameters, ParametersParameter, Patient, Practitioner, Procedure, Task } from 'fhir/r4.js';
+import { fhirError } from '../fhir/errors.js';
+import { parseSearch } from '../search/parse.js';
+import { buildMdmT02 } from '../summary/mdm.js';
+import { buildComposition, renderPdf, type GoalAchievementCode, type OutcomeMeasure, type ReportInput } from '../summary/report.js';
+import { EHR_ENDPOINT_EXTENSION } from './pull-diagnoses.js';
+import type { FhirContext, FhirRequest, FhirResponse, Interaction } from './types.js';
+
+/** Stable identifiers of the documents we send: the EHR finds a retried document by it. */
+export const DOCUMENT_ID_SYSTEM = 'https://met-fhir-server.dev/fhir/document-id';
+
+interface Args {
+  endpoint: string;
+  author: string;
+  period: { start: string; end: string };
+  recipient: string;
+  recommendations: string[];
+}
+
+function args(body: unknown): Args {
+  const p = body as Parameters | undefined;
+  if (p !== undefined && (typeof p !== 'object' || p === null || p.resourceType !== 'Parameters')) {
+    throw fhirError('unprocessable-operation', '$send-summary takes a Parameters resource (endpoint, author, period, recipient, recommendation)');
+  }
+  const all = (name: string): ParametersParameter[] => (p?.parameter ?? []).filter((x) => x.name === name);
+  const endpoint = all('endpoint')[0]?.valueReference?.reference;
+  const author = all('author')[0]?.valueReference?.reference;
+  if (!endpoint?.startsWith('Endpoint/')) throw fhirError('unprocessable-operation', "$send-summary needs parameter 'endpoint': a reference to the EHR's Endpoint");
+  if (!author?.startsWith('Practitioner/')) throw fhirError('unprocessable-operation', "$send-summary needs parameter 'author': a reference to the Practitioner (the MET) who signs the report");
+  const end = all('period')[0]?.valuePeriod?.end ?? new Date().toISOString().slice(0, 10);
+  const start = all('period')[0]?.valuePeriod?.start ?? new Date(Date.parse(end) - 30 * 86_400_000).toISOString().slice(0, 10);
+  return {
+    endpoint,
+    author,
+    period: { start, end },
+    recipient: all('recipient')[0]?.valueString ?? 'the referring physician',
+    recommendations: all('recommendation').flatMap((x) => (x.valueString ? [x.valueString] : [])),
+  };
+}
+
+async function search<T>(ctx: FhirContext, type: string, params: Record<string, string[]>): Promise<T[]> {
+  const query = parseSearch(type, { ...params, _count: ['1000'] }, { fhirBase: ctx.fhirBase, lenient: false }).query;
+  return (await ctx.repo.search(query)).rows.map((r) => JSON.parse(r.json) as T);
+}
+
+const text = (c: { text?: string; coding?: { display?: string; code?: string }[] } | undefined): string => c?.text ?? c?.coding?.[0]?.display ?? c?.coding?.[0]?.code ?? '';
+const nameOf = (n: { text?: string; given?: string[]; family?: string }[] | undefined): string => n?.[0]?.text ?? [...(n?.[0]?.given ?? []), n?.[0]?.family ?? ''].join(' ').trim();
+const dayOf = (s: string | undefined): string => (s ?? '').slice(0, 10);
+
+const ACHIEVEMENT = new Set(['in-progress', 'improving', 'worsening', 'no-change', 'achieved', 'sustaining', 'not-achieved', 'no-progress', 'not-attainable']);
+
+/** Everything the report says, read from the tenant's data. */
+async function gather(ctx: FhirContext, patientId: string, a: Args): Promise<{ input: ReportInput; entries: Record<string, string[]>; patient: Patient }> {
+  const patient = JSON.parse((await ctx.repo.read('Patient', patientId)).json ?? '{}') as Patient;
+  const author = JSON.parse((await ctx.repo.read('Practitioner', a.author.split('/')[1] as string)).json ?? '{}') as Practitioner;
+  const subject = { subject: [`Patient/${patientId}`] };
+  const conditions = await search<Condition>(ctx, 'Condition', subject);
+  const carePlans = (await search<CarePlan>(ctx, 'CarePlan', subject)).filter((c) => c.status === 'active' || c.status === 'completed');
+  const goals = await search<Goal>(ctx, 'Goal', subject);
+  const observations = await search<Observation>(ctx, 'Observation', { ...subject, date: [`le${a.period.end}`] });
+  const encounters = await search<Encounter>(ctx, 'Encounter', { ...subject, date: [`ge${a.period.start}`, `le${a.period.end}`] });
+  const procedures = await search<Procedure>(ctx, 'Procedure', { ...subject, date: [`ge${a.period.start}`, `le${a.period.end}`] });
+
+  // Outcome measures: numeric values per code (each component of a panel its own), oldest first.
+  const series = new Map<string, OutcomeMeasure & { series: { date: string; value: number }[] }>();
+  const add = (code: Observation['code'], value: { value?: number; unit?: string; code?: string } | undefined, date: string | undefined): void => {
+    const coding = code.coding?.[0];
+    if (!coding?.code || value?.value === undefined || !date) return;
+    const key = `${coding.system ?? ''}|${coding.code}`;
+    let m = series.get(key);
+    if (!m) {
+      m = { name: text(code) || coding.code, code: { system: coding.system ?? '', code: coding.code }, unit: value.unit ?? value.code ?? '', series: [] };
+      series.set(key, m);
+    }
+    m.series.push({ date: dayOf(date), value: value.value });
+  };
+  for (const o of observations) {
+    if (o.status === 'entered-in-error' || o.status === 'cancelled') continue;
+    const when = o.effectiveDateTime ?? o.effectivePeriod?.start ?? o.issued;
+    add(o.code, o.valueQuantity, when);
+    for (const c of o.component ?? []) add(c.code, c.valueQuantity, when);
+  }
+  const outcomes = [...series.values()].filter((m) => m.series.length > 0).map((m) => ({ ...m, series: m.series.sort((x, y) => x.date.localeCompare(y.date)) }));
+
+  const sessions = encounters.filter((e) => e.status !== 'entered-in-error');
+  const plan = carePlans.sort((x, y) => (y.period?.start ?? '').localeCompare(x.period?.start ?? ''))[0];
+  const input: ReportInput = {
+    kind: 'progress-report',
+    patient: {
+      name: nameOf(patient.name) || `Patient/${patientId}`,
+      birthDate: patient.birthDate ?? '',
+      gender: patient.gender ?? 'unknown',
+      identifiers: (patient.identifier ?? []).flatMap((i) => (i.value ? [{ ...(i.system ? { system: i.system } : {}), value: i.value, ...(i.type?.coding?.[0]?.code === 'MR' ? { label: 'MRN' } : {}) }] : [])),
+    },
+    period: a.period,
+    author: { name: nameOf(author.name) || a.author, organization: author.qualification?.[0]?.issuer?.display ?? '' },
+    recipient: { name: a.recipient },
+    issued: new Date().toISOString(),
+    diagnoses: conditions
+      .filter((c) => c.verificationStatus?.coding?.[0]?.code !== 'entered-in-error')
+      .map((c) => ({
+        ...(c.code?.coding?.[0]?.code ? { code: { system: c.code.coding[0].system ?? '', code: c.code.coding[0].code } } : {}),
+        display: text(c.code) || 'Condition',
+        ...(c.onsetDateTime ? { onset: dayOf(c.onsetDateTime) } : {}),
+      })),
+    ...(plan
+      ? {
+          program: {
+            title: plan.title ?? text(plan.category?.[0]) ?? 'Exercise program',
+            activities: (plan.activity ?? []).map((x) => x.detail?.description ?? text(x.detail?.code)).filter((s): s is string => !!s),
+            period: { start: dayOf(plan.period?.start) || a.period.start, ...(plan.period?.end ? { end: dayOf(plan.period.end) } : {}) },
+          },
+        }
+      : {}),
+    goals: goals
+      .filter((g) => g.lifecycleStatus !== 'entered-in-error' && g.lifecycleStatus !== 'cancelled')
+      .map((g) => {
+        const code = g.achievementStatus?.coding?.[0]?.code ?? 'in-progress';
+        const target = g.target?.[0];
+        const quantity = target?.detailQuantity;
+        return {
+          description: text(g.description),
+          ...(quantity?.value !== undefined
+            ? { target: { measure: text(target?.measure), value: quantity.value, unit: quantity.unit ?? quantity.code ?? '', ...(target?.dueDate ? { due: target.dueDate } : {}) } }
+            : {}),
+          achievementStatus: { code: (ACHIEVEMENT.has(code) ? code : 'in-progress') as GoalAchievementCode },
+        };
+      }),
+    outcomes,
+    ...(sessions.length > 0 ? { attendance: { planned: sessions.length, attended: sessions.filter((e) => e.status === 'finished').length } } : {}),
+    adverseEvents: procedures.flatMap((p) => (p.complication ?? []).map((c) => ({ date: dayOf(p.performedPeriod?.start ?? p.performedDateTime), text: text(c) }))),
+    recommendations: a.recommendations,
+  };
+  const entries = {
+    diagnoses: conditions.map((c) => `Condition/${c.id}`),
+    goals: goals.map((g) => `Goal/${g.id}`),
+    ...(plan ? { program: [`CarePlan/${plan.id}`] } : {}),
+  };
+  return { input, entries, patient };
+}
+
+export async function sendSummary(ctx: FhirContext, req: FhirRequest): Promise<FhirResponse> {
+  const patientId = req.id as string;
+  for (const t of ['Patient', 'Practitioner', 'Endpoint']) ctx.authorize?.(t, ['read']);
+  for (const t of ['Condition', 'CarePlan', 'Goal', 'Observation', 'Encounter', 'Procedure']) ctx.authorize?.(t, ['search']);
+  for (const t of ['Composition', 'DocumentReference', 'Task']) ctx.authorize?.(t, ['create']);
+  const a = args(req.body);
+  const endpoint = JSON.parse((await ctx.repo.read('Endpoint', a.endpoint.split('/')[1] as string)).json ?? '{}') as Endpoint & { id: string };
+  const channel = endpoint.connectionType.code === 'hl7-fhir-rest' ? 'fhir' : endpoint.connectionType.code === 'hl7v2-mllp' ? 'mllp' : undefined;
+  if (!channel || endpoint.status !== 'active') throw fhirError('unprocessable-operation', `${a.endpoint} is not an active hl7-fhir-rest or hl7v2-mllp Endpoint`);
+  const identifierSystem = endpoint.extension?.find((e) => e.url === EHR_ENDPOINT_EXTENSION)?.extension?.find((e) => e.url === 'patientIdentifierSystem')?.valueUri;
+
+  const { input, entries, patient } = await gather(ctx, patientId, a);
+  const mrn = patient.identifier?.find((i) => i.system === identifierSystem && i.value);
+  if (!mrn?.value) throw fhirError('unprocessable-operation', `Patient/${patientId} is not linked to the EHR of ${a.endpoint}: it has no identifier of ${identifierSystem ?? 'the Endpoint\u2019s patientIdentifierSystem'}`);
+  const pdf = await renderPdf(input);
+  const documentId = randomUUID();
+  const identifier = { system: DOCUMENT_ID_SYSTEM, value: `urn:uuid:${documentId}` };
+  const composition = buildComposition(input, { subject: `Patient/${patientId}`, author: a.author, identifier, entries });
+  const title = composition.title;
+  const attachment = { contentType: 'application/pdf', data: pdf.toString('base64'), title, creation: input.issued };
+  // The document as it goes to the EHR (its subject is set there, to the EHR's own Patient).
+  const outbound: DocumentReference = {
+    resourceType: 'DocumentReference',
+    identifier: [identifier],
+    status: 'current',
+    docStatus: 'final',
+    type: { coding: [{ system: 'http://loinc.org', code: '11506-3', display: 'Progress note' }] },
+    category: [{ coding: [{ system: 'http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category', code: 'clinical-note', display: 'Clinical Note' }] }],
+    subject: { identifier: { system: mrn.system as string, value: mrn.value }, display: input.patient.name },
+    date: input.issued,
+    author: [{ display: input.author.name }],
+    description: title,
+    content: [{ attachment }],
+    context: { period: { start: input.period.start, end: input.period.end } },
+  };
+  const [family = '', given = ''] = [patient.name?.[0]?.family ?? '', patient.name?.[0]?.given?.[0] ?? ''];
+  const payload =
+    channel === 'fhir'
+      ? { documentReference: outbound, patientIdentifier: { system: mrn.system, value: mrn.value } }
+      : {
+          message: buildMdmT02({
+            sendingApplication: 'MET-FHIR',
+            sendingFacility: 'MET',
+            receivingApplication: endpoint.name ?? 'EHR',
+            receivingFacility: endpoint.name ?? 'EHR',
+            controlId: documentId.replace(/-/g, '').slice(0, 20),
+            timestamp: input.issued,
+            patient: { mrn: mrn.value, family, given, birthDate: patient.birthDate ?? '', gender: patient.gender ?? 'unknown' },
+            document: { uniqueId: identifier.value, title: title ?? 'Progress report', typeCode: '11506-3', activityTime: input.period.end, authorName: input.author.name, pdf },
+          }),
+        };
+
+  const task = await ctx.repo.transaction(async (tx) => {
+    const stored = await tx.create(ctx.validator.checkWrite(composition, 'Composition'));
+    const local: DocumentReference = { ...outbound, subject: { reference: `Patient/${patientId}` }, context: { ...outbound.context, related: [{ reference: `Composition/${stored.version.id}` }] } };
+    const doc = await tx.create(ctx.validator.checkWrite(local, 'DocumentReference'));
+    const taskId = randomUUID();
+    const resource: Task = {
+      resourceType: 'Task',
+      id: taskId,
+      identifier: [identifier],
+      status: 'requested',
+      intent: 'order',
+      code: { text: 'Deliver a progress report to the physician\u2019s EHR' },
+      focus: { reference: `DocumentReference/${doc.version.id}` },
+      for: { reference: `Patient/${patientId}` },
+      authoredOn: input.issued,
+      lastModified: input.issued,
+      businessStatus: { text: 'queued' },
+      input: [{ type: { text: 'endpoint' }, valueReference: { reference: a.endpoint } }],
+    };
+    const created = await tx.update(ctx.validator.checkWrite(resource, 'Task', taskId), taskId);
+    await tx.enqueueDelivery({ id: taskId, channel, endpointId: endpoint.id, payload });
+    return created.version;
+  });
+  return { status: 201, version: task, location: `${ctx.fhirBase}/Task/${task.id}/_history/${task.versionId}` };
+}
+
+export const sendSummaryOperation: Interaction = {
+  code: 'operation',
+  level: 'instance',
+  method: 'POST',
+  path: '/Patient/:id/$send-summary',
+  resourceType: 'Patient',
+  operation: 'send-summary',
+  handle: sendSummary,
+};

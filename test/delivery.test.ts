@@ -1,0 +1,424 @@
+/**
+ * Delivery of progress reports (issue #6) against real peers on loopback: a second instance of
+ * this server as the physician's FHIR EHR (we are its SMART Backend Services client, our public key
+ * at a JWKS URL), a tiny HTTP server that answers 503 and 429, and an MLLP receiver whose ACKs the
+ * test chooses. Jobs and Tasks are written together, as a request would; the worker's clock is
+ * moved forward instead of waiting for backoffs.
+ */
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Bundle, Communication, DocumentReference, Endpoint, Task } from 'fhir/r4.js';
+import { hashSecret, newClientId, newClientSecret } from '../src/auth/index.js';
+import { loadConfig } from '../src/config.js';
+import { FhirDocumentTransport, MllpDocumentTransport, type FhirDeliveryPayload } from '../src/delivery/transports.js';
+import { DELIVERY_ATTEMPTS_EXTENSION, DeliveryWorker, type DeliveryWorkerOptions } from '../src/delivery/worker.js';
+import { ack } from '../src/hl7/adt.js';
+import { startMllpServer, type MllpServer } from '../src/hl7/mllp.js';
+import { EHR_ENDPOINT_EXTENSION } from '../src/interactions/pull-diagnoses.js';
+import { startServer, type RunningServer } from '../src/server.js';
+import { ClientStore } from '../src/store/clients.js';
+import { inTransaction } from '../src/store/database.js';
+import { claimDue, DELIVERY_MIGRATION, getJob, insertJob, markDelivered, type DeliveryChannel, type DeliveryJob } from '../src/store/delivery-jobs.js';
+import { Repository } from '../src/store/repository.js';
+import type { SqlPool } from '../src/store/sql.js';
+import { createTenant } from '../src/store/tenants.js';
+import { buildMdmT02 } from '../src/summary/mdm.js';
+import type { ResourceValidator } from '../src/validation/validator.js';
+import { FHIR_JSON, silentLogger, TEST_TENANT, testContext, testSigningKey } from './helpers.js';
+
+const RUN = randomUUID().slice(0, 8);
+const DOC_SYSTEM = `https://met-fhir-server.dev/fhir/NamingSystem/report/${RUN}`;
+const COMM_SYSTEM = `https://met-fhir-server.dev/fhir/NamingSystem/report-notice/${RUN}`;
+const SCOPE = 'system/DocumentReference.crs system/Communication.crs';
+
+async function listen(server: Server): Promise<number> {
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return (server.address() as AddressInfo).port;
+}
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  const port = await listen(server);
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+const payload = (key: string, extra: Partial<DocumentReference> = {}): FhirDeliveryPayload => ({
+  documentReference: {
+    resourceType: 'DocumentReference',
+    identifier: [{ system: DOC_SYSTEM, value: key }],
+    status: 'current',
+    type: { coding: [{ system: 'http://loinc.org', code: '11506-3', display: 'Progress note' }] },
+    description: 'Exercise progress report',
+    content: [{ attachment: { contentType: 'application/pdf', data: Buffer.from('%PDF-1.4 report').toString('base64'), title: 'report.pdf' } }],
+    ...extra,
+  },
+  communication: {
+    resourceType: 'Communication',
+    identifier: [{ system: COMM_SYSTEM, value: key }],
+    status: 'completed',
+    payload: [{ contentReference: { type: 'DocumentReference', identifier: { system: DOC_SYSTEM, value: key } } }],
+  },
+});
+
+const mdm = (controlId: string): string =>
+  buildMdmT02({
+    sendingApplication: 'MET',
+    sendingFacility: 'CLINIC',
+    receivingApplication: 'EHR',
+    receivingFacility: 'RIVERSIDE',
+    controlId,
+    timestamp: '2026-03-01T10:00:00Z',
+    patient: { mrn: 'E4471023', family: 'Delacroix', given: 'Anne', birthDate: '1958-06-14', gender: 'female' },
+    document: { uniqueId: `DOC-${controlId}`, title: 'Exercise progress report', typeCode: '11506-3', activityTime: '2026-03-01', authorName: 'Sam Trainer', pdf: Buffer.from('%PDF-1.4 report') },
+  });
+
+describe('delivery of progress reports to EHRs', function () {
+  this.timeout(60_000);
+  let pool: SqlPool;
+  let repo: Repository;
+  let validator: ResourceValidator;
+  let options: Pick<DeliveryWorkerOptions, 'outboundKey'>;
+  let ehr: RunningServer;
+  let dataDir: string;
+  let jwks: Server;
+  let ehrBase: string;
+  let tokenUrl: string;
+  let seedToken: string;
+  let clientId: string;
+  let mllp: MllpServer;
+  /** The MLLP receiver's answer, and every message it received. */
+  let mllpMode: 'AA' | 'AE' | 'AR' | 'silent' | 'close' = 'AA';
+  const received: string[] = [];
+  const silenced: (() => void)[] = [];
+  /** The worker's clock runs ahead of the real one by this much. */
+  let offset = 0;
+  const now = (): Date => new Date(Date.now() + offset);
+  const advanceTo = (at: Date): void => {
+    offset += Math.max(0, at.getTime() - now().getTime()) + 1;
+  };
+
+  const transports = { fhir: new FhirDocumentTransport(), mllp: new MllpDocumentTransport({ ackTimeoutMs: 400, connectTimeoutMs: 2000 }) };
+  const worker = (extra: Partial<DeliveryWorkerOptions> = {}): DeliveryWorker =>
+    new DeliveryWorker({ tenants: () => Promise.resolve([{ tenant: TEST_TENANT, pool, repo }]), transports, validator, allowHttp: true, now, ...options, ...extra });
+
+  const ehrFetch = (path: string, init: RequestInit = {}): Promise<Response> =>
+    fetch(`${ehrBase}/${path}`, { ...init, headers: { authorization: `Bearer ${seedToken}`, 'content-type': FHIR_JSON } });
+  const atEhr = async <T>(type: string, system: string, key: string): Promise<T[]> =>
+    (((await (await ehrFetch(`${type}?identifier=${encodeURIComponent(`${system}|${key}`)}`)).json()) as Bundle).entry ?? []).map((e) => e.resource as T);
+
+  async function endpoint(resource: Partial<Endpoint>, id: string = randomUUID()): Promise<string> {
+    const body = { resourceType: 'Endpoint', id, status: 'active', payloadType: [{ text: 'progress report' }], ...resource };
+    await repo.update(validator.checkWrite(body, 'Endpoint', id), id);
+    return id;
+  }
+  const fhirEndpoint = (base: string, token: string | undefined, id?: string): Promise<string> =>
+    endpoint(
+      {
+        connectionType: { system: 'http://terminology.hl7.org/CodeSystem/endpoint-connection-type', code: 'hl7-fhir-rest' },
+        address: base,
+        extension: [
+          {
+            url: EHR_ENDPOINT_EXTENSION,
+            extension: [
+              ...(token
+                ? [{ url: 'auth', valueCode: 'smart-backend' }, { url: 'tokenUrl', valueUrl: token }, { url: 'clientId', valueString: clientId }, { url: 'scope', valueString: SCOPE }]
+                : [{ url: 'auth', valueCode: 'none' }]),
+              { url: 'patientIdentifierSystem', valueUri: 'http://riverside.example.org/mrn' },
+            ],
+          },
+        ],
+      },
+      id,
+    );
+  const mllpEndpoint = (port: number, id?: string): Promise<string> =>
+    endpoint({ connectionType: { system: 'http://terminology.hl7.org/CodeSystem/endpoint-connection-type', code: 'hl7v2-mllp' }, address: `mllp://127.0.0.1:${port}` }, id);
+
+  /** A Task and its job, in one transaction, as the request that asks for a delivery writes them. */
+  async function queue(channel: DeliveryChannel, endpointId: string, jobPayload: unknown): Promise<string> {
+    const id = randomUUID();
+    await inTransaction(pool, async (client) => {
+      const task = { resourceType: 'Task', id, status: 'requested', intent: 'order', code: { text: 'deliver progress report' }, authoredOn: now().toISOString() };
+      await new Repository(pool, repo.fhirBase, client).update(validator.checkWrite(task, 'Task', id), id);
+      await insertJob(client, { id, channel, endpointId, payload: jobPayload, nextAttemptAt: now() });
+    });
+    return id;
+  }
+  const task = async (id: string): Promise<Task> => JSON.parse((await repo.read('Task', id)).json ?? '{}') as Task;
+  const attemptsOf = (t: Task): number | undefined => t.extension?.find((e) => e.url === DELIVERY_ATTEMPTS_EXTENSION)?.valueUnsignedInt;
+
+  before(async () => {
+    const { db, ctx } = await testContext();
+    // The tests' tenant, in whichever schema it got (public unless another tenant was registered first).
+    pool = db.inSchema((await new ClientStore(db.pool).tenantSchema(TEST_TENANT)) as string);
+    repo = (await ctx.tenants?.repository(TEST_TENANT)) ?? ctx.repo;
+    validator = ctx.validator;
+    options = ctx.outboundKey ? { outboundKey: ctx.outboundKey } : {};
+    // Until the server's migrations include it (tenant migration 12): the statements are idempotent.
+    const exists = await pool.query<{ t: string | null }>(`SELECT to_regclass('delivery_job')::text AS t`);
+    if (!exists.rows[0]?.t) await pool.query(DELIVERY_MIGRATION);
+
+    const key = await testSigningKey();
+    jwks = createServer((_req, res) => res.setHeader('content-type', 'application/json').end(JSON.stringify({ keys: [key.publicJwk] })));
+    const jwksPort = await listen(jwks);
+    dataDir = mkdtempSync(join(tmpdir(), 'met-delivery-'));
+    const env: Record<string, string> = { PORT: '0', HL7_PORT: '0', DELIVERY: 'off', DATA_DIR: dataDir, LOG_LEVEL: 'silent' };
+    if (process.env.DATABASE_URL) env.DATABASE_URL = process.env.DATABASE_URL;
+    ehr = await startServer(loadConfig(env), silentLogger);
+    ehrBase = `http://localhost:${ehr.port}/fhir`;
+    tokenUrl = `http://localhost:${ehr.port}/auth/token`;
+    const tenant = `riverside-${RUN}`;
+    await createTenant(ehr.db, tenant);
+    const clients = new ClientStore(ehr.db.pool);
+    clientId = newClientId();
+    await clients.createClient({ clientId, tenant, name: 'met-server', jwksUrl: `http://127.0.0.1:${jwksPort}/jwks.json`, scopes: SCOPE });
+    const seederId = newClientId();
+    const secret = newClientSecret();
+    await clients.createClient({ clientId: seederId, tenant, name: 'ehr-staff', secretHash: await hashSecret(secret), scopes: 'system/*.*' });
+    const token = await fetch(tokenUrl, { method: 'POST', body: new URLSearchParams({ grant_type: 'client_credentials', client_id: seederId, client_secret: secret, scope: 'system/*.*' }) });
+    assert.equal(token.status, 200, await token.clone().text());
+    seedToken = ((await token.json()) as { access_token: string }).access_token;
+
+    mllp = await startMllpServer(
+      async (message) => {
+        received.push(message);
+        switch (mllpMode) {
+          case 'silent':
+            await new Promise<void>((resolve) => silenced.push(resolve));
+            return ack(message, 'AA');
+          case 'close':
+            throw new Error('the receiver fails mid-message');
+          case 'AR':
+            return ack(message, 'AR', 'Unknown document type');
+          case 'AA':
+          case 'AE':
+            return ack(message, mllpMode);
+        }
+      },
+      { port: 0, host: '127.0.0.1', closeTimeoutMs: 200 },
+    );
+  });
+
+  afterEach(async () => {
+    // Jobs a test leaves due must not be picked up by the next one.
+    await pool.query(`UPDATE delivery_job SET status = 'failed' WHERE status IN ('queued', 'sending')`);
+  });
+
+  after(async () => {
+    silenced.forEach((resolve) => resolve());
+    await mllp?.close();
+    await ehr?.stop();
+    jwks?.close();
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('delivers a DocumentReference and its Communication once, and completes the Task', async () => {
+    const id = await queue('fhir', await fhirEndpoint(ehrBase, tokenUrl), payload(id0('once')));
+    await worker().runOnce();
+    const job = await getJob(pool, id);
+    const docs = await atEhr<DocumentReference>('DocumentReference', DOC_SYSTEM, id0('once'));
+    assert.equal(docs.length, 1);
+    assert.deepEqual([job.status, job.attempts, job.remoteId], ['delivered', 1, `${ehrBase}/DocumentReference/${docs[0]?.id}`]);
+    const comms = await atEhr<Communication>('Communication', COMM_SYSTEM, id0('once'));
+    assert.equal(comms.length, 1);
+    assert.equal(comms[0]?.payload?.[0]?.contentReference?.reference, `DocumentReference/${docs[0]?.id}`);
+    const done = await task(id);
+    assert.equal(done.status, 'completed');
+    assert.equal(attemptsOf(done), 1);
+    assert.equal(done.output?.[0]?.valueReference?.reference, job.remoteId);
+    assert.match(done.businessStatus?.text ?? '', /^delivered on attempt 1/);
+
+    assert.equal(await worker().runOnce(), 0, 'nothing left to do');
+    assert.equal((await atEhr('DocumentReference', DOC_SYSTEM, id0('once'))).length, 1);
+  });
+
+  it('retries while the EHR cannot be reached, then delivers once it can', async () => {
+    const dead = await freePort();
+    const endpointId = await fhirEndpoint(`http://127.0.0.1:${dead}/fhir`, `http://127.0.0.1:${dead}/auth/token`);
+    const id = await queue('fhir', endpointId, payload(id0('down')));
+    await worker().runOnce();
+    const waiting = await getJob(pool, id);
+    assert.deepEqual([waiting.status, waiting.attempts, waiting.ambiguous], ['queued', 1, false]);
+    assert.match(waiting.lastError ?? '', /could not reach the EHR/);
+    const retrying = await task(id);
+    assert.equal(retrying.status, 'in-progress');
+    assert.equal(attemptsOf(retrying), 1);
+    assert.match(retrying.businessStatus?.text ?? '', /^attempt 1 of 8 failed: .*could not reach the EHR.*; next attempt at /);
+
+    assert.equal(await worker().runOnce(), 0, 'not due yet');
+    await fhirEndpoint(ehrBase, tokenUrl, endpointId);
+    advanceTo(waiting.nextAttemptAt);
+    await worker().runOnce();
+    const job = await getJob(pool, id);
+    assert.deepEqual([job.status, job.attempts], ['delivered', 2]);
+    const done = await task(id);
+    assert.deepEqual([done.status, attemptsOf(done)], ['completed', 2]);
+    assert.equal((await atEhr('DocumentReference', DOC_SYSTEM, id0('down'))).length, 1);
+  });
+
+  it('backs off exponentially with bounded jitter on 503, honours Retry-After on 429, and gives up after the last attempt', async () => {
+    const statuses = [503, 503, 503, 429, 503];
+    let calls = 0;
+    const busy = createServer((_req, res) => {
+      const status = statuses[calls++] ?? 503;
+      res.writeHead(status, { 'content-type': FHIR_JSON, ...(status === 429 ? { 'retry-after': '20' } : {}) });
+      res.end(JSON.stringify({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'transient', diagnostics: 'down for maintenance' }] }));
+    });
+    const port = await listen(busy);
+    try {
+      const id = await queue('fhir', await fhirEndpoint(`http://127.0.0.1:${port}/fhir`, undefined), payload(id0('busy')));
+      const w = worker({ maxAttempts: 5, baseBackoffMs: 1000, jitter: 0.5 });
+      const waits: number[] = [];
+      for (let attempt = 1; attempt <= 4; attempt++) {
+        const started = now().getTime();
+        await w.runOnce();
+        const job = await getJob(pool, id);
+        assert.deepEqual([job.status, job.attempts], ['queued', attempt]);
+        waits.push(job.nextAttemptAt.getTime() - started);
+        assert.match((await task(id)).businessStatus?.text ?? '', new RegExp(`^attempt ${attempt} of 5 failed: .*HTTP ${statuses[attempt - 1]}`));
+        advanceTo(job.nextAttemptAt);
+      }
+      for (const [i, wait] of waits.slice(0, 3).entries()) {
+        const full = 1000 * 2 ** i;
+        assert.ok(wait >= full / 2 && wait <= full + 50, `wait ${i + 1} is ${wait} ms, not within [${full / 2}, ${full}]`);
+      }
+      assert.ok(waits[3] !== undefined && waits[3] >= 20_000 && waits[3] <= 20_050, `Retry-After: 20 → ${waits[3]} ms`);
+      await w.runOnce();
+      const job = await getJob(pool, id);
+      assert.deepEqual([job.status, job.attempts, calls], ['failed', 5, 5]);
+      const failed = await task(id);
+      assert.equal(failed.status, 'failed');
+      assert.match(failed.statusReason?.text ?? '', /^gave up after 5 attempts: .*HTTP 503/);
+    } finally {
+      busy.closeAllConnections();
+      busy.close();
+    }
+  });
+
+  it('fails at once, with the EHR\'s reason, when the EHR refuses the document (4xx)', async () => {
+    const invalid = payload(id0('refused'), { status: 'no-such-status' as never });
+    const id = await queue('fhir', await fhirEndpoint(ehrBase, tokenUrl), invalid);
+    await worker().runOnce();
+    const job = await getJob(pool, id);
+    assert.deepEqual([job.status, job.attempts], ['failed', 1]);
+    assert.match(job.lastError ?? '', /create DocumentReference at .*: the EHR answered HTTP 4\d\d/);
+    const failed = await task(id);
+    assert.deepEqual([failed.status, attemptsOf(failed)], ['failed', 1]);
+    assert.equal(failed.statusReason?.text, job.lastError);
+  });
+
+  it('after a worker stopped mid-delivery, finds the document the EHR already stored and does not send it again', async () => {
+    const id = await queue('fhir', await fhirEndpoint(ehrBase, tokenUrl), payload(id0('crash')));
+    // The worker claims the job and sends the document, then dies before recording anything.
+    const claimed = (await claimDue(pool, now(), 60_000)) as DeliveryJob;
+    assert.deepEqual([claimed.id, claimed.status, claimed.attempts], [id, 'sending', 1]);
+    const posted = await ehrFetch('DocumentReference', { method: 'POST', body: JSON.stringify(payload(id0('crash')).documentReference) });
+    assert.equal(posted.status, 201);
+    const remoteId = ((await posted.json()) as { id: string }).id;
+
+    assert.equal(await worker().runOnce(), 0, 'the lease holds');
+    offset += 61_000;
+    await worker().runOnce();
+    const job = await getJob(pool, id);
+    assert.deepEqual([job.status, job.attempts, job.remoteId], ['delivered', 2, `${ehrBase}/DocumentReference/${remoteId}`]);
+    assert.match(job.lastError ?? '', /attempt 1 was interrupted/);
+    assert.equal((await atEhr('DocumentReference', DOC_SYSTEM, id0('crash'))).length, 1, 'no second DocumentReference');
+    const done = await task(id);
+    assert.deepEqual([done.status, attemptsOf(done)], ['completed', 2]);
+    assert.match(done.businessStatus?.text ?? '', /already had the document/);
+  });
+
+  it('claims each due job once, even concurrently; a worker whose lease was taken over cannot record an outcome', async () => {
+    const endpointId = await mllpEndpoint(mllp.port);
+    const ids = [await queue('mllp', endpointId, { message: mdm(`C1${RUN}`) }), await queue('mllp', endpointId, { message: mdm(`C2${RUN}`) })];
+    const claims = await Promise.all([claimDue(pool, now(), 1000), claimDue(pool, now(), 1000), claimDue(pool, now(), 1000)]);
+    assert.deepEqual(claims.map((c) => c?.id).filter(Boolean).sort(), [...ids].sort());
+    offset += 1001;
+    const again = (await claimDue(pool, now(), 1000)) as DeliveryJob;
+    assert.deepEqual([again.attempts, again.ambiguous], [2, true]);
+    assert.equal(await markDelivered(pool, { id: again.id, attempts: 1 }, 'late'), false, 'the first claim is fenced off');
+    assert.equal(await markDelivered(pool, again, 'on time'), true);
+  });
+
+  it('MLLP: AA delivers, AR fails with the receiver\'s text, AE is retried', async () => {
+    const endpointId = await mllpEndpoint(mllp.port);
+    mllpMode = 'AA';
+    const accepted = await queue('mllp', endpointId, { message: mdm(`AA${RUN}`) });
+    await worker().runOnce();
+    assert.deepEqual(pick(await getJob(pool, accepted)), ['delivered', 1, `AA${RUN}`]);
+    const done = await task(accepted);
+    assert.equal(done.status, 'completed');
+    assert.equal(done.output?.[0]?.valueIdentifier?.value, `AA${RUN}`);
+
+    mllpMode = 'AR';
+    const rejected = await queue('mllp', endpointId, { message: mdm(`AR${RUN}`) });
+    await worker().runOnce();
+    const job = await getJob(pool, rejected);
+    assert.deepEqual(pick(job), ['failed', 1, undefined]);
+    assert.match(job.lastError ?? '', /answered AR \(reject\) to message AR.*: Unknown document type/);
+    assert.equal((await task(rejected)).status, 'failed');
+
+    mllpMode = 'AE';
+    const errored = await queue('mllp', endpointId, { message: mdm(`AE${RUN}`) });
+    await worker().runOnce();
+    const retried = await getJob(pool, errored);
+    assert.deepEqual([...pick(retried), retried.ambiguous], ['queued', 1, undefined, false]);
+    assert.equal((await task(errored)).status, 'in-progress');
+  });
+
+  it('MLLP: no ACK, or a connection closed mid-message, is retried with the same control id', async () => {
+    const endpointId = await mllpEndpoint(mllp.port);
+    for (const mode of ['silent', 'close'] as const) {
+      mllpMode = mode;
+      const controlId = `${mode.slice(0, 2).toUpperCase()}${RUN}`;
+      const id = await queue('mllp', endpointId, { message: mdm(controlId) });
+      await worker().runOnce();
+      const waiting = await getJob(pool, id);
+      assert.deepEqual([...pick(waiting), waiting.ambiguous], ['queued', 1, undefined, true]);
+      assert.match(waiting.lastError ?? '', mode === 'silent' ? /No MLLP reply within 400 ms/ : /closed/);
+      mllpMode = 'AA';
+      advanceTo(waiting.nextAttemptAt);
+      await worker().runOnce();
+      assert.deepEqual(pick(await getJob(pool, id)), ['delivered', 2, controlId]);
+      const copies = received.filter((m) => m.includes(`|${controlId}|`));
+      assert.equal(copies.length, 2);
+      assert.equal(copies[0], copies[1], 'the same message, control id and all');
+    }
+  });
+
+  it('jobs survive a restart: a new worker delivers what the old one left queued, polling until stopped', async () => {
+    const dead = await freePort();
+    const endpointId = await mllpEndpoint(dead);
+    const id = await queue('mllp', endpointId, { message: mdm(`RS${RUN}`) });
+    await worker().runOnce();
+    const waiting = await getJob(pool, id);
+    assert.deepEqual([...pick(waiting), waiting.ambiguous], ['queued', 1, undefined, false]);
+    assert.match(waiting.lastError ?? '', /Cannot connect/);
+
+    // "Restart": the receiver is back, and a new worker, knowing nothing, runs over the same database.
+    await mllpEndpoint(mllp.port, endpointId);
+    mllpMode = 'AA';
+    advanceTo(waiting.nextAttemptAt);
+    const fresh = worker({ pollIntervalMs: 50 });
+    fresh.start();
+    const deadline = Date.now() + 10_000;
+    while ((await getJob(pool, id)).status !== 'delivered' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    await fresh.stop();
+    assert.deepEqual(pick(await getJob(pool, id)), ['delivered', 2, `RS${RUN}`]);
+    const done = await task(id);
+    assert.deepEqual([done.status, attemptsOf(done)], ['completed', 2]);
+  });
+
+  /** A document key unique to this run. */
+  function id0(name: string): string {
+    return `${name}-${RUN}`;
+  }
+  function pick(job: DeliveryJob): [string, number, string | undefined] {
+    return [job.status, job.attempts, job.remoteId];
+  }
+});
