@@ -18,7 +18,6 @@ async function main(): Promise<void> {
     throw error;
   }
   const logger = pino({ level: config.logLevel, base: { service: 'met-fhir-server' } });
-  if (config.hl7Port !== 0) logger.info({ hl7Port: config.hl7Port }, 'HL7 v2 listener is not part of this build yet; HL7_PORT is reserved');
   const running = await startServer(config, logger);
   let signalled = false;
   const shutdown = (signal: string): void => {
