@@ -17,6 +17,7 @@ import { Client, type RequestOptions } from 'fhir-kit-client';
 import { SignJWT, type CryptoKey, type JWK, type KeyObject } from 'jose';
 import type { Annotation, Bundle, Condition, Identifier, OperationOutcome, Patient, Reference } from 'fhir/r4.js';
 import { parseReference } from '../fhir/reference.js';
+import { tokenSearchValue } from '../fhir/search-value.js';
 
 export const CLIENT_ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
 export const CONDITION_CATEGORY_SYSTEM = 'http://terminology.hl7.org/CodeSystem/condition-category';
@@ -344,7 +345,7 @@ function nextUrl(link: string, base: string, what: string): string {
  */
 export async function findPatient(conn: EhrConnection, query: { identifier: { system: string; value: string } }): Promise<Patient | undefined> {
   const { system, value } = query.identifier;
-  const patients = await searchAll<Patient>(conn, 'Patient', { identifier: `${escapeToken(system)}|${escapeToken(value)}` }, { count: 10, maxPages: 5 });
+  const patients = await searchAll<Patient>(conn, 'Patient', { identifier: tokenSearchValue(system, value) }, { count: 10, maxPages: 5 });
   const stray = patients.filter((p) => !(p.identifier ?? []).some((i) => i.system === system && i.value === value));
   if (stray.length > 0) {
     throw new EhrError('permanent', 'identifier-mismatch', `the EHR answered a Patient identifier search with ${stray.length} Patient(s) that do not carry the identifier (${ids('Patient', stray)})`);
@@ -398,7 +399,7 @@ export async function findByIdentifier<T extends { resourceType: string; id?: st
   identifier: { system: string; value: string },
 ): Promise<T[]> {
   const { system, value } = identifier;
-  const found = await searchAll<T>(conn, resourceType, { identifier: `${escapeToken(system)}|${escapeToken(value)}` }, { count: 10, maxPages: 2 });
+  const found = await searchAll<T>(conn, resourceType, { identifier: tokenSearchValue(system, value) }, { count: 10, maxPages: 2 });
   const carries = (r: T): boolean => [...(r.identifier ?? []), ...(r.masterIdentifier ? [r.masterIdentifier] : [])].some((i) => i.system === system && i.value === value);
   const stray = found.filter((r) => !carries(r));
   if (stray.length > 0) {
@@ -617,11 +618,6 @@ function parseJson(text: string): unknown {
   } catch {
     return undefined;
   }
-}
-
-/** Token search values escape `\ | , $` (https://hl7.org/fhir/R4/search.html#escaping). */
-function escapeToken(value: string): string {
-  return value.replace(/[\\|,$]/g, (c) => `\\${c}`);
 }
 
 function refersTo(reference: string | undefined, type: string, id: string, base: string): boolean {

@@ -24,3 +24,6 @@ export function isResourceType(name: string): boolean {
 
 /** FHIR id: https://hl7.org/fhir/R4/datatypes.html#id */
 export const ID_PATTERN = /^[A-Za-z0-9\-.]{1,64}$/;
+
+/** Types the API only reads: the server writes them itself (AuditEvent: the audit log). */
+export const SERVER_WRITTEN_TYPES: ReadonlySet<string> = new Set(['AuditEvent']);

@@ -454,6 +454,18 @@ export function readAck(text: string): { code: string; controlId: string; text: 
   return { code, controlId, text: message };
 }
 
+/**
+ * MSH-n's first `components` components (joined by ^), read tolerantly without the parser (also
+ * from messages it refuses); undefined when MSH or the field is missing or empty.
+ */
+export function mshField(text: string, n: number, components = 1): string | undefined {
+  const msh = rawMsh(text);
+  if (!msh) return undefined;
+  const cs = msh.enc[0] ?? '^';
+  const value = msh.fields[n]?.split(cs).slice(0, components).join('^').trim();
+  return value || undefined;
+}
+
 function rawMsh(text: string): { fs: string; enc: string; fields: string[] } | undefined {
   const line = text.replace(/^\uFEFF/, '').split(/\r\n|\r|\n/).map((l) => l.trimStart()).find((l) => l.startsWith('MSH') && l.length > 4);
   if (!line) return undefined;

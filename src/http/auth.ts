@@ -24,6 +24,7 @@ import {
   type SigningKey,
 } from '../auth/index.js';
 import { FhirError, fhirError } from '../fhir/errors.js';
+import { SERVER_WRITTEN_TYPES } from '../fhir/resource-types.js';
 import type { ClientStore } from '../store/clients.js';
 import type { Repository } from '../store/repository.js';
 import type { AuditNote } from './audit.js';
@@ -64,9 +65,6 @@ export async function tenantRepository(ctx: FhirContext, caller: Caller): Promis
   return repo;
 }
 
-/** Types the API only reads: the server writes them itself (the audit log). */
-const SERVER_WRITTEN = new Set(['AuditEvent']);
-
 /**
  * The per-request check of FhirContext.authorize: AuditEvents are never created, changed or
  * deleted through the API (also not in Bundle entries), whatever the scopes; anything else is
@@ -74,7 +72,7 @@ const SERVER_WRITTEN = new Set(['AuditEvent']);
  */
 export function authorizer(caller: Caller): (resourceType: string, needed: readonly Interaction[]) => void {
   return (resourceType, needed) => {
-    if (SERVER_WRITTEN.has(resourceType) && needed.some((n) => n === 'create' || n === 'update' || n === 'delete')) {
+    if (SERVER_WRITTEN_TYPES.has(resourceType) && needed.some((n) => n === 'create' || n === 'update' || n === 'delete')) {
       throw new FhirError(
         'methodNotAllowed',
         { code: 'audit-read-only', message: `${resourceType} resources are written by the server alone: they can be read and searched, never created, changed or deleted` },

@@ -14,8 +14,9 @@
 import type { Patient, Provenance } from 'fhir/r4.js';
 import type { Logger } from 'pino';
 import { FhirError } from '../fhir/errors.js';
+import { tokenSearchValue } from '../fhir/search-value.js';
 import type { JsonResource } from '../fhir/resource.js';
-import { ack, ackFor, parseAdt, type AdtOk } from '../hl7/adt.js';
+import { ack, ackFor, mshField, parseAdt, type AdtOk } from '../hl7/adt.js';
 import type { MllpMeta } from '../hl7/mllp.js';
 import { conditionOf } from '../interactions/conditions.js';
 import type { FhirContext } from '../interactions/types.js';
@@ -38,7 +39,7 @@ export class Hl7Inbound {
       await this.routes.storeUnrouted(message, result.reason, meta.remoteAddress);
       return ackFor(message, result);
     }
-    const facility = sendingFacility(message);
+    const facility = mshField(message, 4);
     const tenant = facility ? await this.routes.tenantOf(facility) : undefined;
     const repo = tenant ? await this.tenants.repository(tenant) : undefined;
     if (!repo) {
@@ -46,7 +47,7 @@ export class Hl7Inbound {
       await this.routes.storeUnrouted(message, reason, meta.remoteAddress);
       return ack(message, 'AR', reason, { segment: 'MSH', sequence: 1, field: 4, code: 103 });
     }
-    const base = { sendingFacility: facility, controlId: result.controlId, messageType: messageType(message), raw: message };
+    const base = { sendingFacility: facility, controlId: result.controlId, messageType: mshField(message, 9, 2), raw: message };
     if (result.kind === 'error') {
       await repo.recordHl7Message({ ...base, status: 'error', detail: result.reason });
       return ackFor(message, result);
@@ -68,7 +69,7 @@ export class Hl7Inbound {
 
   private async apply(tx: Repository, adt: AdtOk): Promise<void> {
     const { system, value } = adt.mrn;
-    const criteria = { identifier: [token(system, value)] };
+    const criteria = { identifier: [tokenSearchValue(system, value)] };
     // Writers of one MRN serialise: two messages for a new patient make one Patient.
     await tx.lockKey(`hl7-patient:${system}|${value}`);
     const found = await tx.search(conditionOf(this.ctx, 'Patient', criteria, 'PID-3').query);
@@ -89,7 +90,7 @@ export class Hl7Inbound {
       const identifier = condition.identifier?.[0];
       const resource = this.ctx.validator.checkWrite({ ...condition, subject: { reference: `Patient/${patientId}` } }, 'Condition');
       if (!identifier?.system || !identifier.value) throw new FhirError('unprocessable', { code: 'invalid-search-value', message: `DG1 ${i + 1} has no identifier to match it by` });
-      const match = conditionOf(this.ctx, 'Condition', { identifier: [token(identifier.system, identifier.value)] }, `DG1 ${i + 1}`);
+      const match = conditionOf(this.ctx, 'Condition', { identifier: [tokenSearchValue(identifier.system, identifier.value)] }, `DG1 ${i + 1}`);
       const { version } = await tx.conditionalUpdate(resource, match);
       targets.push({ reference: `Condition/${version.id}` });
     }
@@ -118,28 +119,4 @@ function mergePatient(existing: Patient, incoming: Patient): JsonResource {
   }
   const { meta: _meta, ...current } = existing;
   return { ...current, ...incoming, id: existing.id, identifier: identifiers } as unknown as JsonResource;
-}
-
-/** A token search value system|value, with FHIR search's escapes (\\ before | , $ and \\). */
-function token(system: string, value: string): string {
-  const escape = (s: string): string => s.replace(/[\\|,$]/g, (c) => `\\${c}`);
-  return `${escape(system)}|${escape(value)}`;
-}
-
-/** MSH-4's first component, read without the parser (also for messages it refused). */
-export function sendingFacility(message: string): string | undefined {
-  const msh = message.split(/\r\n|\r|\n/).find((l) => l.startsWith('MSH'));
-  if (!msh || msh.length < 8) return undefined;
-  const fs = msh[3] as string;
-  const cs = msh[4] ?? '^';
-  const value = msh.split(fs)[3]?.split(cs)[0]?.trim();
-  return value || undefined;
-}
-
-function messageType(message: string): string | undefined {
-  const msh = message.split(/\r\n|\r|\n/).find((l) => l.startsWith('MSH'));
-  if (!msh || msh.length < 8) return undefined;
-  const fs = msh[3] as string;
-  const cs = msh[4] ?? '^';
-  return msh.split(fs)[8]?.split(cs).slice(0, 2).join('^') || undefined;
 }

@@ -4,7 +4,7 @@
  * what is routed and what can be searched.
  */
 import type { CapabilityStatement, CapabilityStatementRestResource, CapabilityStatementRestResourceSearchParam } from 'fhir/r4.js';
-import { RESOURCE_TYPES } from '../fhir/resource-types.js';
+import { RESOURCE_TYPES, SERVER_WRITTEN_TYPES } from '../fhir/resource-types.js';
 import { searchRegistry } from '../search/definitions.js';
 import { SUPPORTED_MODIFIERS } from '../search/parse.js';
 import type { FhirContext, Interaction } from './types.js';
@@ -51,8 +51,8 @@ export function capabilityStatement(ctx: FhirContext, interactions: readonly Int
   const registry = searchRegistry();
   const resource: CapabilityStatementRestResource[] = RESOURCE_TYPES.map((type) => {
     const referenceParams = registry.params(type).filter((p) => p.type === 'reference');
-    // AuditEvents are written by the server alone (src/http/auth.ts): clients read and search them.
-    const allowed = type === 'AuditEvent' ? typeCodes.filter((c) => !['create', 'update', 'patch', 'delete'].includes(c)) : typeCodes;
+    // Types the server alone writes (src/http/auth.ts refuses the rest): clients read and search them.
+    const allowed = SERVER_WRITTEN_TYPES.has(type) ? typeCodes.filter((c) => !['create', 'update', 'patch', 'delete'].includes(c)) : typeCodes;
     const entry: CapabilityStatementRestResource = {
       type: type as CapabilityStatementRestResource['type'],
       interaction: allowed.map((code) => ({ code })),

@@ -16,6 +16,7 @@ import type { Condition, Endpoint, Extension, Parameters, Patient, Provenance } 
 import { isDeepStrictEqual } from 'node:util';
 import { CONDITION_CATEGORIES, EhrError, findPatient, searchConditions, toLocalCondition, type EhrConnection } from '../ehr/fhir-ehr.js';
 import { FhirError, fhirError } from '../fhir/errors.js';
+import { tokenSearchValue } from '../fhir/search-value.js';
 import { parseSearch } from '../search/parse.js';
 import { conditionOf } from './conditions.js';
 import type { FhirContext, FhirRequest, FhirResponse, Interaction, OutboundKey } from './types.js';
@@ -99,7 +100,7 @@ export async function pullDiagnoses(ctx: FhirContext, req: FhirRequest): Promise
       for (const remote of unique) {
         const local = toLocalCondition(remote, { endpointId: ehr.endpoint.id, baseUrl: ehr.connection.baseUrl }, `Patient/${id}`);
         const key = local.identifier?.find((i) => i.system === `${ehr.connection.baseUrl.replace(/\/+$/, '')}/Condition`);
-        const match = conditionOf(ctx, 'Condition', { identifier: [`${escapeToken(key?.system ?? '')}|${escapeToken(key?.value ?? '')}`] }, 'Condition.identifier');
+        const match = conditionOf(ctx, 'Condition', { identifier: [tokenSearchValue(key?.system ?? '', key?.value ?? '')] }, 'Condition.identifier');
         await tx.lockKey(match.lockKey);
         const existing = (await tx.search(match.query)).rows[0];
         if (existing && isDeepStrictEqual(withoutServerMeta(JSON.parse(existing.json) as Condition), withoutServerMeta(local))) {
@@ -135,10 +136,6 @@ export async function pullDiagnoses(ctx: FhirContext, req: FhirRequest): Promise
 function ehrFailure(error: EhrError, endpointId: string): FhirError {
   const code = error.kind === 'transient' ? 'ehr-unavailable' : 'ehr-refused';
   return fhirError(code, `The EHR of Endpoint/${endpointId} ${error.kind === 'transient' ? 'could not be reached or failed; retry later' : 'refused the request'}: ${error.message}`);
-}
-
-function escapeToken(s: string): string {
-  return s.replace(/[\\|,$]/g, (c) => `\\${c}`);
 }
 
 function withoutServerMeta(c: Condition): unknown {
