@@ -1,6 +1,7 @@
 /** history at instance, type and system level, with paging that survives concurrent writes. */
 import assert from 'node:assert/strict';
-import { api, assertOutcome, BASE_URL, FHIR_JSON, uniqueId } from './helpers.js';
+import { ClientStore } from '../src/store/clients.js';
+import { api, assertOutcome, BASE_URL, FHIR_JSON, TEST_TENANT, testContext, uniqueId } from './helpers.js';
 
 async function writeVersions(type: string, id: string, count: number): Promise<void> {
   const agent = await api();
@@ -30,6 +31,37 @@ describe('history', () => {
       ],
     );
     assert.ok(entries.every((e) => e.fullUrl === `${BASE_URL}/fhir/Basic/${id}`));
+  });
+
+  it('stores a version\'s content once: the current version\'s in the current row, an older one\'s in history; vread and _history give each its own', async () => {
+    const agent = await api();
+    const { db } = await testContext();
+    const pool = db.inSchema((await new ClientStore(db.pool).tenantSchema(TEST_TENANT)) as string);
+    const id = uniqueId();
+    const stored = async (): Promise<[number, boolean][]> =>
+      (await pool.query<{ version_id: number; has: boolean }>('SELECT version_id, content IS NOT NULL AS has FROM resource_history WHERE resource_type = $1 AND id = $2 ORDER BY version_id', ['Basic', id])).rows.map((r) => [r.version_id, r.has]);
+
+    const put = async (text: string): Promise<number> => (await agent.put(`/fhir/Basic/${id}`).set('Content-Type', FHIR_JSON).send({ resourceType: 'Basic', id, code: { text } })).status;
+
+    assert.equal(await put('v1'), 201);
+    assert.deepEqual(await stored(), [[1, false]]);
+    assert.equal(await put('v2'), 200);
+    assert.equal(await put('v3'), 200);
+    assert.deepEqual(await stored(), [[1, true], [2, true], [3, false]]);
+    await agent.delete(`/fhir/Basic/${id}`);
+    assert.deepEqual(await stored(), [[1, true], [2, true], [3, true], [4, false]]);
+
+    for (const v of [1, 2, 3]) {
+      const res = await agent.get(`/fhir/Basic/${id}/_history/${v}`);
+      assert.equal(res.status, 200);
+      assert.equal(res.body.code.text, `v${v}`);
+    }
+    const history = await agent.get(`/fhir/Basic/${id}/_history`);
+    assert.deepEqual(history.body.entry.map((e: { resource?: { code: { text: string } } }) => e.resource?.code.text), [undefined, 'v3', 'v2', 'v1']);
+    // Written again after the delete: the new current version reads from the current row.
+    assert.equal(await put('v5'), 201);
+    assert.equal((await agent.get(`/fhir/Basic/${id}/_history/5`)).body.code.text, 'v5');
+    assert.equal((await agent.get(`/fhir/Basic/_history?_count=50`)).body.entry.find((e: { resource?: { id: string; meta: { versionId: string } } }) => e.resource?.id === id && e.resource.meta.versionId === '5')?.resource.code.text, 'v5');
   });
 
   it('pages with _count and next links, and the pages stay the same while new versions are written', async () => {

@@ -451,8 +451,8 @@ export class Repository {
     if (!Number.isSafeInteger(version) || version < 1) throw versionNotFound(resourceType, id, versionId);
     const result = await this.run(() =>
       this.db.query<Row>(
-        `SELECT resource_type, id, version_id, last_updated, deleted, method, content::text AS json
-         FROM resource_history WHERE resource_type = $1 AND id = $2 AND version_id = $3`,
+        `SELECT h.resource_type, h.id, h.version_id, h.last_updated, h.deleted, h.method, ${HISTORY_CONTENT} AS json
+         FROM ${HISTORY_FROM} WHERE h.resource_type = $1 AND h.id = $2 AND h.version_id = $3`,
         [resourceType, id, version],
       ),
     );
@@ -534,15 +534,15 @@ export class Repository {
       values.push(value);
       where.push(clause.replace('?', `$${values.length}`));
     };
-    if (query.resourceType) add('resource_type = ?', query.resourceType);
-    if (query.id) add('id = ?', query.id);
-    if (query.excludeTypes?.length) add('resource_type <> ALL(?::text[])', query.excludeTypes);
-    if (query.since) add('last_updated > ?', query.since);
-    if (query.before) add('seq < ?', query.before);
+    if (query.resourceType) add('h.resource_type = ?', query.resourceType);
+    if (query.id) add('h.id = ?', query.id);
+    if (query.excludeTypes?.length) add('h.resource_type <> ALL(?::text[])', query.excludeTypes);
+    if (query.since) add('h.last_updated > ?', query.since);
+    if (query.before) add('h.seq < ?', query.before);
     values.push(query.count + 1);
-    const sql = `SELECT seq, resource_type, id, version_id, last_updated, deleted, method, content::text AS json
-      FROM resource_history ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
-      ORDER BY seq DESC LIMIT $${values.length}`;
+    const sql = `SELECT h.seq, h.resource_type, h.id, h.version_id, h.last_updated, h.deleted, h.method, ${HISTORY_CONTENT} AS json
+      FROM ${HISTORY_FROM} ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+      ORDER BY h.seq DESC LIMIT $${values.length}`;
     const result = await this.run(() => this.db.query<Row>(sql, values));
     if (query.id && query.resourceType && result.rows.length === 0 && !query.before && !query.since) {
       await this.assertExists(query.resourceType, query.id);
@@ -598,11 +598,24 @@ export class Repository {
 }
 
 // One statement per write: the version in history, the search index, and the current row.
+//
+// The content of a version is stored once: a history row of the current, live version has no
+// content of its own (NULL); the version's content is the current row's. When a later version
+// (update or delete) supersedes it, the same statement copies the content into that history row
+// before it overwrites the current row (one snapshot: the copy reads the content being replaced).
+// So a create writes its content once, not twice, and vread and _history take a NULL history
+// content from the current row of the same version. Rows written before this rule kept their copy.
+
+/** The history table with, for a version that is current, the current row that holds its content. */
+const HISTORY_FROM = `resource_history h LEFT JOIN resource cur
+  ON h.content IS NULL AND NOT h.deleted
+  AND cur.resource_type = h.resource_type AND cur.id = h.id AND cur.version_id = h.version_id`;
+const HISTORY_CONTENT = 'COALESCE(h.content, cur.content)::text';
 // Data-modifying CTEs all run, on one snapshot: the index deletes never see the index inserts.
 const INSERT_FIRST_VERSION = `
   WITH h AS (
     INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, method, content)
-    VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
+    VALUES ($1, $2, $3, $4, $5, $6, NULL)
   ),
   ${indexCtes(8, false).sql}
   INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content)
@@ -619,7 +632,7 @@ const INSERT_MANY = `
   ),
   h AS (
     INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, method, content)
-    SELECT resource_type, id, 1, last_updated, false, 'POST', content FROM v
+    SELECT resource_type, id, 1, last_updated, false, 'POST', NULL::jsonb FROM v
   ),
   ${indexCtesMany(5).sql}
   INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content)
@@ -628,9 +641,15 @@ const INSERT_MANY = `
 const REINDEX = `WITH ${indexCtes(3, true).sql} SELECT 1`;
 
 const UPSERT_NEXT_VERSION = `
-  WITH h AS (
+  WITH superseded AS (
+    UPDATE resource_history h SET content = r.content
+    FROM resource r
+    WHERE r.resource_type = $1 AND r.id = $2 AND NOT r.deleted
+      AND h.resource_type = $1 AND h.id = $2 AND h.version_id = r.version_id AND h.content IS NULL
+  ),
+  h AS (
     INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, method, content)
-    VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
+    VALUES ($1, $2, $3, $4, $5, $6, NULL)
   ),
   ${indexCtes(8, true).sql}
   UPDATE resource SET version_id = $3, last_updated = $4, deleted = $5, content = $7::jsonb
