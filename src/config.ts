@@ -3,6 +3,8 @@
  * parsed once at start, every problem listed, then frozen. main.ts is the only caller.
  * The public ones are in ../shared/INTERFACE.md; all are documented in the README.
  */
+import { ehrTokensOf } from './ehr/secrets.js';
+
 export interface Config {
   port: number;
   host: string;
@@ -26,6 +28,11 @@ export interface Config {
   tokenRateLimitPerMinute: number;
   dbPoolSize: number;
   shutdownTimeoutMs: number;
+  /**
+   * Static bearer tokens for EHRs: every EHR_TOKEN_<NAME> variable, by name. An Endpoint names one
+   * (tokenRef `env:EHR_TOKEN_<NAME>`) and never holds the token (src/ehr/secrets.ts). Absent: none.
+   */
+  ehrTokens?: Readonly<Record<string, string>>;
 }
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -68,6 +75,8 @@ export function loadConfig(env: Record<string, string | undefined>): Readonly<Co
   else if (audit === 'off' && nodeEnv === 'production') problems.push('AUDIT=off is refused with NODE_ENV=production: every access is audited');
   const delivery = env.DELIVERY || 'on';
   if (delivery !== 'on' && delivery !== 'off') problems.push(`DELIVERY=${delivery} is invalid: expected on or off`);
+  const ehr = ehrTokensOf(env);
+  problems.push(...ehr.problems);
   const config: Config = {
     port,
     host,
@@ -87,6 +96,7 @@ export function loadConfig(env: Record<string, string | undefined>): Readonly<Co
     tokenRateLimitPerMinute: int('TOKEN_RATE_LIMIT_PER_MINUTE', 120, 0, 1_000_000),
     dbPoolSize: int('DB_POOL_SIZE', 20, 1, 500),
     shutdownTimeoutMs: int('SHUTDOWN_TIMEOUT_MS', 10_000, 0, 600_000),
+    ...(Object.keys(ehr.tokens).length > 0 ? { ehrTokens: Object.freeze(ehr.tokens) } : {}),
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);

@@ -20,6 +20,7 @@ import { startMllpServer, type MllpServer } from './hl7/mllp.js';
 import { Hl7Inbound } from './inbound/hl7-inbound.js';
 import { DeliveryWorker } from './delivery/worker.js';
 import { FhirDocumentTransport, MllpDocumentTransport } from './delivery/transports.js';
+import { EhrSecrets } from './ehr/secrets.js';
 import { Hl7Routes } from './store/hl7-store.js';
 import { ProfileValidator } from './validation/profiles.js';
 import { ResourceValidator } from './validation/validator.js';
@@ -117,6 +118,9 @@ export async function startServer(given: Readonly<Config>, logger: Logger, extra
   // Our client assertions to EHRs are signed with the server's own key (published at /auth/jwks).
   ctx.outboundKey = { privateKey: auth.signingKey.privateKey, kid: auth.signingKey.kid, alg: auth.signingKey.alg };
   ctx.allowHttpEhr = !config.production;
+  // Static bearer tokens for EHRs, named by Endpoints (tokenRef), never stored in one.
+  ctx.ehrSecrets = new EhrSecrets(config.ehrTokens ?? {});
+  if (config.ehrTokens) logger.info({ names: ctx.ehrSecrets.names() }, 'EHR tokens configured');
   const met = new MetApi(ctx.validator, profiles);
   const audit = config.audit ? auditLogFor(db, ctx, logger) : undefined;
   if (!audit) logger.warn('AUDIT=off: requests are not audited (for measurement only)');
@@ -141,6 +145,7 @@ export async function startServer(given: Readonly<Config>, logger: Logger, extra
       transports: { fhir: new FhirDocumentTransport(), mllp: new MllpDocumentTransport() },
       validator: ctx.validator,
       ...(ctx.outboundKey ? { outboundKey: ctx.outboundKey } : {}),
+      ehrSecrets: ctx.ehrSecrets,
       allowHttp: ctx.allowHttpEhr ?? false,
       logger,
     });

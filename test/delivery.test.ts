@@ -1,52 +1,43 @@
 /**
  * Delivery of progress reports (issue #6) against real peers on loopback: a second instance of
  * this server as the physician's FHIR EHR (we are its SMART Backend Services client, our public key
- * at a JWKS URL), a tiny HTTP server that answers 503 and 429, and an MLLP receiver whose ACKs the
+ * at a JWKS URL, or hold static bearer tokens it issued), a tiny HTTP server that answers 503 and
+ * 429 (another echoes the token it is sent), and an MLLP receiver whose ACKs the
  * test chooses. Jobs and Tasks are written together, as a request would; the worker's clock is
  * moved forward instead of waiting for backoffs.
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import type { Bundle, Communication, DocumentReference, Endpoint, Task } from 'fhir/r4.js';
-import { hashSecret, newClientId, newClientSecret } from '../src/auth/index.js';
-import { loadConfig } from '../src/config.js';
+import { createServer } from 'node:http';
+import { Writable } from 'node:stream';
+import type { Communication, DocumentReference, Endpoint, Extension, Task } from 'fhir/r4.js';
+import { pino } from 'pino';
 import { FhirDocumentTransport, MllpDocumentTransport, type FhirDeliveryPayload } from '../src/delivery/transports.js';
 import { DELIVERY_ATTEMPTS_EXTENSION, DeliveryWorker, type DeliveryWorkerOptions } from '../src/delivery/worker.js';
+import { EHR_ENDPOINT_EXTENSION } from '../src/ehr/endpoint.js';
+import { EhrSecrets } from '../src/ehr/secrets.js';
 import { ack } from '../src/hl7/adt.js';
 import { startMllpServer, type MllpServer } from '../src/hl7/mllp.js';
-import { EHR_ENDPOINT_EXTENSION } from '../src/interactions/pull-diagnoses.js';
-import { startServer, type RunningServer } from '../src/server.js';
 import { ClientStore } from '../src/store/clients.js';
 import { inTransaction } from '../src/store/database.js';
 import { claimDue, DELIVERY_MIGRATION, getJob, insertJob, markDelivered, type DeliveryChannel, type DeliveryJob } from '../src/store/delivery-jobs.js';
 import { Repository } from '../src/store/repository.js';
 import type { SqlPool } from '../src/store/sql.js';
-import { createTenant } from '../src/store/tenants.js';
 import { buildMdmT02 } from '../src/summary/mdm.js';
 import type { ResourceValidator } from '../src/validation/validator.js';
-import { FHIR_JSON, silentLogger, TEST_TENANT, testContext, testSigningKey } from './helpers.js';
+import { close, freePort, listen, startEhrPeer, type EhrPeer } from './ehr-peer.js';
+import { FHIR_JSON, TEST_TENANT, testContext } from './helpers.js';
 
 const RUN = randomUUID().slice(0, 8);
 const DOC_SYSTEM = `https://met-fhir-server.dev/fhir/NamingSystem/report/${RUN}`;
 const COMM_SYSTEM = `https://met-fhir-server.dev/fhir/NamingSystem/report-notice/${RUN}`;
 const SCOPE = 'system/DocumentReference.crs system/Communication.crs';
-
-async function listen(server: Server): Promise<number> {
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return (server.address() as AddressInfo).port;
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  const port = await listen(server);
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
+const VAR = (name: string): string => `EHR_TOKEN_${name}_${RUN.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`;
+/** Static tokens: one for documents and Communications, one for documents only, one echoed back by a misbehaving EHR. */
+const FULL_TOKEN_VAR = VAR('FULL');
+const DOCS_ONLY_TOKEN_VAR = VAR('DOCS');
+const ECHOED_TOKEN_VAR = VAR('ECHOED');
+const ECHOED_TOKEN = `s3cr3t-${RUN}-token`;
 
 const payload = (key: string, extra: Partial<DocumentReference> = {}): FhirDeliveryPayload => ({
   documentReference: {
@@ -83,14 +74,12 @@ describe('delivery of progress reports to EHRs', function () {
   let pool: SqlPool;
   let repo: Repository;
   let validator: ResourceValidator;
-  let options: Pick<DeliveryWorkerOptions, 'outboundKey'>;
-  let ehr: RunningServer;
-  let dataDir: string;
-  let jwks: Server;
+  let options: Pick<DeliveryWorkerOptions, 'outboundKey' | 'ehrSecrets'>;
+  let peer: EhrPeer;
   let ehrBase: string;
   let tokenUrl: string;
-  let seedToken: string;
   let clientId: string;
+  const tokens: Record<string, string> = {};
   let mllp: MllpServer;
   /** The MLLP receiver's answer, and every message it received. */
   let mllpMode: 'AA' | 'AE' | 'AR' | 'silent' | 'close' = 'AA';
@@ -107,35 +96,37 @@ describe('delivery of progress reports to EHRs', function () {
   const worker = (extra: Partial<DeliveryWorkerOptions> = {}): DeliveryWorker =>
     new DeliveryWorker({ tenants: () => Promise.resolve([{ tenant: TEST_TENANT, pool, repo }]), transports, validator, allowHttp: true, now, ...options, ...extra });
 
-  const ehrFetch = (path: string, init: RequestInit = {}): Promise<Response> =>
-    fetch(`${ehrBase}/${path}`, { ...init, headers: { authorization: `Bearer ${seedToken}`, 'content-type': FHIR_JSON } });
-  const atEhr = async <T>(type: string, system: string, key: string): Promise<T[]> =>
-    (((await (await ehrFetch(`${type}?identifier=${encodeURIComponent(`${system}|${key}`)}`)).json()) as Bundle).entry ?? []).map((e) => e.resource as T);
+  const atEhr = <T>(type: string, system: string, key: string): Promise<T[]> => peer.byIdentifier<T>(type, system, key);
 
   async function endpoint(resource: Partial<Endpoint>, id: string = randomUUID()): Promise<string> {
     const body = { resourceType: 'Endpoint', id, status: 'active', payloadType: [{ text: 'progress report' }], ...resource };
     await repo.update(validator.checkWrite(body, 'Endpoint', id), id);
     return id;
   }
-  const fhirEndpoint = (base: string, token: string | undefined, id?: string): Promise<string> =>
+  /** An hl7-fhir-rest Endpoint at `base` with these connection settings (besides patientIdentifierSystem). */
+  const fhirEndpointWith = (base: string, settings: Extension[], id?: string): Promise<string> =>
     endpoint(
       {
         connectionType: { system: 'http://terminology.hl7.org/CodeSystem/endpoint-connection-type', code: 'hl7-fhir-rest' },
         address: base,
-        extension: [
-          {
-            url: EHR_ENDPOINT_EXTENSION,
-            extension: [
-              ...(token
-                ? [{ url: 'auth', valueCode: 'smart-backend' }, { url: 'tokenUrl', valueUrl: token }, { url: 'clientId', valueString: clientId }, { url: 'scope', valueString: SCOPE }]
-                : [{ url: 'auth', valueCode: 'none' }]),
-              { url: 'patientIdentifierSystem', valueUri: 'http://riverside.example.org/mrn' },
-            ],
-          },
-        ],
+        extension: [{ url: EHR_ENDPOINT_EXTENSION, extension: [...settings, { url: 'patientIdentifierSystem', valueUri: 'http://riverside.example.org/mrn' }] }],
       },
       id,
     );
+  /** SMART Backend Services with the token endpoint `token`, or no auth at all. */
+  const fhirEndpoint = (base: string, token: string | undefined, id?: string): Promise<string> =>
+    fhirEndpointWith(
+      base,
+      token
+        ? [{ url: 'auth', valueCode: 'smart-backend' }, { url: 'tokenUrl', valueUrl: token }, { url: 'clientId', valueString: clientId }, { url: 'scope', valueString: SCOPE }]
+        : [{ url: 'auth', valueCode: 'none' }],
+      id,
+    );
+  /** A static bearer token, the server's variable `variable`. */
+  const bearer = (variable: string): Extension[] => [
+    { url: 'auth', valueCode: 'bearer' },
+    { url: 'tokenRef', valueString: `env:${variable}` },
+  ];
   const mllpEndpoint = (port: number, id?: string): Promise<string> =>
     endpoint({ connectionType: { system: 'http://terminology.hl7.org/CodeSystem/endpoint-connection-type', code: 'hl7v2-mllp' }, address: `mllp://127.0.0.1:${port}` }, id);
 
@@ -158,31 +149,18 @@ describe('delivery of progress reports to EHRs', function () {
     pool = db.inSchema((await new ClientStore(db.pool).tenantSchema(TEST_TENANT)) as string);
     repo = (await ctx.tenants?.repository(TEST_TENANT)) ?? ctx.repo;
     validator = ctx.validator;
-    options = ctx.outboundKey ? { outboundKey: ctx.outboundKey } : {};
     // Until the server's migrations include it (tenant migration 12): the statements are idempotent.
     const exists = await pool.query<{ t: string | null }>(`SELECT to_regclass('delivery_job')::text AS t`);
     if (!exists.rows[0]?.t) await pool.query(DELIVERY_MIGRATION);
 
-    const key = await testSigningKey();
-    jwks = createServer((_req, res) => res.setHeader('content-type', 'application/json').end(JSON.stringify({ keys: [key.publicJwk] })));
-    const jwksPort = await listen(jwks);
-    dataDir = mkdtempSync(join(tmpdir(), 'met-delivery-'));
-    const env: Record<string, string> = { PORT: '0', HL7_PORT: '0', DELIVERY: 'off', DATA_DIR: dataDir, LOG_LEVEL: 'silent' };
-    if (process.env.DATABASE_URL) env.DATABASE_URL = process.env.DATABASE_URL;
-    ehr = await startServer(loadConfig(env), silentLogger);
-    ehrBase = `http://localhost:${ehr.port}/fhir`;
-    tokenUrl = `http://localhost:${ehr.port}/auth/token`;
-    const tenant = `riverside-${RUN}`;
-    await createTenant(ehr.db, tenant);
-    const clients = new ClientStore(ehr.db.pool);
-    clientId = newClientId();
-    await clients.createClient({ clientId, tenant, name: 'met-server', jwksUrl: `http://127.0.0.1:${jwksPort}/jwks.json`, scopes: SCOPE });
-    const seederId = newClientId();
-    const secret = newClientSecret();
-    await clients.createClient({ clientId: seederId, tenant, name: 'ehr-staff', secretHash: await hashSecret(secret), scopes: 'system/*.*' });
-    const token = await fetch(tokenUrl, { method: 'POST', body: new URLSearchParams({ grant_type: 'client_credentials', client_id: seederId, client_secret: secret, scope: 'system/*.*' }) });
-    assert.equal(token.status, 200, await token.clone().text());
-    seedToken = ((await token.json()) as { access_token: string }).access_token;
+    peer = await startEhrPeer({ prefix: 'riverside' });
+    ehrBase = peer.fhirBase;
+    tokenUrl = peer.tokenUrl;
+    clientId = await peer.registerBackendClient(SCOPE);
+    tokens[FULL_TOKEN_VAR] = await peer.issueToken(SCOPE);
+    tokens[DOCS_ONLY_TOKEN_VAR] = await peer.issueToken('system/DocumentReference.crs');
+    tokens[ECHOED_TOKEN_VAR] = ECHOED_TOKEN;
+    options = { ...(ctx.outboundKey ? { outboundKey: ctx.outboundKey } : {}), ehrSecrets: new EhrSecrets(tokens) };
 
     mllp = await startMllpServer(
       async (message) => {
@@ -212,9 +190,7 @@ describe('delivery of progress reports to EHRs', function () {
   after(async () => {
     silenced.forEach((resolve) => resolve());
     await mllp?.close();
-    await ehr?.stop();
-    jwks?.close();
-    rmSync(dataDir, { recursive: true, force: true });
+    await peer?.close();
   });
 
   it('delivers a DocumentReference and its Communication once, and completes the Task', async () => {
@@ -295,8 +271,7 @@ describe('delivery of progress reports to EHRs', function () {
       assert.equal(failed.status, 'failed');
       assert.match(failed.statusReason?.text ?? '', /^gave up after 5 attempts: .*HTTP 503/);
     } finally {
-      busy.closeAllConnections();
-      busy.close();
+      await close(busy);
     }
   });
 
@@ -317,7 +292,7 @@ describe('delivery of progress reports to EHRs', function () {
     // The worker claims the job and sends the document, then dies before recording anything.
     const claimed = (await claimDue(pool, now(), 60_000)) as DeliveryJob;
     assert.deepEqual([claimed.id, claimed.status, claimed.attempts], [id, 'sending', 1]);
-    const posted = await ehrFetch('DocumentReference', { method: 'POST', body: JSON.stringify(payload(id0('crash')).documentReference) });
+    const posted = await peer.fetch('DocumentReference', { method: 'POST', body: JSON.stringify(payload(id0('crash')).documentReference) });
     assert.equal(posted.status, 201);
     const remoteId = ((await posted.json()) as { id: string }).id;
 
@@ -331,6 +306,87 @@ describe('delivery of progress reports to EHRs', function () {
     const done = await task(id);
     assert.deepEqual([done.status, attemptsOf(done)], ['completed', 2]);
     assert.match(done.businessStatus?.text ?? '', /already had the document/);
+  });
+
+  it('with static bearer tokens: a Communication refused after its document is sent goes with a later delivery, and neither is ever duplicated', async () => {
+    const key = id0('bearer');
+    // The token first given covers documents only: the Communication is refused (403), the job fails.
+    const endpointId = await fhirEndpointWith(ehrBase, bearer(DOCS_ONLY_TOKEN_VAR));
+    const first = await queue('fhir', endpointId, payload(key));
+    await worker().runOnce();
+    const failed = await getJob(pool, first);
+    const docs = await atEhr<DocumentReference>('DocumentReference', DOC_SYSTEM, key);
+    assert.equal(docs.length, 1);
+    assert.deepEqual([failed.status, failed.attempts], ['failed', 1]);
+    assert.match(failed.lastError ?? '', new RegExp(`^the document is at ${ehrBase}/DocumentReference/${docs[0]?.id}, but its Communication is not: .*HTTP 403`));
+    assert.equal((await atEhr('Communication', COMM_SYSTEM, key)).length, 0);
+
+    // The Endpoint is given the token that covers Communications, and the report is sent again.
+    await fhirEndpointWith(ehrBase, bearer(FULL_TOKEN_VAR), endpointId);
+    const second = await queue('fhir', endpointId, payload(key));
+    await worker().runOnce();
+    const comms = await atEhr<Communication>('Communication', COMM_SYSTEM, key);
+    assert.equal(comms.length, 1);
+    assert.equal(comms[0]?.payload?.[0]?.contentReference?.reference, `DocumentReference/${docs[0]?.id}`);
+    assert.ok(comms[0]?.sent, 'sent is set when it is sent');
+    const job = await getJob(pool, second);
+    assert.deepEqual([job.status, job.remoteId], ['delivered', `${ehrBase}/DocumentReference/${docs[0]?.id}`]);
+    const done = await task(second);
+    assert.match(done.businessStatus?.text ?? '', new RegExp(`already had the document.*; Communication/${comms[0]?.id}$`));
+    assert.deepEqual(done.output?.map((o) => o.valueReference?.reference), [job.remoteId, `${ehrBase}/Communication/${comms[0]?.id}`]);
+
+    // Once more: both are found at the EHR, neither is created again.
+    const third = await queue('fhir', endpointId, payload(key));
+    await worker().runOnce();
+    assert.match((await task(third)).businessStatus?.text ?? '', new RegExp(`already had the document.*; Communication/${comms[0]?.id} \\(already there\\)$`));
+    assert.equal((await atEhr('DocumentReference', DOC_SYSTEM, key)).length, 1);
+    assert.equal((await atEhr('Communication', COMM_SYSTEM, key)).length, 1);
+  });
+
+  it('a static token the EHR echoes back reaches neither the job, the Task nor the logs', async () => {
+    let seen = '';
+    const echo = createServer((req, res) => {
+      seen = req.headers.authorization ?? '';
+      res.writeHead(400, { 'content-type': FHIR_JSON });
+      res.end(JSON.stringify({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'security', diagnostics: `token ${seen.slice('Bearer '.length)} is not valid (${seen})` }] }));
+    });
+    const port = await listen(echo);
+    try {
+      const lines: string[] = [];
+      const logger = pino(
+        { level: 'trace' },
+        new Writable({
+          write(chunk: Buffer, _encoding, done) {
+            lines.push(chunk.toString());
+            done();
+          },
+        }),
+      );
+      const id = await queue('fhir', await fhirEndpointWith(`http://127.0.0.1:${port}/fhir`, bearer(ECHOED_TOKEN_VAR)), payload(id0('echo')));
+      await worker({ logger }).runOnce();
+      assert.equal(seen, `Bearer ${ECHOED_TOKEN}`, 'the EHR was sent the token');
+      const job = await getJob(pool, id);
+      assert.equal(job.status, 'failed');
+      assert.match(job.lastError ?? '', /the EHR answered HTTP 400 \(error security: token \[token\] is not valid \(Bearer \[token\]\)\)$/);
+      const failed = await task(id);
+      assert.equal(failed.statusReason?.text, job.lastError);
+      assert.ok(lines.length > 0, 'the worker logged');
+      assert.ok(!`${JSON.stringify([job, failed])}${lines.join('')}`.includes(ECHOED_TOKEN));
+    } finally {
+      await close(echo);
+    }
+  });
+
+  it('fails at once, naming the element, when the Endpoint names a token the server does not have', async () => {
+    const endpointId = await fhirEndpointWith(ehrBase, bearer('EHR_TOKEN_NOWHERE'));
+    const id = await queue('fhir', endpointId, payload(id0('nowhere')));
+    await worker().runOnce();
+    const job = await getJob(pool, id);
+    assert.deepEqual([job.status, job.attempts], ['failed', 1]);
+    assert.equal(
+      job.lastError,
+      `Endpoint/${endpointId} names EHR_TOKEN_NOWHERE in 'tokenRef', which is not set on this server (it is read from the server's environment at start) (Endpoint.extension('${EHR_ENDPOINT_EXTENSION}').extension('tokenRef'))`,
+    );
   });
 
   it('claims each due job once, even concurrently; a worker whose lease was taken over cannot record an outcome', async () => {

@@ -1,25 +1,18 @@
 /**
  * The EHR client (src/ehr/fhir-ehr.ts) against a real FHIR server on loopback: a second instance
- * of this server, started in-process, plays the physician's EHR. We are registered there as a
+ * of this server, started in-process (./ehr-peer.ts), plays the physician's EHR. We are registered there as a
  * SMART Backend Services client (private_key_jwt, our public JWK served by a loopback JWKS URL),
  * and the EHR's data is seeded through its own FHIR API. Failures (a down, slow, misaddressed or
  * paging-broken EHR) are checked for the EhrError kind the pull layer acts on.
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Client } from 'fhir-kit-client';
 import { decodeJwt, decodeProtectedHeader, exportJWK, generateKeyPair, type CryptoKey, type JWK } from 'jose';
 import type { Bundle, BundleEntry, Condition } from 'fhir/r4.js';
-import { loadConfig } from '../src/config.js';
-import { startServer, type RunningServer } from '../src/server.js';
-import { hashSecret, issueAccessToken, loadOrCreateSigningKey, newClientId, newClientSecret } from '../src/auth/index.js';
-import { ClientStore } from '../src/store/clients.js';
-import { createTenant } from '../src/store/tenants.js';
+import { issueAccessToken, loadOrCreateSigningKey } from '../src/auth/index.js';
 import { ResourceValidator } from '../src/validation/validator.js';
 import {
   accessToken,
@@ -34,7 +27,7 @@ import {
   type EhrConnection,
   type SmartBackendAuth,
 } from '../src/ehr/fhir-ehr.js';
-import { silentLogger } from './helpers.js';
+import { close, listen, startEhrPeer, type EhrPeer } from './ehr-peer.js';
 
 const RUN = randomUUID().slice(0, 8);
 const MRN_SYSTEM = 'http://hospital.example.org/mrn';
@@ -45,20 +38,7 @@ const DIAGNOSES = 11;
 /** Serves `handler` on a free loopback port. */
 async function loopback(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<{ server: Server; url: string }> {
   const server = createServer(handler);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return { server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` };
-}
-
-function close(server: Server): Promise<void> {
-  server.closeAllConnections();
-  return new Promise((resolve) => server.close(() => resolve()));
-}
-
-async function freePort(): Promise<number> {
-  const { server } = await loopback(() => undefined);
-  const { port } = server.address() as AddressInfo;
-  await close(server);
-  return port;
+  return { server, url: `http://127.0.0.1:${await listen(server)}` };
 }
 
 async function rejectsWith(promise: Promise<unknown>, expected: Partial<Pick<EhrError, 'kind' | 'code' | 'status'>>): Promise<EhrError> {
@@ -76,63 +56,36 @@ async function rejectsWith(promise: Promise<unknown>, expected: Partial<Pick<Ehr
 describe('EHR client over FHIR, with this server as the EHR', function () {
   this.timeout(60_000);
 
-  let ehr: RunningServer;
+  let peer: EhrPeer;
+  let ehr: EhrPeer['server'];
   let dataDir: string;
   let origin: string;
   let fhirBase: string;
   let tokenUrl: string;
-  let jwks: { server: Server; url: string };
   let privateKey: CryptoKey;
   let auth: SmartBackendAuth;
   let tenant: string;
   /** Paths (no query) of every request the EHR received, in order. */
-  const requests: string[] = [];
+  let requests: string[];
   const ids = { patient: '', other: '', encounter: '', practitioner: '', problems: [] as string[], diagnoses: [] as string[], duplicates: [] as string[] };
 
   const conn = (extra: Partial<EhrConnection> = {}): EhrConnection => ({ baseUrl: fhirBase, auth, tokenCache: new TokenCache(), ...extra });
   const tokenRequests = (): number => requests.filter((p) => p === '/auth/token').length;
 
   before(async () => {
-    dataDir = mkdtempSync(join(tmpdir(), 'met-ehr-'));
-    // PORT=0 would leave BASE_URL at http://localhost:0, and so every paging link and the token
-    // audience: the port is chosen first and named in both.
-    const port = await freePort();
-    origin = `http://127.0.0.1:${port}`;
-    fhirBase = `${origin}/fhir`;
-    tokenUrl = `${origin}/auth/token`;
-    // A DATA_DIR on disk, not memory://: in memory the server only fetches https JWKS URLs.
-    const env: Record<string, string> = { PORT: String(port), HL7_PORT: '0', DELIVERY: 'off', BASE_URL: origin, DATA_DIR: dataDir, LOG_LEVEL: 'silent' };
-    if (process.env.DATABASE_URL) env.DATABASE_URL = process.env.DATABASE_URL;
-    ehr = await startServer(loadConfig(env), silentLogger);
-    ehr.server.prependListener('request', (req: IncomingMessage) => requests.push((req.url ?? '').split('?')[0] as string));
+    peer = await startEhrPeer({ prefix: 'ehr' });
+    ({ server: ehr, dataDir, origin, fhirBase, tokenUrl, tenant, requests } = peer);
 
-    // Us, registered at the EHR: our public key at a JWKS URL, read and search on Patient and Condition.
+    // Us, registered at the EHR with a key of our own: read and search on Patient and Condition.
     const pair = await generateKeyPair('ES384', { extractable: true });
     privateKey = pair.privateKey;
     const kid = `met-${RUN}`;
     const publicJwk: JWK = { ...(await exportJWK(pair.publicKey)), kid, alg: 'ES384', use: 'sig' };
-    jwks = await loopback((_req, res) => {
-      res.setHeader('content-type', 'application/json');
-      res.end(JSON.stringify({ keys: [publicJwk] }));
-    });
-    tenant = `ehr-${RUN}`;
-    await createTenant(ehr.db, tenant);
-    const clients = new ClientStore(ehr.db.pool);
-    const clientId = newClientId();
-    await clients.createClient({ clientId, tenant, name: 'met-integration', jwksUrl: `${jwks.url}/jwks.json`, scopes: 'system/Patient.rs system/Condition.rs' });
+    const clientId = await peer.registerBackendClient('system/Patient.rs system/Condition.rs', publicJwk);
     auth = { kind: 'smart-backend', tokenUrl, clientId, privateKey, kid, alg: 'ES384', scope: 'system/Patient.rs system/Condition.rs' };
 
-    // The EHR's own staff client (client_secret_basic, system/*.*) seeds its data through its API.
-    const seederId = newClientId();
-    const secret = newClientSecret();
-    await clients.createClient({ clientId: seederId, tenant, name: 'ehr-seeder', secretHash: await hashSecret(secret), scopes: 'system/*.*' });
-    const tokenResponse = await fetch(tokenUrl, {
-      method: 'POST',
-      headers: { authorization: `Basic ${Buffer.from(`${encodeURIComponent(seederId)}:${encodeURIComponent(secret)}`).toString('base64')}`, 'content-type': 'application/x-www-form-urlencoded' },
-      body: new URLSearchParams({ grant_type: 'client_credentials', scope: 'system/*.*' }),
-    });
-    assert.equal(tokenResponse.status, 200);
-    const seeder = new Client({ baseUrl: fhirBase, bearerToken: ((await tokenResponse.json()) as { access_token: string }).access_token });
+    // The EHR's staff seeds its data through its API.
+    const seeder = new Client({ baseUrl: fhirBase, bearerToken: peer.staffToken });
     const seeded = (await seeder.transaction({ body: seedBundle() as never })) as unknown as Bundle;
     const locations = (seeded.entry ?? []).map((e) => (e.response?.location ?? '').split('/').slice(-3, -2)[0] as string);
     [ids.patient, ids.other, ids.encounter, ids.practitioner] = locations.slice(0, 4) as [string, string, string, string];
@@ -143,9 +96,7 @@ describe('EHR client over FHIR, with this server as the EHR', function () {
   });
 
   after(async () => {
-    await ehr?.stop();
-    if (jwks) await close(jwks.server);
-    rmSync(dataDir, { recursive: true, force: true });
+    await peer?.close();
   });
 
   describe('SMART Backend Services', () => {

@@ -5,41 +5,32 @@
  * public key; the EHR's Patient and Conditions are written through its own FHIR API. Pulling
  * stores the EHR's Conditions locally with their identifiers and meta.source; pulling again
  * changes nothing; a Condition resolved in the EHR is updated here; an unlinked Patient and an
- * unreachable EHR get clear errors.
+ * unreachable EHR get clear errors. An Endpoint may instead name a static bearer token held by the
+ * server (tokenRef env:EHR_TOKEN_…): here a token the EHR itself issued, and one it never did.
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import type { Bundle, Condition, Parameters } from 'fhir/r4.js';
+import type { Bundle, Condition, Endpoint, Extension, Parameters } from 'fhir/r4.js';
 import supertest from 'supertest';
-import { hashSecret, newClientId, newClientSecret } from '../src/auth/index.js';
-import { loadConfig } from '../src/config.js';
-import { EHR_ENDPOINT_EXTENSION } from '../src/interactions/pull-diagnoses.js';
-import { startServer, type RunningServer } from '../src/server.js';
-import { ClientStore } from '../src/store/clients.js';
-import { createTenant } from '../src/store/tenants.js';
-import { FHIR_JSON, silentLogger, testContext, testSigningKey, tokenFor } from './helpers.js';
+import { EHR_ENDPOINT_EXTENSION } from '../src/ehr/endpoint.js';
+import { EhrSecrets } from '../src/ehr/secrets.js';
+import { startEhrPeer, type EhrPeer } from './ehr-peer.js';
+import { assertOutcome, FHIR_JSON, testContext, tokenFor } from './helpers.js';
 
 const RUN = randomUUID().slice(0, 8);
 const MRN_SYSTEM = `http://riverside.example.org/mrn/${RUN}`;
+/** The MRNs of the patient the static-token Endpoint is linked by. */
+const BEARER_MRN_SYSTEM = `http://riverside.example.org/bearer-mrn/${RUN}`;
 const CATEGORY = 'http://terminology.hl7.org/CodeSystem/condition-category';
+const TOKEN_VAR = `EHR_TOKEN_RIVERSIDE_${RUN.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`;
+const BAD_TOKEN_VAR = `${TOKEN_VAR}_REVOKED`;
+const BAD_TOKEN = 'a-token-the-ehr-never-issued.sig';
 
 describe('$pull-diagnoses from an EHR over FHIR', function () {
   this.timeout(90_000);
-  let ehr: RunningServer;
-  let dataDir: string;
-  let jwks: Server;
+  let peer: EhrPeer;
   let ehrBase: string;
-  let seedToken: string;
   const remote: Record<string, string> = {};
-
-  async function ehrFetch(path: string, init: RequestInit = {}): Promise<Response> {
-    return fetch(`${ehrBase}/${path}`, { ...init, headers: { authorization: `Bearer ${seedToken}`, 'content-type': FHIR_JSON, ...(init.headers ?? {}) } });
-  }
 
   async function ours() {
     return supertest.agent((await testContext()).app).auth(await tokenFor('system/*.*'), { type: 'bearer' });
@@ -54,59 +45,41 @@ describe('$pull-diagnoses from an EHR over FHIR', function () {
     return { status: res.status, outcomes, body: res.body };
   }
 
+  const condition = (patient: string, code: string, display: string, category: string) => ({
+    resourceType: 'Condition',
+    clinicalStatus: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/condition-clinical', code: 'active' }] },
+    category: [{ coding: [{ system: CATEGORY, code: category }] }],
+    code: { coding: [{ system: 'http://hl7.org/fhir/sid/icd-10-cm', code, display }] },
+    subject: { reference: `Patient/${patient}` },
+    onsetDateTime: '2025-01-12',
+  });
+
+  let savedSecrets: EhrSecrets | undefined;
+
   before(async () => {
-    // Our public key, where the EHR reads it (as it would read https://our-server/auth/jwks).
-    const key = await testSigningKey();
-    jwks = createServer((_req, res) => {
-      res.setHeader('content-type', 'application/json');
-      res.end(JSON.stringify({ keys: [key.publicJwk] }));
-    });
-    await new Promise<void>((resolve) => jwks.listen(0, '127.0.0.1', resolve));
-
-    dataDir = mkdtempSync(join(tmpdir(), 'met-ehr-pull-'));
-    const env: Record<string, string> = { PORT: '0', HL7_PORT: '0', DELIVERY: 'off', DATA_DIR: dataDir, LOG_LEVEL: 'silent' };
-    if (process.env.DATABASE_URL) env.DATABASE_URL = process.env.DATABASE_URL;
-    ehr = await startServer(loadConfig(env), silentLogger);
-    const origin = `http://localhost:${ehr.port}`;
-    ehrBase = `${origin}/fhir`;
-    const tenant = `riverside-${RUN}`;
-    await createTenant(ehr.db, tenant);
-    const clients = new ClientStore(ehr.db.pool);
-    remote.clientId = newClientId();
-    await clients.createClient({ clientId: remote.clientId, tenant, name: 'met-server', jwksUrl: `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks.json`, scopes: 'system/Patient.rs system/Condition.rs' });
-    const seederId = newClientId();
-    const secret = newClientSecret();
-    await clients.createClient({ clientId: seederId, tenant, name: 'ehr-staff', secretHash: await hashSecret(secret), scopes: 'system/*.*' });
-    const token = await fetch(`${origin}/auth/token`, { method: 'POST', body: new URLSearchParams({ grant_type: 'client_credentials', client_id: seederId, client_secret: secret, scope: 'system/*.*' }) });
-    assert.equal(token.status, 200, await token.clone().text());
-    seedToken = ((await token.json()) as { access_token: string }).access_token;
-
+    peer = await startEhrPeer({ prefix: 'riverside' });
+    ehrBase = peer.fhirBase;
+    remote.clientId = await peer.registerBackendClient('system/Patient.rs system/Condition.rs');
     // The EHR's patient and three diagnoses: two on the problem list, one for an encounter.
-    const patient = await ehrFetch('Patient', { method: 'POST', body: JSON.stringify({ resourceType: 'Patient', identifier: [{ system: MRN_SYSTEM, value: 'E4471023' }], name: [{ family: 'Delacroix' }] }) });
-    remote.patient = ((await patient.json()) as { id: string }).id;
-    const condition = (code: string, display: string, category: string) => ({
-      resourceType: 'Condition',
-      clinicalStatus: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/condition-clinical', code: 'active' }] },
-      category: [{ coding: [{ system: CATEGORY, code: category }] }],
-      code: { coding: [{ system: 'http://hl7.org/fhir/sid/icd-10-cm', code, display }] },
-      subject: { reference: `Patient/${remote.patient}` },
-      onsetDateTime: '2025-01-12',
-    });
-    for (const [name, c] of Object.entries({
-      knee: condition('M17.11', 'Unilateral primary osteoarthritis, right knee', 'problem-list-item'),
-      htn: condition('I10', 'Essential (primary) hypertension', 'problem-list-item'),
-      pain: condition('M25.561', 'Pain in right knee', 'encounter-diagnosis'),
-    })) {
-      const res = await ehrFetch('Condition', { method: 'POST', body: JSON.stringify(c) });
-      assert.equal(res.status, 201);
-      remote[name] = ((await res.json()) as { id: string }).id;
-    }
+    remote.patient = await peer.create({ resourceType: 'Patient', identifier: [{ system: MRN_SYSTEM, value: 'E4471023' }], name: [{ family: 'Delacroix' }] });
+    remote.knee = await peer.create(condition(remote.patient, 'M17.11', 'Unilateral primary osteoarthritis, right knee', 'problem-list-item'));
+    remote.htn = await peer.create(condition(remote.patient, 'I10', 'Essential (primary) hypertension', 'problem-list-item'));
+    remote.pain = await peer.create(condition(remote.patient, 'M25.561', 'Pain in right knee', 'encounter-diagnosis'));
+    // Another patient, with a diagnosis, for the Endpoint with a static bearer token.
+    remote.bearerPatient = await peer.create({ resourceType: 'Patient', identifier: [{ system: BEARER_MRN_SYSTEM, value: 'B-77' }], name: [{ family: 'Okonkwo' }] });
+    remote.asthma = await peer.create(condition(remote.bearerPatient, 'J45.909', 'Unspecified asthma, uncomplicated', 'problem-list-item'));
+    // Our server's static tokens: one the EHR issued (read and search only), one it never did.
+    remote.token = await peer.issueToken('system/Patient.rs system/Condition.rs');
+    const { ctx } = await testContext();
+    savedSecrets = ctx.ehrSecrets;
+    ctx.ehrSecrets = new EhrSecrets({ [TOKEN_VAR]: remote.token, [BAD_TOKEN_VAR]: BAD_TOKEN });
   });
 
   after(async () => {
-    await ehr?.stop();
-    jwks?.close();
-    rmSync(dataDir, { recursive: true, force: true });
+    const { ctx } = await testContext();
+    if (savedSecrets) ctx.ehrSecrets = savedSecrets;
+    else delete ctx.ehrSecrets;
+    await peer?.close();
   });
 
   let localPatient: string;
@@ -128,7 +101,7 @@ describe('$pull-diagnoses from an EHR over FHIR', function () {
             url: EHR_ENDPOINT_EXTENSION,
             extension: [
               { url: 'auth', valueCode: 'smart-backend' },
-              { url: 'tokenUrl', valueUrl: `http://localhost:${ehr.port}/auth/token` },
+              { url: 'tokenUrl', valueUrl: peer.tokenUrl },
               { url: 'clientId', valueString: remote.clientId },
               { url: 'scope', valueString: 'system/Patient.rs system/Condition.rs' },
               { url: 'patientIdentifierSystem', valueUri: MRN_SYSTEM },
@@ -159,9 +132,9 @@ describe('$pull-diagnoses from an EHR over FHIR', function () {
   });
 
   it('updates a local Condition when the EHR resolves it', async () => {
-    const current = (await (await ehrFetch(`Condition/${remote.pain}`)).json()) as Condition;
+    const current = (await (await peer.fetch(`Condition/${remote.pain}`)).json()) as Condition;
     const resolved = { ...current, clinicalStatus: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/condition-clinical', code: 'resolved' }] }, abatementDateTime: '2026-03-01' };
-    assert.equal((await ehrFetch(`Condition/${remote.pain}`, { method: 'PUT', body: JSON.stringify(resolved) })).status, 200);
+    assert.equal((await peer.fetch(`Condition/${remote.pain}`, { method: 'PUT', body: JSON.stringify(resolved) })).status, 200);
     const pulled = await pull(localPatient);
     assert.deepEqual(pulled.outcomes.map((o) => o.action).sort(), ['unchanged', 'unchanged', 'updated'], JSON.stringify(pulled.body));
     const updated = pulled.outcomes.find((o) => o.action === 'updated');
@@ -171,13 +144,100 @@ describe('$pull-diagnoses from an EHR over FHIR', function () {
     assert.equal(local.meta?.versionId, '2');
   });
 
+  const fhirRest = { system: 'http://terminology.hl7.org/CodeSystem/endpoint-connection-type', code: 'hl7-fhir-rest' };
+  /** The Endpoint of the static-token tests, with these connection settings. */
+  const bearerEndpoint = (id: string | undefined, settings: Extension[]): Endpoint => ({
+    resourceType: 'Endpoint',
+    ...(id ? { id } : {}),
+    status: 'active',
+    name: 'Riverside test EHR',
+    connectionType: fhirRest,
+    payloadType: [{ text: 'FHIR R4' }],
+    address: ehrBase,
+    extension: [{ url: EHR_ENDPOINT_EXTENSION, extension: [...settings, { url: 'patientIdentifierSystem', valueUri: BEARER_MRN_SYSTEM }] }],
+  });
+  let bearerEndpointId: string;
+  let bearerPatient: string;
+
+  it('pulls with a static bearer token that the Endpoint names (tokenRef env:EHR_TOKEN_…), asking the EHR for no token', async () => {
+    const http = await ours();
+    const endpoint = await http.post('/fhir/Endpoint').set('Content-Type', FHIR_JSON).send(bearerEndpoint(undefined, [{ url: 'auth', valueCode: 'bearer' }, { url: 'tokenRef', valueString: `env:${TOKEN_VAR}` }]));
+    assert.equal(endpoint.status, 201, endpoint.text);
+    bearerEndpointId = (endpoint.body as { id: string }).id;
+    const patient = await http.post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', identifier: [{ system: BEARER_MRN_SYSTEM, value: 'B-77' }], name: [{ family: 'Okonkwo' }] });
+    bearerPatient = (patient.body as { id: string }).id;
+
+    const before = peer.requests.length;
+    const pulled = await pull(bearerPatient);
+    assert.equal(pulled.status, 200, JSON.stringify(pulled.body));
+    assert.deepEqual(pulled.outcomes.map((o) => o.action), ['created']);
+    assert.deepEqual(peer.requests.slice(before), ['/fhir/Patient', '/fhir/Condition', '/fhir/Condition'], 'the Patient, a search per category, and no token request');
+    const local = (await http.get(`/fhir/${pulled.outcomes[0]?.reference}`).expect(200)).body as Condition;
+    assert.equal(local.code?.coding?.[0]?.code, 'J45.909');
+    assert.equal(local.meta?.source, `${ehrBase}/Condition/${remote.asthma}/_history/1`);
+    assert.equal((await pull(bearerPatient)).outcomes[0]?.action, 'unchanged');
+  });
+
+  it('never shows the token: the Endpoint read, searched, in its history and in a batch holds only the reference', async () => {
+    const http = await ours();
+    const responses = [
+      await http.get(`/fhir/Endpoint/${bearerEndpointId}`),
+      await http.get(`/fhir/Endpoint?_id=${bearerEndpointId}`),
+      await http.get(`/fhir/Endpoint/${bearerEndpointId}/_history`),
+      await http.post('/fhir').set('Content-Type', FHIR_JSON).send({ resourceType: 'Bundle', type: 'batch', entry: [{ request: { method: 'GET', url: `Endpoint/${bearerEndpointId}` } }] }),
+    ];
+    for (const res of responses) {
+      assert.equal(res.status, 200, res.text);
+      assert.ok(res.text.includes(`env:${TOKEN_VAR}`), `the reference is there: ${res.text.slice(0, 300)}`);
+      assert.ok(!res.text.includes(remote.token as string), 'the token is not');
+    }
+  });
+
+  it('answers 422 ehr-refused when the EHR refuses the static token, naming neither token', async () => {
+    const http = await ours();
+    await http
+      .put(`/fhir/Endpoint/${bearerEndpointId}`)
+      .set('Content-Type', FHIR_JSON)
+      .send(bearerEndpoint(bearerEndpointId, [{ url: 'auth', valueCode: 'bearer' }, { url: 'tokenRef', valueString: `env:${BAD_TOKEN_VAR}` }]))
+      .expect(200);
+    const before = peer.requests.length;
+    const refused = await pull(bearerPatient);
+    assert.equal(refused.status, 422, JSON.stringify(refused.body));
+    assertOutcome(refused.body, [{ code: 'processing', detail: 'ehr-refused', diagnostics: new RegExp(`^The EHR of Endpoint/${bearerEndpointId} refused the request: search Patient at .*: the EHR answered HTTP 401: our credentials are not accepted`) }]);
+    assert.deepEqual(peer.requests.slice(before), ['/fhir/Patient'], 'a static token is not retried');
+    const text = JSON.stringify(refused.body);
+    assert.ok(!text.includes(BAD_TOKEN) && !text.includes(remote.token as string));
+  });
+
+  it('answers 422 unprocessable-operation naming the element at fault for an Endpoint it cannot use, and sends nothing', async () => {
+    const http = await ours();
+    const at = (name: string): string => `Endpoint.extension('${EHR_ENDPOINT_EXTENSION}').extension('${name}')`;
+    const cases: [Extension[], string, RegExp][] = [
+      [[{ url: 'auth', valueCode: 'bearer' }], 'tokenRef', /has auth bearer but no 'tokenRef' \(valueString\)/],
+      [[{ url: 'auth', valueCode: 'bearer' }, { url: 'tokenRef', valueString: 'env:DATABASE_URL' }], 'tokenRef', /has a 'tokenRef' that is not env:EHR_TOKEN_<NAME>/],
+      [[{ url: 'auth', valueCode: 'bearer' }, { url: 'tokenRef', valueString: `env:EHR_TOKEN_UNSET_${RUN.toUpperCase().replace(/[^A-Z0-9]/g, '_')}` }], 'tokenRef', /names EHR_TOKEN_UNSET_\w+ in 'tokenRef', which is not set on this server/],
+      [[{ url: 'auth', valueCode: 'bearer' }, { url: 'token', valueString: 'pasted-in-by-mistake' }], 'token', /carries a secret in sub-extension 'token', which is refused/],
+      [[{ url: 'auth', valueCode: 'basic' }], 'auth', /has auth "basic": expected one of smart-backend, bearer, none \(valueCode\)/],
+      [[{ url: 'auth', valueCode: 'smart-backend' }, { url: 'clientId', valueString: 'met' }], 'tokenUrl', /has auth smart-backend but no 'tokenUrl'/],
+    ];
+    for (const [settings, element, diagnostics] of cases) {
+      await http.put(`/fhir/Endpoint/${bearerEndpointId}`).set('Content-Type', FHIR_JSON).send(bearerEndpoint(bearerEndpointId, settings)).expect(200);
+      const before = peer.requests.length;
+      const res = await pull(bearerPatient);
+      assert.equal(res.status, 422, JSON.stringify(res.body));
+      assertOutcome(res.body, [{ code: 'processing', detail: 'unprocessable-operation', expression: at(element), diagnostics: new RegExp(`^Endpoint/${bearerEndpointId}, the EHR this Patient is linked to, ${diagnostics.source}`) }]);
+      assert.equal(peer.requests.length, before, 'nothing sent to the EHR');
+    }
+    await http.put(`/fhir/Endpoint/${bearerEndpointId}`).set('Content-Type', FHIR_JSON).send({ ...bearerEndpoint(bearerEndpointId, []), status: 'off' }).expect(200);
+  });
+
   it('answers 422 for a Patient linked to no EHR, and 503 when the EHR is unreachable, writing nothing', async () => {
     const http = await ours();
     const stranger = await http.post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', name: [{ family: 'Nobody' }] });
     const unlinked = await pull((stranger.body as { id: string }).id);
     assert.equal(unlinked.status, 422);
 
-    await ehr.stop();
+    await peer.server.stop();
     const down = await pull(localPatient);
     assert.equal(down.status, 503, JSON.stringify(down.body));
     assert.equal((down.body as { issue: { details: { coding: { code: string }[] } }[] }).issue[0]?.details.coding[0]?.code, 'ehr-unavailable');

@@ -1,6 +1,7 @@
 /** Summary documents for the physician: the FHIR Composition and the PDF (src/summary/report.ts). */
 import assert from 'node:assert/strict';
-import type { Composition } from 'fhir/r4.js';
+import type { Composition, Condition } from 'fhir/r4.js';
+import { reportDiagnoses } from '../src/interactions/send-summary.js';
 import type { JsonResource } from '../src/fhir/resource.js';
 import { ResourceValidator } from '../src/validation/validator.js';
 import {
@@ -302,5 +303,29 @@ describe('summary report: PDF', () => {
     assert.equal(pdfText('HR ≥ 120 − Łukasz Zoë Ștefan 张'), 'HR >= 120 - ?ukasz Zoë Stefan ?');
     const pdf = await renderPdf({ ...typical(), patient: { ...typical().patient, name: 'Ștefan Łukasz' } }, { compress: false });
     assert.ok(pdfLines(pdf).includes('Stefan ?ukasz'));
+  });
+});
+
+describe('the diagnoses a report lists', () => {
+  const condition = (id: string, code: string, extra: Partial<Condition> = {}): Condition => ({
+    resourceType: 'Condition',
+    id,
+    subject: { reference: 'Patient/p' },
+    code: { coding: [{ system: 'http://hl7.org/fhir/sid/icd-10-cm', code }] },
+    ...extra,
+  });
+
+  it('lists a diagnosis reported by the MET software and pulled from the EHR once, as the EHR has it', () => {
+    const reported = condition('met', 'Z96.651');
+    const pulled = condition('ehr', 'Z96.651', { meta: { source: 'https://ehr.example.org/fhir/Condition/9/_history/2' } });
+    const other = condition('other', 'I10');
+    assert.deepEqual(reportDiagnoses([reported, other, pulled]).map((c) => c.id), ['ehr', 'other']);
+    assert.deepEqual(reportDiagnoses([pulled, reported]).map((c) => c.id), ['ehr']);
+  });
+
+  it('leaves out entered-in-error ones and keeps uncoded ones apart', () => {
+    const wrong = condition('wrong', 'I10', { verificationStatus: { coding: [{ code: 'entered-in-error' }] } });
+    const uncoded = (id: string): Condition => ({ resourceType: 'Condition', id, subject: { reference: 'Patient/p' }, code: { text: 'knee pain' } });
+    assert.deepEqual(reportDiagnoses([wrong, uncoded('a'), uncoded('b')]).map((c) => c.id), ['a', 'b']);
   });
 });

@@ -4,78 +4,70 @@
  * written together, and the delivery worker sends it: as a DocumentReference with the PDF to a
  * second instance of this server playing the physician's EHR (SMART Backend Services, the subject
  * set to the EHR's own Patient), and as MDM^T02 to a real MLLP peer. Delivered once: a second run
- * of the worker sends nothing again. The Task tells what happened.
+ * of the worker sends nothing again. The Task tells what happened. With an Endpoint holding a
+ * static bearer token (by reference) and asking for it, a Communication tells the physician.
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import type { Bundle, Composition, DocumentReference, Task } from 'fhir/r4.js';
+import type { Bundle, Communication, Composition, DocumentReference, Endpoint, Task } from 'fhir/r4.js';
 import { Message } from 'node-hl7-client';
 import supertest from 'supertest';
-import { hashSecret, newClientId, newClientSecret } from '../src/auth/index.js';
-import { loadConfig } from '../src/config.js';
-import { FhirDocumentTransport, MllpDocumentTransport } from '../src/delivery/transports.js';
-import { DeliveryWorker } from '../src/delivery/worker.js';
+import { FhirDocumentTransport, MllpDocumentTransport, type FhirDeliveryPayload } from '../src/delivery/transports.js';
+import { DELIVERY_STATUS_SYSTEM, DeliveryWorker } from '../src/delivery/worker.js';
+import { EHR_ENDPOINT_EXTENSION, readFhirEndpoint } from '../src/ehr/endpoint.js';
+import { EhrSecrets } from '../src/ehr/secrets.js';
 import { ack } from '../src/hl7/adt.js';
 import { startMllpServer, type MllpServer } from '../src/hl7/mllp.js';
-import { EHR_ENDPOINT_EXTENSION } from '../src/interactions/pull-diagnoses.js';
-import { DOCUMENT_ID_SYSTEM } from '../src/interactions/send-summary.js';
-import { startServer, type RunningServer } from '../src/server.js';
+import { DOCUMENT_ID_SYSTEM, NOTIFICATION_ID_SYSTEM } from '../src/interactions/send-summary.js';
 import { ClientStore } from '../src/store/clients.js';
-import { createTenant } from '../src/store/tenants.js';
-import { FHIR_JSON, silentLogger, TEST_TENANT, testContext, testSigningKey, tokenFor } from './helpers.js';
+import { getJob } from '../src/store/delivery-jobs.js';
+import type { Repository } from '../src/store/repository.js';
+import type { SqlPool } from '../src/store/sql.js';
+import { startEhrPeer, type EhrPeer } from './ehr-peer.js';
+import { assertOutcome, FHIR_JSON, silentLogger, TEST_TENANT, testContext, tokenFor } from './helpers.js';
 
 const RUN = randomUUID().slice(0, 8);
 const MRN_SYSTEM = `http://riverside.example.org/mrn/${RUN}`;
 const MRN = `E${RUN}`;
 const CONNECTION_TYPE = 'http://terminology.hl7.org/CodeSystem/endpoint-connection-type';
+const NPI_SYSTEM = 'http://hl7.org/fhir/sid/us-npi';
+/** The physician's NPI, known to the EHR; and another's it does not know. */
+const NPI = `9${RUN.replace(/[^0-9]/g, '').padEnd(9, '7').slice(0, 9)}`;
+const UNKNOWN_NPI = `8${NPI.slice(1)}`;
+const TOKEN_VAR = `EHR_TOKEN_SUMMARY_${RUN.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`;
 
 describe('$send-summary: a progress report delivered to the physician', function () {
   this.timeout(120_000);
-  let ehr: RunningServer;
-  let dataDir: string;
-  let jwks: Server;
+  let peer: EhrPeer;
   let mllp: MllpServer;
   const received: string[] = [];
   let ehrBase: string;
-  let seedToken: string;
   let clientId: string;
   let patientId: string;
   let practitionerId: string;
+  let ehrPatientId: string;
+  let ehrPhysicianId: string;
   let worker: DeliveryWorker;
+  let pool: SqlPool;
+  /** The tests' tenant's data (not `public` on PostgreSQL when another tenant came first). */
+  let repo: Repository;
+  let secrets: EhrSecrets;
+  let savedSecrets: EhrSecrets | undefined;
 
   const http = async () => supertest.agent((await testContext()).app).auth(await tokenFor('system/*.*'), { type: 'bearer' });
-  const ehrGet = async (path: string): Promise<Bundle> => (await (await fetch(`${ehrBase}/${path}`, { headers: { authorization: `Bearer ${seedToken}` } })).json()) as Bundle;
+  const ehrGet = async (path: string): Promise<Bundle> => (await (await peer.fetch(path)).json()) as Bundle;
 
   before(async () => {
-    const key = await testSigningKey();
-    jwks = createServer((_req, res) => res.setHeader('content-type', 'application/json').end(JSON.stringify({ keys: [key.publicJwk] })));
-    await new Promise<void>((resolve) => jwks.listen(0, '127.0.0.1', resolve));
-    dataDir = mkdtempSync(join(tmpdir(), 'met-summary-'));
-    const env: Record<string, string> = { PORT: '0', HL7_PORT: '0', DELIVERY: 'off', DATA_DIR: dataDir, LOG_LEVEL: 'silent' };
-    if (process.env.DATABASE_URL) env.DATABASE_URL = process.env.DATABASE_URL;
-    ehr = await startServer(loadConfig(env), silentLogger);
-    ehrBase = `http://localhost:${ehr.port}/fhir`;
-    const tenant = `riverside-${RUN}`;
-    await createTenant(ehr.db, tenant);
-    const clients = new ClientStore(ehr.db.pool);
-    clientId = newClientId();
-    await clients.createClient({ clientId, tenant, name: 'met-server', jwksUrl: `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks.json`, scopes: 'system/Patient.rs system/DocumentReference.crs' });
-    const seederId = newClientId();
-    const secret = newClientSecret();
-    await clients.createClient({ clientId: seederId, tenant, name: 'ehr-staff', secretHash: await hashSecret(secret), scopes: 'system/*.*' });
-    const token = await fetch(`http://localhost:${ehr.port}/auth/token`, { method: 'POST', body: new URLSearchParams({ grant_type: 'client_credentials', client_id: seederId, client_secret: secret, scope: 'system/*.*' }) });
-    seedToken = ((await token.json()) as { access_token: string }).access_token;
-    const ehrPatient = await fetch(`${ehrBase}/Patient`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${seedToken}`, 'content-type': FHIR_JSON },
-      body: JSON.stringify({ resourceType: 'Patient', identifier: [{ system: MRN_SYSTEM, value: MRN }], name: [{ family: 'Delacroix' }] }),
-    });
-    assert.equal(ehrPatient.status, 201);
+    peer = await startEhrPeer({ prefix: 'riverside' });
+    ehrBase = peer.fhirBase;
+    clientId = await peer.registerBackendClient('system/Patient.rs system/DocumentReference.crs');
+    ehrPatientId = await peer.create({ resourceType: 'Patient', identifier: [{ system: MRN_SYSTEM, value: MRN }], name: [{ family: 'Delacroix' }] });
+    ehrPhysicianId = await peer.create({ resourceType: 'Practitioner', identifier: [{ system: NPI_SYSTEM, value: NPI }], name: [{ family: 'Okonkwo', given: ['Chidi'], prefix: ['Dr.'] }] });
+    // The static token our server holds for this EHR (EHR_TOKEN_…), issued by the EHR itself.
+    secrets = new EhrSecrets({ [TOKEN_VAR]: await peer.issueToken('system/Patient.rs system/Practitioner.rs system/DocumentReference.crs system/Communication.crs') });
+    const { ctx: shared } = await testContext();
+    savedSecrets = shared.ehrSecrets;
+    shared.ehrSecrets = secrets;
 
     mllp = await startMllpServer(
       (message) => {
@@ -124,22 +116,25 @@ describe('$send-summary: a progress report delivered to the physician', function
     const { db, ctx } = await testContext();
     // The tests' tenant, in whichever schema it got (public unless another tenant was registered first).
     const schema = (await new ClientStore(db.pool).tenantSchema(TEST_TENANT)) as string;
-    const repo = (await ctx.tenants?.repository(TEST_TENANT)) ?? ctx.repo;
+    pool = db.inSchema(schema);
+    repo = (await ctx.tenants?.repository(TEST_TENANT)) ?? ctx.repo;
     worker = new DeliveryWorker({
-      tenants: () => Promise.resolve([{ tenant: TEST_TENANT, pool: db.inSchema(schema), repo }]),
+      tenants: () => Promise.resolve([{ tenant: TEST_TENANT, pool, repo }]),
       transports: { fhir: new FhirDocumentTransport(), mllp: new MllpDocumentTransport() },
       validator: ctx.validator,
       ...(ctx.outboundKey ? { outboundKey: ctx.outboundKey } : {}),
+      ehrSecrets: secrets,
       allowHttp: true,
       logger: silentLogger,
     });
   });
 
   after(async () => {
-    await ehr?.stop();
+    const { ctx } = await testContext();
+    if (savedSecrets) ctx.ehrSecrets = savedSecrets;
+    else delete ctx.ehrSecrets;
+    await peer?.close();
     await mllp?.close();
-    jwks?.close();
-    rmSync(dataDir, { recursive: true, force: true });
   });
 
   async function endpoint(body: object): Promise<string> {
@@ -148,18 +143,43 @@ describe('$send-summary: a progress report delivered to the physician', function
     return (res.body as { id: string }).id;
   }
 
-  function parameters(endpointId: string): object {
+  /** The operation's Parameters; `recipient` replaces the default one (a name), null leaves it out. */
+  function parameters(endpointId: string, recipient: object | null = { name: 'recipient', valueString: 'Dr. Chidi Okonkwo' }): object {
     return {
       resourceType: 'Parameters',
       parameter: [
         { name: 'endpoint', valueReference: { reference: `Endpoint/${endpointId}` } },
         { name: 'author', valueReference: { reference: `Practitioner/${practitionerId}` } },
         { name: 'period', valuePeriod: { start: '2026-10-01', end: '2026-11-20' } },
-        { name: 'recipient', valueString: 'Dr. Chidi Okonkwo' },
+        ...(recipient ? [recipient] : []),
         { name: 'recommendation', valueString: 'Continue the walking program, 5 times a week.' },
       ],
     };
   }
+
+  /** An Endpoint of the EHR with our static token (tokenRef) that asks for a Communication. */
+  const bearerEndpoint = (tokenRef = `env:${TOKEN_VAR}`): Promise<string> =>
+    endpoint({
+      resourceType: 'Endpoint',
+      status: 'active',
+      name: 'Riverside EHR (static token)',
+      connectionType: { system: CONNECTION_TYPE, code: 'hl7-fhir-rest' },
+      payloadType: [{ text: 'FHIR R4' }],
+      address: ehrBase,
+      extension: [
+        {
+          url: EHR_ENDPOINT_EXTENSION,
+          extension: [
+            { url: 'auth', valueCode: 'bearer' },
+            { url: 'tokenRef', valueString: tokenRef },
+            { url: 'patientIdentifierSystem', valueUri: MRN_SYSTEM },
+            { url: 'sendCommunication', valueBoolean: true },
+          ],
+        },
+      ],
+    });
+
+  const taskCount = async (): Promise<number | undefined> => ((await (await http()).get(`/fhir/Task?patient=Patient/${patientId}&_summary=count`)).body as Bundle).total;
 
   /** Runs the worker until nothing is due; returns the Task. */
   async function deliver(taskId: string): Promise<Task> {
@@ -180,7 +200,7 @@ describe('$send-summary: a progress report delivered to the physician', function
           url: EHR_ENDPOINT_EXTENSION,
           extension: [
             { url: 'auth', valueCode: 'smart-backend' },
-            { url: 'tokenUrl', valueUrl: `http://localhost:${ehr.port}/auth/token` },
+            { url: 'tokenUrl', valueUrl: peer.tokenUrl },
             { url: 'clientId', valueString: clientId },
             { url: 'scope', valueString: 'system/Patient.rs system/DocumentReference.crs' },
             { url: 'patientIdentifierSystem', valueUri: MRN_SYSTEM },
@@ -210,14 +230,94 @@ describe('$send-summary: a progress report delivered to the physician', function
     const inEhr = await ehrGet(`DocumentReference?identifier=${encodeURIComponent(`${identifier?.system}|${identifier?.value}`)}`);
     assert.equal(inEhr.entry?.length, 1);
     const delivered = inEhr.entry?.[0]?.resource as DocumentReference;
-    const ehrPatient = await ehrGet(`Patient?identifier=${encodeURIComponent(`${MRN_SYSTEM}|${MRN}`)}`);
-    assert.equal(delivered.subject?.reference, `Patient/${ehrPatient.entry?.[0]?.resource?.id}`);
+    assert.equal(delivered.subject?.reference, `Patient/${ehrPatientId}`);
     assert.equal(delivered.type?.coding?.[0]?.code, '11506-3');
     assert.deepEqual(Buffer.from(delivered.content[0]?.attachment.data ?? '', 'base64'), pdf);
 
     // Delivered once: another run sends nothing again.
     await worker.runOnce();
     assert.equal((await ehrGet(`DocumentReference?identifier=${encodeURIComponent(`${identifier?.system}|${identifier?.value}`)}`)).entry?.length, 1);
+  });
+
+  it('over FHIR with a static bearer token and sendCommunication: delivers the document and a Communication to the physician the EHR knows by NPI, each once', async () => {
+    const id = await bearerEndpoint();
+    const recipient = { name: 'recipient', valueReference: { type: 'Practitioner', identifier: { system: NPI_SYSTEM, value: NPI }, display: 'Dr. Chidi Okonkwo' } };
+    const res = await (await http()).post(`/fhir/Patient/${patientId}/$send-summary`).set('Content-Type', FHIR_JSON).send(parameters(id, recipient));
+    assert.equal(res.status, 201, res.text);
+    const queued = res.body as Task;
+    const key = queued.identifier?.[0]?.value as string;
+    const before = peer.requests.length;
+    const done = await deliver(queued.id as string);
+    assert.equal(done.status, 'completed', JSON.stringify(done.businessStatus));
+    assert.ok(!peer.requests.slice(before).includes('/auth/token'), 'a static token: no token request');
+
+    const docs = await peer.byIdentifier<DocumentReference>('DocumentReference', DOCUMENT_ID_SYSTEM, key);
+    const comms = await peer.byIdentifier<Communication>('Communication', NOTIFICATION_ID_SYSTEM, key);
+    assert.deepEqual([docs.length, comms.length], [1, 1]);
+    const comm = comms[0] as Communication;
+    assert.equal(comm.status, 'completed');
+    assert.deepEqual(comm.category?.[0]?.coding?.[0], { system: 'http://terminology.hl7.org/CodeSystem/communication-category', code: 'notification', display: 'Notification' });
+    assert.equal(comm.subject?.reference, `Patient/${ehrPatientId}`);
+    assert.deepEqual(comm.recipient, [{ type: 'Practitioner', identifier: { system: NPI_SYSTEM, value: NPI }, display: 'Dr. Chidi Okonkwo', reference: `Practitioner/${ehrPhysicianId}` }]);
+    assert.equal(comm.payload?.find((p) => p.contentReference)?.contentReference?.reference, `DocumentReference/${docs[0]?.id}`);
+    assert.ok(comm.sent && Math.abs(Date.parse(comm.sent) - Date.now()) < 120_000, `sent ${comm.sent}`);
+    assert.deepEqual(
+      done.output?.map((o) => [o.type.coding?.find((c) => c.system === DELIVERY_STATUS_SYSTEM)?.code, o.valueReference?.reference]),
+      [
+        ['delivered-document', `${ehrBase}/DocumentReference/${docs[0]?.id}`],
+        ['delivered-communication', `${ehrBase}/Communication/${comm.id}`],
+      ],
+    );
+
+    // The same job again (a worker that died before recording its outcome): both are found, neither sent twice.
+    const job = await getJob(pool, queued.id as string);
+    const settings = readFhirEndpoint(JSON.parse((await repo.read('Endpoint', id)).json ?? '{}') as Endpoint, { secrets, allowHttp: true });
+    assert.ok('connection' in settings);
+    const again = await new FhirDocumentTransport().deliver(job.payload as FhirDeliveryPayload, settings.connection);
+    assert.equal(again.kind, 'delivered');
+    assert.match(again.kind === 'delivered' ? (again.note ?? '') : '', /already had the document.*; Communication\/\S+ \(already there\)$/);
+    assert.equal((await peer.byIdentifier('DocumentReference', DOCUMENT_ID_SYSTEM, key)).length, 1);
+    assert.equal((await peer.byIdentifier('Communication', NOTIFICATION_ID_SYSTEM, key)).length, 1);
+  });
+
+  it("addresses the Communication by identifier alone when no Practitioner at the EHR carries the recipient's NPI", async () => {
+    const api = await http();
+    const physician = await api
+      .post('/fhir/Practitioner')
+      .set('Content-Type', FHIR_JSON)
+      .send({ resourceType: 'Practitioner', identifier: [{ system: 'http://clinic.example.org/staff', value: 'S-1' }, { system: NPI_SYSTEM, value: UNKNOWN_NPI }], name: [{ given: ['Ada'], family: 'Lovelace' }] })
+      .expect(201);
+    const res = await api
+      .post(`/fhir/Patient/${patientId}/$send-summary`)
+      .set('Content-Type', FHIR_JSON)
+      .send(parameters(await bearerEndpoint(), { name: 'recipient', valueReference: { reference: `Practitioner/${(physician.body as { id: string }).id}` } }));
+    assert.equal(res.status, 201, res.text);
+    const done = await deliver((res.body as Task).id as string);
+    assert.equal(done.status, 'completed', JSON.stringify(done.businessStatus));
+    assert.match(done.businessStatus?.text ?? '', /no Practitioner at the EHR carries the recipient's identifier: sent by identifier only/);
+    const [comm] = await peer.byIdentifier<Communication>('Communication', NOTIFICATION_ID_SYSTEM, (res.body as Task).identifier?.[0]?.value as string);
+    assert.deepEqual(comm?.recipient, [{ type: 'Practitioner', identifier: { system: NPI_SYSTEM, value: UNKNOWN_NPI }, display: 'Ada Lovelace' }]);
+  });
+
+  it('refuses, writing nothing, a Communication without a recipient and an Endpoint naming a token the server does not have', async () => {
+    const before = await taskCount();
+    const noRecipient = await (await http()).post(`/fhir/Patient/${patientId}/$send-summary`).set('Content-Type', FHIR_JSON).send(parameters(await bearerEndpoint(), null));
+    assert.equal(noRecipient.status, 422, noRecipient.text);
+    assertOutcome(noRecipient.body, [
+      { code: 'processing', detail: 'unprocessable-operation', expression: "Parameters.parameter.where(name = 'recipient')", diagnostics: /asks for a Communication to the physician: \$send-summary needs parameter 'recipient'$/ },
+    ]);
+    const unsetId = await bearerEndpoint('env:EHR_TOKEN_NOT_ON_THIS_SERVER');
+    const unset = await (await http()).post(`/fhir/Patient/${patientId}/$send-summary`).set('Content-Type', FHIR_JSON).send(parameters(unsetId));
+    assert.equal(unset.status, 422, unset.text);
+    assertOutcome(unset.body, [
+      {
+        code: 'processing',
+        detail: 'unprocessable-operation',
+        expression: `Endpoint.extension('${EHR_ENDPOINT_EXTENSION}').extension('tokenRef')`,
+        diagnostics: `Endpoint/${unsetId} names EHR_TOKEN_NOT_ON_THIS_SERVER in 'tokenRef', which is not set on this server (it is read from the server's environment at start)`,
+      },
+    ]);
+    assert.equal(await taskCount(), before);
   });
 
   it('over HL7 v2: delivers an MDM^T02 whose OBX carries the PDF, acknowledged AA', async () => {
@@ -255,10 +355,10 @@ describe('$send-summary: a progress report delivered to the physician', function
       address: `mllp://127.0.0.1:${mllp.port}`,
       extension: [{ url: EHR_ENDPOINT_EXTENSION, extension: [{ url: 'patientIdentifierSystem', valueUri: 'http://elsewhere.example.org/mrn' }] }],
     });
-    const tasksBefore = ((await (await http()).get(`/fhir/Task?patient=Patient/${patientId}&_summary=count`)).body as Bundle).total;
+    const tasksBefore = await taskCount();
     const res = await (await http()).post(`/fhir/Patient/${patientId}/$send-summary`).set('Content-Type', FHIR_JSON).send(parameters(id));
     assert.equal(res.status, 422, res.text);
-    const tasksAfter = ((await (await http()).get(`/fhir/Task?patient=Patient/${patientId}&_summary=count`)).body as Bundle).total;
+    const tasksAfter = await taskCount();
     assert.equal(tasksAfter, tasksBefore);
   });
 });

@@ -3,9 +3,13 @@
  * answering with an outcome the worker acts on (never throwing for a failure of the peer):
  *
  * - FHIR (https://hl7.org/fhir/R4/http.html#create): a DocumentReference, then optionally a
- *   Communication pointing at it. EHRs such as Epic reject duplicates and have no conditional
- *   create, so idempotency is ours: every resource carries a stable identifier, and every attempt
- *   searches `?identifier=system|value` before it creates. A resource found is taken as delivered.
+ *   Communication pointing at it (when the Endpoint asks for one: src/ehr/endpoint.ts). EHRs such
+ *   as Epic reject duplicates and have no conditional create, so idempotency is ours: every
+ *   resource carries a stable identifier, and every attempt searches `?identifier=system|value`
+ *   before it creates. A resource found is taken as delivered. The subjects are set to the EHR's
+ *   own Patient (found by MRN), the Communication's recipients to the EHR's Practitioner found by
+ *   identifier (an NPI, say) where exactly one carries it, else left as identifier-only
+ *   references, and its `sent` to the time of the attempt that creates it.
  * - HL7 v2 over MLLP (HL7 v2.5 ch. 2.9, acknowledgments; MLLP release 2): one MDM^T02 per
  *   connection, one message in flight, the reply read as its ACK. The peer cannot be asked whether
  *   it already has a message, so an attempt whose ACK never came is resent AS IS: the same MSH-10
@@ -15,21 +19,25 @@
  * Failure classes: transient (try again later; `ambiguous` when the peer may have received it),
  * permanent (retrying cannot help: a person must look).
  */
-import type { Communication, DocumentReference, Identifier } from 'fhir/r4.js';
+import type { Communication, DocumentReference, Identifier, Reference } from 'fhir/r4.js';
 import { createResource, EhrError, findByIdentifier, findPatient, type EhrConnection } from '../ehr/fhir-ehr.js';
 import { readAck } from '../hl7/adt.js';
 import { MllpClient, MllpError } from '../hl7/mllp-client.js';
 
 export type DeliveryOutcome =
-  /** `remoteId`: the DocumentReference's URL at the EHR (FHIR), the MSH-10 acknowledged (MLLP). */
-  | { kind: 'delivered'; remoteId: string; note?: string }
+  /**
+   * `remoteId`: the DocumentReference's URL at the EHR (FHIR), the MSH-10 acknowledged (MLLP);
+   * `communication`: the Communication's URL at the EHR, when one was sent.
+   */
+  | { kind: 'delivered'; remoteId: string; communication?: string; note?: string }
   | { kind: 'transient'; reason: string; ambiguous: boolean; retryAfterSeconds?: number }
   | { kind: 'permanent'; reason: string };
 
 /**
  * The DocumentReference's stable identifier is its masterIdentifier, else its first identifier with
  * a system and a value. A Communication needs one too (same rule on `identifier`); references in
- * it to the DocumentReference by that identifier get the EHR's `DocumentReference/<id>` added.
+ * it to the DocumentReference by that identifier get the EHR's `DocumentReference/<id>` added, its
+ * subject the EHR's Patient (as the document's), identifier-only recipients the EHR's resource.
  */
 export interface FhirDeliveryPayload {
   documentReference: DocumentReference;
@@ -66,6 +74,8 @@ const keyOf = (...candidates: (Identifier | undefined)[]): Key | undefined => {
 };
 
 export class FhirDocumentTransport implements FhirTransport {
+  constructor(private readonly now: () => Date = () => new Date()) {}
+
   async deliver(payload: FhirDeliveryPayload, conn: EhrConnection): Promise<DeliveryOutcome> {
     const doc = payload?.documentReference;
     if (doc?.resourceType !== 'DocumentReference') return { kind: 'permanent', reason: 'the job holds no DocumentReference' };
@@ -77,20 +87,28 @@ export class FhirDocumentTransport implements FhirTransport {
     const sent = { value: false };
     let url: string | undefined;
     try {
-      let outbound = doc;
+      let subject: Reference | undefined;
       if (payload.patientIdentifier && !doc.subject?.reference) {
         const patient = await findPatient(conn, { identifier: payload.patientIdentifier });
         if (!patient?.id) return { kind: 'permanent', reason: `the EHR has no Patient with identifier ${payload.patientIdentifier.system}|${payload.patientIdentifier.value}` };
-        outbound = { ...doc, subject: { reference: `Patient/${patient.id}`, ...(doc.subject?.display ? { display: doc.subject.display } : {}) } };
+        subject = { reference: `Patient/${patient.id}` };
       }
+      const outbound = subject ? { ...doc, subject: { ...subject, ...(doc.subject?.display ? { display: doc.subject.display } : {}) } } : doc;
       const document = await ensureCreated(conn, outbound, docKey, sent);
-      url = `${conn.baseUrl.replace(/\/+$/, '')}/DocumentReference/${document.id}`;
-      let note = document.existed ? 'the EHR already had the document (an earlier attempt had delivered it)' : undefined;
-      if (comm && commKey) {
-        const message = await ensureCreated(conn, pointAt(comm, docKey, `DocumentReference/${document.id}`), commKey, sent);
-        note = [note, `Communication/${message.id}${message.existed ? ' (already there)' : ''}`].filter(Boolean).join('; ');
-      }
-      return { kind: 'delivered', remoteId: url, ...(note ? { note } : {}) };
+      const base = conn.baseUrl.replace(/\/+$/, '');
+      url = `${base}/DocumentReference/${document.id}`;
+      const notes = document.existed ? ['the EHR already had the document (an earlier attempt had delivered it)'] : [];
+      if (!comm || !commKey) return { kind: 'delivered', remoteId: url, ...(notes.length > 0 ? { note: notes.join('; ') } : {}) };
+      const recipients = await resolveRecipients(conn, comm.recipient, notes);
+      const message: Communication = {
+        ...pointAt(comm, docKey, `DocumentReference/${document.id}`),
+        ...(subject && !comm.subject?.reference ? { subject: { ...subject, ...(comm.subject?.display ? { display: comm.subject.display } : {}) } } : {}),
+        ...(recipients ? { recipient: recipients } : {}),
+        sent: comm.sent ?? this.now().toISOString(),
+      };
+      const created = await ensureCreated(conn, message, commKey, sent);
+      notes.push(`Communication/${created.id}${created.existed ? ' (already there)' : ''}`);
+      return { kind: 'delivered', remoteId: url, communication: `${base}/Communication/${created.id}`, note: notes.join('; ') };
     } catch (error) {
       if (!(error instanceof EhrError)) throw error;
       const reason = url ? `the document is at ${url}, but its Communication is not: ${error.message}` : error.message;
@@ -100,6 +118,45 @@ export class FhirDocumentTransport implements FhirTransport {
       return { kind: 'permanent', reason };
     }
   }
+}
+
+/** Types a Communication's recipient is looked up as at the EHR (Communication.recipient's targets we send). */
+const RECIPIENT_TYPES = new Set(['Practitioner', 'PractitionerRole', 'Organization', 'CareTeam']);
+
+/**
+ * The recipients with those named only by identifier made literal: the EHR's resource when exactly
+ * one carries the identifier. None, several, or an EHR that does not let us search (403, 404, 400:
+ * our registration lacks the scope, the type is not supported) leave it identifier-only, which a
+ * FHIR server accepts and a person can still resolve; why is added to `notes` (no identifier
+ * values there). A transient failure or refused credentials are thrown: the attempt is retried.
+ */
+async function resolveRecipients(conn: EhrConnection, recipients: Reference[] | undefined, notes: string[]): Promise<Reference[] | undefined> {
+  if (!recipients) return undefined;
+  const out: Reference[] = [];
+  for (const recipient of recipients) {
+    const key = keyOf(recipient.identifier);
+    const type = recipient.type ?? 'Practitioner';
+    if (recipient.reference || !key || !RECIPIENT_TYPES.has(type)) {
+      out.push(recipient);
+      continue;
+    }
+    let found: { id?: string }[];
+    try {
+      found = await findByIdentifier<{ resourceType: string; id?: string; identifier?: Identifier[] }>(conn, type, key);
+    } catch (error) {
+      if (!(error instanceof EhrError) || error.kind !== 'permanent') throw error;
+      notes.push(`the recipient was not looked up at the EHR (${error.code}): sent by identifier only`);
+      out.push(recipient);
+      continue;
+    }
+    const id = found.length === 1 ? found[0]?.id : undefined;
+    if (id) out.push({ ...recipient, type, reference: `${type}/${id}` });
+    else {
+      notes.push(found.length === 0 ? `no ${type} at the EHR carries the recipient's identifier: sent by identifier only` : `${found.length} ${type}s at the EHR carry the recipient's identifier: sent by identifier only`);
+      out.push(recipient);
+    }
+  }
+  return out;
 }
 
 /**

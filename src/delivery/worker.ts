@@ -7,6 +7,7 @@
  *
  *   outcome                                   job                       Task
  *   delivered (AA/CA, created or found)       delivered, remote_id      completed, output = the document at the EHR
+ *                                                                       (and its Communication, if one was sent)
  *   transient (network, timeout, 408, 429,    queued, next_attempt_at   in-progress, businessStatus "attempt n failed: …;
  *     5xx, AE/CE, no ACK) and attempts left     = now + backoff           next attempt at …"
  *   transient, no attempts left               failed                    failed, statusReason = the last reason
@@ -29,7 +30,8 @@
 import type { Endpoint, Extension, Task } from 'fhir/r4.js';
 import type { Logger } from 'pino';
 import { FhirError } from '../fhir/errors.js';
-import { connectionOf } from '../interactions/pull-diagnoses.js';
+import { isEndpointProblem, readFhirEndpoint } from '../ehr/endpoint.js';
+import type { EhrSecrets } from '../ehr/secrets.js';
 import type { OutboundKey } from '../interactions/types.js';
 import { inTransaction } from '../store/database.js';
 import { claimDue, markDelivered, markFailed, markRetry, type DeliveryJob } from '../store/delivery-jobs.js';
@@ -40,7 +42,7 @@ import type { DeliveryOutcome, FhirDeliveryPayload, FhirTransport, MllpDeliveryP
 
 /** Task.extension: the number of attempts made so far (valueUnsignedInt). */
 export const DELIVERY_ATTEMPTS_EXTENSION = 'https://met-fhir-server.dev/fhir/StructureDefinition/delivery-attempts';
-/** Task.businessStatus and Task.output.type codes: queued, retrying, delivered, failed; delivered-document. */
+/** Task.businessStatus and Task.output.type codes: queued, retrying, delivered, failed; delivered-document, delivered-communication. */
 export const DELIVERY_STATUS_SYSTEM = 'https://met-fhir-server.dev/fhir/CodeSystem/delivery-status';
 /** Endpoint.connectionType code of an HL7 v2 receiver over MLLP (address `mllp://host:port`). */
 export const MLLP_CONNECTION_TYPE = 'hl7v2-mllp';
@@ -60,6 +62,8 @@ export interface DeliveryWorkerOptions {
   validator: ResourceValidator;
   /** Our key for SMART Backend Services at EHRs (the server's signing key). */
   outboundKey?: OutboundKey;
+  /** Static bearer tokens for EHRs (EHR_TOKEN_… variables), named by Endpoints' tokenRef. */
+  ehrSecrets?: EhrSecrets;
   /** EHRs over plain http (development and tests). */
   allowHttp?: boolean;
   /** Between looks for due jobs when idle; default 1 s. */
@@ -80,7 +84,7 @@ export interface DeliveryWorkerOptions {
   logger?: Logger;
 }
 
-type Settings = Required<Omit<DeliveryWorkerOptions, 'outboundKey' | 'logger'>> & Pick<DeliveryWorkerOptions, 'outboundKey' | 'logger'>;
+type Settings = Required<Omit<DeliveryWorkerOptions, 'outboundKey' | 'ehrSecrets' | 'logger'>> & Pick<DeliveryWorkerOptions, 'outboundKey' | 'ehrSecrets' | 'logger'>;
 
 /** The wait before the attempt after attempt `attempt` (1-based), in ms. */
 export function backoffMs(attempt: number, options: { baseBackoffMs: number; maxBackoffMs: number; jitter: number }, random: () => number = Math.random): number {
@@ -222,8 +226,8 @@ export class DeliveryWorker {
     }
     switch (job.channel) {
       case 'fhir': {
-        const found = connectionOf(endpoint, this.settings.outboundKey, this.settings.allowHttp);
-        if (!found) return { kind: 'permanent', reason: `Endpoint/${job.endpointId} is not an active hl7-fhir-rest Endpoint with usable connection settings` };
+        const found = readFhirEndpoint(endpoint, { key: this.settings.outboundKey, secrets: this.settings.ehrSecrets, allowHttp: this.settings.allowHttp });
+        if (isEndpointProblem(found)) return { kind: 'permanent', reason: `Endpoint/${job.endpointId} ${found.problem} (${found.expression})` };
         return this.settings.transports.fhir.deliver(job.payload as FhirDeliveryPayload, found.connection);
       }
       case 'mllp':
@@ -264,7 +268,12 @@ export class DeliveryWorker {
     const s = this.settings;
     const n = job.attempts;
     if (outcome.kind === 'delivered') {
-      return { status: 'completed', remoteId: outcome.remoteId, text: `delivered on attempt ${n}${outcome.note ? `; ${outcome.note}` : ''}` };
+      return {
+        status: 'completed',
+        remoteId: outcome.remoteId,
+        ...(outcome.communication ? { communication: outcome.communication } : {}),
+        text: `delivered on attempt ${n}${outcome.note ? `; ${outcome.note}` : ''}`,
+      };
     }
     if (outcome.kind === 'transient' && n < s.maxAttempts) {
       const wait = Math.max(backoffMs(n, s, s.random), Math.min(s.maxBackoffMs, (outcome.retryAfterSeconds ?? 0) * 1000));
@@ -300,7 +309,7 @@ export class DeliveryWorker {
 
 /** What an attempt comes to, for the job and its Task. */
 export type DeliveryState =
-  | { status: 'completed'; text: string; remoteId: string }
+  | { status: 'completed'; text: string; remoteId: string; communication?: string }
   | { status: 'in-progress'; text: string; nextAttemptAt: Date; reason: string; ambiguous: boolean }
   | { status: 'failed'; text: string; reason: string };
 
@@ -325,6 +334,9 @@ export function taskAfter(task: Task, job: Pick<DeliveryJob, 'attempts' | 'chann
     next.output = [
       ...others,
       job.channel === 'fhir' ? { type, valueReference: { reference: state.remoteId } } : { type, valueIdentifier: { type: { text: 'HL7 v2 message control ID (MSH-10)' }, value: state.remoteId } },
+      ...(state.communication
+        ? [{ type: { coding: [{ system: DELIVERY_STATUS_SYSTEM, code: 'delivered-communication' }], text: 'the Communication telling the physician, at the EHR' }, valueReference: { reference: state.communication } }]
+        : []),
     ];
   }
   return next;

@@ -1,6 +1,6 @@
 /**
  * The client side of talking to a physician's EHR over FHIR R4: SMART Backend Services access
- * tokens, finding the EHR's Patient by identifier, pulling its Conditions page by page, and the
+ * tokens (or a static bearer token, for test systems: ./secrets.ts), finding the EHR's Patient by identifier, pulling its Conditions page by page, and the
  * local copy of a pulled Condition; for delivery, finding a resource by identifier and creating one.
  * Every failure is an EhrError whose `kind` tells the pull and delivery layers what to do:
  * `transient` (try again later), `permanent` (a person must look), `auth` (our credentials or
@@ -277,7 +277,7 @@ async function call<T>(conn: EhrConnection, what: string, run: (options: Request
         (conn.tokenCache ?? sharedTokenCache).drop(tokenCacheKey(conn.auth), token);
         continue;
       }
-      throw classify(error, what, timeoutMs, attempt > 1);
+      throw classify(error, what, timeoutMs, attempt > 1, conn.auth.kind === 'bearer' ? [conn.auth.token] : []);
     }
   }
 }
@@ -530,13 +530,16 @@ function statusOf(error: unknown): number | undefined {
   return typeof status === 'number' ? status : undefined;
 }
 
-/** A failed FHIR call as an EhrError (fhir-kit-client throws `{ response: { status, data }, config: { headers } }`). */
-function classify(error: unknown, what: string, timeoutMs: number, retried: boolean): EhrError {
+/**
+ * A failed FHIR call as an EhrError (fhir-kit-client throws `{ response: { status, data }, config: { headers } }`).
+ * `secrets` (a static bearer token) are cut out of whatever the EHR said, should it echo them.
+ */
+function classify(error: unknown, what: string, timeoutMs: number, retried: boolean, secrets: readonly string[] = []): EhrError {
   if (error instanceof EhrError) return error;
   const status = statusOf(error);
   if (status === undefined) return networkError(error, what, timeoutMs);
   const { response, config } = error as { response: { data?: unknown }; config?: { headers?: Headers } };
-  const outcome = summariseOutcome(response.data);
+  const outcome = summariseOutcome(response.data, secrets);
   const details = { status, ...(outcome ? { outcome } : {}) };
   const message = `${what}: the EHR answered HTTP ${status}`;
   if (status === 429 || status === 408 || status >= 500) {
@@ -563,16 +566,18 @@ function networkError(error: unknown, what: string, timeoutMs: number): EhrError
 }
 
 /** "severity code: text; …", at most 500 characters. */
-function summariseOutcome(data: unknown): string | undefined {
+function summariseOutcome(data: unknown, secrets: readonly string[] = []): string | undefined {
   const outcome = data as OperationOutcome | undefined;
   if (outcome?.resourceType !== 'OperationOutcome' || !Array.isArray(outcome.issue)) return undefined;
-  const text = outcome.issue.map((i) => `${i.severity} ${i.code}${i.diagnostics ?? i.details?.text ? `: ${i.diagnostics ?? i.details?.text}` : ''}`).join('; ');
-  return scrub(text.length > 500 ? `${text.slice(0, 499)}…` : text);
+  // Scrubbed before it is cut short, so that a token cut in two cannot survive in part.
+  const text = scrub(outcome.issue.map((i) => `${i.severity} ${i.code}${i.diagnostics ?? i.details?.text ? `: ${i.diagnostics ?? i.details?.text}` : ''}`).join('; '), secrets);
+  return text.length > 500 ? `${text.slice(0, 499)}…` : text;
 }
 
-/** Whatever an EHR echoes back, no JWT (our assertion, a token) reaches a message. */
-function scrub(text: string): string {
-  return text.replace(/eyJ[\w-]*\.[\w-]*\.[\w-]*/g, '[jwt]');
+/** Whatever an EHR echoes back, no JWT (our assertion, a token) and none of `secrets` reaches a message. */
+function scrub(text: string, secrets: readonly string[] = []): string {
+  const cut = secrets.filter((s) => s.length > 0).reduce((t, secret) => t.split(secret).join('[token]'), text);
+  return cut.replace(/eyJ[\w-]*\.[\w-]*\.[\w-]*/g, '[jwt]');
 }
 
 function retryAfterOf(value: string | null): { retryAfterSeconds?: number } {

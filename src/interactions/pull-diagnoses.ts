@@ -5,24 +5,25 @@
  * with a Provenance. Pulling twice changes nothing; a Condition changed in the EHR (resolved, say)
  * gets a new version here.
  *
- * EHRs are FHIR Endpoint resources of the tenant: connectionType `hl7-fhir-rest`, status active,
- * address = the EHR's FHIR base, with the extension EHR_ENDPOINT_EXTENSION saying how to
- * authenticate (SMART Backend Services: token URL, our client id there, scope; our private key is
- * the server's own signing key, whose public half is at /auth/jwks for the EHR to register) and
- * the identifier system of the EHR's MRNs. A Patient is linked to an EHR by carrying an identifier
- * of that system. No secret is ever kept in an Endpoint.
+ * EHRs are FHIR Endpoint resources of the tenant (connectionType `hl7-fhir-rest`, status active,
+ * address = the EHR's FHIR base) whose extension EHR_ENDPOINT_EXTENSION says how to authenticate
+ * (SMART Backend Services with the server's own key, or a static bearer token that the Endpoint
+ * names by reference, `env:EHR_TOKEN_<NAME>`, and never holds) and the identifier system of the
+ * EHR's MRNs: src/ehr/endpoint.ts. A Patient is linked to an EHR by carrying an identifier of that
+ * system; an Endpoint it is linked to but that cannot be used is a 422 naming the element at fault.
  */
-import type { Condition, Endpoint, Extension, Parameters, Patient, Provenance } from 'fhir/r4.js';
+import type { Condition, Endpoint, Parameters, Patient, Provenance } from 'fhir/r4.js';
 import { isDeepStrictEqual } from 'node:util';
+import { isEndpointProblem, patientIdentifierSystemOf, readFhirEndpoint } from '../ehr/endpoint.js';
 import { CONDITION_CATEGORIES, EhrError, findPatient, searchConditions, toLocalCondition, type EhrConnection } from '../ehr/fhir-ehr.js';
 import { FhirError, fhirError } from '../fhir/errors.js';
 import { tokenSearchValue } from '../fhir/search-value.js';
 import { parseSearch } from '../search/parse.js';
 import { conditionOf } from './conditions.js';
-import type { FhirContext, FhirRequest, FhirResponse, Interaction, OutboundKey } from './types.js';
+import type { FhirContext, FhirRequest, FhirResponse, Interaction } from './types.js';
 
-export const EHR_ENDPOINT_EXTENSION = 'https://met-fhir-server.dev/fhir/StructureDefinition/ehr-connection';
-
+/** Where the Endpoint format lives now; exported here too for existing importers. */
+export { EHR_ENDPOINT_EXTENSION } from '../ehr/endpoint.js';
 
 interface LinkedEhr {
   endpoint: Endpoint & { id: string };
@@ -30,40 +31,19 @@ interface LinkedEhr {
   identifier: { system: string; value: string };
 }
 
-function sub(ext: Extension | undefined, url: string): Extension | undefined {
-  return ext?.extension?.find((e) => e.url === url);
-}
-
-/** How to reach an EHR, from its Endpoint; undefined when the Endpoint is not a usable FHIR EHR. */
-export function connectionOf(endpoint: Endpoint, key: OutboundKey | undefined, allowHttp: boolean): { connection: EhrConnection; identifierSystem: string } | undefined {
-  const type = endpoint.connectionType;
-  if (type.code !== 'hl7-fhir-rest' || endpoint.status !== 'active') return undefined;
-  const ext = endpoint.extension?.find((e) => e.url === EHR_ENDPOINT_EXTENSION);
-  const identifierSystem = sub(ext, 'patientIdentifierSystem')?.valueUri;
-  if (!ext || !identifierSystem) return undefined;
-  const method = sub(ext, 'auth')?.valueCode ?? 'none';
-  const base = { baseUrl: endpoint.address, timeoutMs: 20_000, allowHttp };
-  if (method === 'smart-backend') {
-    const tokenUrl = sub(ext, 'tokenUrl')?.valueUrl;
-    const clientId = sub(ext, 'clientId')?.valueString;
-    const scope = sub(ext, 'scope')?.valueString ?? 'system/Patient.rs system/Condition.rs';
-    if (!tokenUrl || !clientId || !key) return undefined;
-    return { connection: { ...base, auth: { kind: 'smart-backend', tokenUrl, clientId, privateKey: key.privateKey, kid: key.kid, alg: key.alg, scope } }, identifierSystem };
-  }
-  if (method === 'none') return { connection: { ...base, auth: { kind: 'none' } }, identifierSystem };
-  return undefined;
-}
-
+/** The EHRs the Patient is linked to; throws 422 for one that is linked but cannot be used. */
 async function linkedEhrs(ctx: FhirContext, patient: Patient): Promise<LinkedEhr[]> {
   const query = parseSearch('Endpoint', { 'connection-type': ['hl7-fhir-rest'], status: ['active'], _count: ['100'] }, { fhirBase: ctx.fhirBase, lenient: false }).query;
   const page = await ctx.repo.search(query);
   const out: LinkedEhr[] = [];
   for (const row of page.rows) {
     const endpoint = JSON.parse(row.json) as Endpoint & { id: string };
-    const found = connectionOf(endpoint, ctx.outboundKey, ctx.allowHttpEhr ?? false);
-    if (!found) continue;
-    const mrn = patient.identifier?.find((i) => i.system === found.identifierSystem && i.value);
-    if (mrn?.value) out.push({ endpoint, connection: found.connection, identifier: { system: found.identifierSystem, value: mrn.value } });
+    const system = patientIdentifierSystemOf(endpoint);
+    const mrn = system ? patient.identifier?.find((i) => i.system === system && i.value) : undefined;
+    if (!system || !mrn?.value) continue;
+    const found = readFhirEndpoint(endpoint, { key: ctx.outboundKey, secrets: ctx.ehrSecrets, allowHttp: ctx.allowHttpEhr ?? false });
+    if (isEndpointProblem(found)) throw fhirError('unprocessable-operation', `Endpoint/${endpoint.id}, the EHR this Patient is linked to, ${found.problem}`, found.expression);
+    out.push({ endpoint, connection: found.connection, identifier: { system, value: mrn.value } });
   }
   return out;
 }

@@ -3,7 +3,9 @@
  * stored (diagnoses, program, goals and their progress, outcome measures at baseline and now, each
  * with a small chart, attendance, adverse events, the professional's recommendations) as a FHIR
  * Composition and a PDF (src/summary), and queues its delivery to the physician's EHR, named by an
- * Endpoint: over FHIR (a DocumentReference with the PDF) or HL7 v2 (MDM^T02 over MLLP). Returns
+ * Endpoint: over FHIR (a DocumentReference with the PDF and, when the Endpoint's
+ * `sendCommunication` says so, a Communication telling the physician) or HL7 v2 (MDM^T02 over
+ * MLLP). An Endpoint that cannot be used is a 422 naming the element at fault. Returns
  * the Task that tracks the delivery. The Composition, the local DocumentReference, the Task and the
  * delivery job are written in one transaction: a report either is queued whole or not at all.
  *
@@ -11,27 +13,80 @@
  *  - endpoint (valueReference, required): the EHR's Endpoint (hl7-fhir-rest or hl7v2-mllp);
  *  - author (valueReference, required): the MET, a Practitioner;
  *  - period (valuePeriod): default the last 30 days;
- *  - recipient (valueString): the physician's name, as the report addresses them;
+ *  - recipient: the physician: valueString (a name), or valueReference to a local Practitioner
+ *    (`Practitioner/{id}`) or by identifier (`{ type: 'Practitioner', identifier: { system:
+ *    'http://hl7.org/fhir/sid/us-npi', value }, display }`); the Communication's recipient is the
+ *    EHR's Practitioner carrying that identifier, found at delivery, else the identifier (or name)
+ *    alone. Required when the Endpoint asks for a Communication;
  *  - recommendation (valueString, repeating): the professional's recommendations.
  */
 import { randomUUID } from 'node:crypto';
-import type { CarePlan, Condition, DocumentReference, Encounter, Endpoint, Goal, Observation, Parameters, ParametersParameter, Patient, Practitioner, Procedure, Task } from 'fhir/r4.js';
+import type {
+  CarePlan,
+  Communication,
+  Condition,
+  DocumentReference,
+  Encounter,
+  Endpoint,
+  Goal,
+  Identifier,
+  Observation,
+  Parameters,
+  ParametersParameter,
+  Patient,
+  Practitioner,
+  Procedure,
+  Reference,
+  Task,
+} from 'fhir/r4.js';
+import { isEndpointProblem, patientIdentifierSystemOf, readFhirEndpoint } from '../ehr/endpoint.js';
 import { fhirError } from '../fhir/errors.js';
 import { parseSearch } from '../search/parse.js';
 import { buildMdmT02 } from '../summary/mdm.js';
 import { buildComposition, renderPdf, type GoalAchievementCode, type OutcomeMeasure, type ReportInput } from '../summary/report.js';
-import { EHR_ENDPOINT_EXTENSION } from './pull-diagnoses.js';
 import type { FhirContext, FhirRequest, FhirResponse, Interaction } from './types.js';
 
 /** Stable identifiers of the documents we send: the EHR finds a retried document by it. */
 export const DOCUMENT_ID_SYSTEM = 'https://met-fhir-server.dev/fhir/document-id';
+/** Stable identifiers of the Communications we send (the same value as their document's). */
+export const NOTIFICATION_ID_SYSTEM = 'https://met-fhir-server.dev/fhir/notification-id';
+const NPI_SYSTEM = 'http://hl7.org/fhir/sid/us-npi';
+const RECIPIENT_EXPRESSION = "Parameters.parameter.where(name = 'recipient')";
+
+interface Recipient {
+  /** As the report addresses them. */
+  name: string;
+  /** The Communication's recipient: by identifier (resolved at the EHR on delivery) or by name only. */
+  reference?: Reference;
+  /** A local Practitioner to take the name and identifier from. */
+  local?: string;
+}
 
 interface Args {
   endpoint: string;
   author: string;
   period: { start: string; end: string };
-  recipient: string;
+  /** Undefined when the parameter is absent. */
+  recipient: Recipient | undefined;
   recommendations: string[];
+}
+
+function recipientOf(parameter: ParametersParameter | undefined): Recipient | undefined {
+  if (!parameter) return undefined;
+  if (parameter.valueString !== undefined) return { name: parameter.valueString, reference: { display: parameter.valueString } };
+  const ref = parameter.valueReference;
+  if (ref?.reference?.startsWith('Practitioner/') && !ref.reference.includes('/', 'Practitioner/'.length)) return { name: ref.display ?? '', local: ref.reference };
+  const { system, value } = ref?.identifier ?? {};
+  if (ref && !ref.reference && !ref.identifier && ref.display) return { name: ref.display, reference: { display: ref.display } };
+  if (ref && !ref.reference && system && value) {
+    const type = ref.type ?? 'Practitioner';
+    return { name: ref.display ?? `${type} ${value}`, reference: { type, identifier: { system, value }, ...(ref.display ? { display: ref.display } : {}) } };
+  }
+  throw fhirError(
+    'unprocessable-operation',
+    "$send-summary parameter 'recipient' must be a valueString (the physician's name) or a valueReference to a local Practitioner or with an identifier (system and value, such as the physician's NPI)",
+    RECIPIENT_EXPRESSION,
+  );
 }
 
 function args(body: unknown): Args {
@@ -50,7 +105,7 @@ function args(body: unknown): Args {
     endpoint,
     author,
     period: { start, end },
-    recipient: all('recipient')[0]?.valueString ?? 'the referring physician',
+    recipient: recipientOf(all('recipient')[0]),
     recommendations: all('recommendation').flatMap((x) => (x.valueString ? [x.valueString] : [])),
   };
 }
@@ -60,6 +115,23 @@ async function search<T>(ctx: FhirContext, type: string, params: Record<string, 
   return (await ctx.repo.search(query)).rows.map((r) => JSON.parse(r.json) as T);
 }
 
+/**
+ * The diagnoses a report lists: each coded one once. The same diagnosis often arrives twice, as the
+ * MET software reported it with the client and as $pull-diagnoses brought it from the EHR; the
+ * EHR's (it has a meta.source) is the one listed. Entered-in-error ones are left out.
+ */
+export function reportDiagnoses(conditions: Condition[]): Condition[] {
+  const kept = new Map<string, Condition>();
+  for (const c of conditions) {
+    if (c.verificationStatus?.coding?.[0]?.code === 'entered-in-error') continue;
+    const coding = c.code?.coding?.find((x) => x.system && x.code);
+    const key = coding ? `${coding.system}|${coding.code}` : `Condition/${c.id}`;
+    const seen = kept.get(key);
+    if (!seen || (!seen.meta?.source && c.meta?.source)) kept.set(key, c);
+  }
+  return [...kept.values()];
+}
+
 const text = (c: { text?: string; coding?: { display?: string; code?: string }[] } | undefined): string => c?.text ?? c?.coding?.[0]?.display ?? c?.coding?.[0]?.code ?? '';
 const nameOf = (n: { text?: string; given?: string[]; family?: string }[] | undefined): string => n?.[0]?.text ?? [...(n?.[0]?.given ?? []), n?.[0]?.family ?? ''].join(' ').trim();
 const dayOf = (s: string | undefined): string => (s ?? '').slice(0, 10);
@@ -67,7 +139,7 @@ const dayOf = (s: string | undefined): string => (s ?? '').slice(0, 10);
 const ACHIEVEMENT = new Set(['in-progress', 'improving', 'worsening', 'no-change', 'achieved', 'sustaining', 'not-achieved', 'no-progress', 'not-attainable']);
 
 /** Everything the report says, read from the tenant's data. */
-async function gather(ctx: FhirContext, patientId: string, a: Args): Promise<{ input: ReportInput; entries: Record<string, string[]>; patient: Patient }> {
+async function gather(ctx: FhirContext, patientId: string, a: Args, recipientName: string): Promise<{ input: ReportInput; entries: Record<string, string[]>; patient: Patient }> {
   const patient = JSON.parse((await ctx.repo.read('Patient', patientId)).json ?? '{}') as Patient;
   const author = JSON.parse((await ctx.repo.read('Practitioner', a.author.split('/')[1] as string)).json ?? '{}') as Practitioner;
   const subject = { subject: [`Patient/${patientId}`] };
@@ -99,6 +171,7 @@ async function gather(ctx: FhirContext, patientId: string, a: Args): Promise<{ i
   }
   const outcomes = [...series.values()].filter((m) => m.series.length > 0).map((m) => ({ ...m, series: m.series.sort((x, y) => x.date.localeCompare(y.date)) }));
 
+  const diagnoses = reportDiagnoses(conditions);
   const sessions = encounters.filter((e) => e.status !== 'entered-in-error');
   const plan = carePlans.sort((x, y) => (y.period?.start ?? '').localeCompare(x.period?.start ?? ''))[0];
   const input: ReportInput = {
@@ -111,10 +184,9 @@ async function gather(ctx: FhirContext, patientId: string, a: Args): Promise<{ i
     },
     period: a.period,
     author: { name: nameOf(author.name) || a.author, organization: author.qualification?.[0]?.issuer?.display ?? '' },
-    recipient: { name: a.recipient },
+    recipient: { name: recipientName },
     issued: new Date().toISOString(),
-    diagnoses: conditions
-      .filter((c) => c.verificationStatus?.coding?.[0]?.code !== 'entered-in-error')
+    diagnoses: diagnoses
       .map((c) => ({
         ...(c.code?.coding?.[0]?.code ? { code: { system: c.code.coding[0].system ?? '', code: c.code.coding[0].code } } : {}),
         display: text(c.code) || 'Condition',
@@ -149,11 +221,21 @@ async function gather(ctx: FhirContext, patientId: string, a: Args): Promise<{ i
     recommendations: a.recommendations,
   };
   const entries = {
-    diagnoses: conditions.map((c) => `Condition/${c.id}`),
+    diagnoses: diagnoses.map((c) => `Condition/${c.id}`),
     goals: goals.map((g) => `Goal/${g.id}`),
     ...(plan ? { program: [`CarePlan/${plan.id}`] } : {}),
   };
   return { input, entries, patient };
+}
+
+/** The recipient, a local Practitioner read for its name and identifier (an NPI preferred). */
+async function resolveRecipient(ctx: FhirContext, recipient: Recipient | undefined): Promise<Recipient | undefined> {
+  if (!recipient?.local) return recipient;
+  const practitioner = JSON.parse((await ctx.repo.read('Practitioner', recipient.local.split('/')[1] as string)).json ?? '{}') as Practitioner;
+  const name = recipient.name || nameOf(practitioner.name) || recipient.local;
+  const ids = (practitioner.identifier ?? []).filter((i): i is Identifier & { system: string; value: string } => !!i.system && !!i.value);
+  const id = ids.find((i) => i.system === NPI_SYSTEM) ?? ids[0];
+  return { name, reference: { ...(id ? { type: 'Practitioner', identifier: { system: id.system, value: id.value } } : {}), display: name } };
 }
 
 export async function sendSummary(ctx: FhirContext, req: FhirRequest): Promise<FhirResponse> {
@@ -163,11 +245,23 @@ export async function sendSummary(ctx: FhirContext, req: FhirRequest): Promise<F
   for (const t of ['Composition', 'DocumentReference', 'Task']) ctx.authorize?.(t, ['create']);
   const a = args(req.body);
   const endpoint = JSON.parse((await ctx.repo.read('Endpoint', a.endpoint.split('/')[1] as string)).json ?? '{}') as Endpoint & { id: string };
-  const channel = endpoint.connectionType.code === 'hl7-fhir-rest' ? 'fhir' : endpoint.connectionType.code === 'hl7v2-mllp' ? 'mllp' : undefined;
+  const channel = endpoint.connectionType?.code === 'hl7-fhir-rest' ? 'fhir' : endpoint.connectionType?.code === 'hl7v2-mllp' ? 'mllp' : undefined;
   if (!channel || endpoint.status !== 'active') throw fhirError('unprocessable-operation', `${a.endpoint} is not an active hl7-fhir-rest or hl7v2-mllp Endpoint`);
-  const identifierSystem = endpoint.extension?.find((e) => e.url === EHR_ENDPOINT_EXTENSION)?.extension?.find((e) => e.url === 'patientIdentifierSystem')?.valueUri;
+  // A FHIR Endpoint must be usable now (auth settings, the token it names): refused here rather
+  // than failing at delivery. Checked again by the worker, which may run in another process.
+  let sendCommunication = false;
+  if (channel === 'fhir') {
+    const settings = readFhirEndpoint(endpoint, { key: ctx.outboundKey, secrets: ctx.ehrSecrets, allowHttp: ctx.allowHttpEhr ?? false });
+    if (isEndpointProblem(settings)) throw fhirError('unprocessable-operation', `${a.endpoint} ${settings.problem}`, settings.expression);
+    sendCommunication = settings.sendCommunication;
+  }
+  if (sendCommunication && !a.recipient) {
+    throw fhirError('unprocessable-operation', `${a.endpoint} asks for a Communication to the physician: $send-summary needs parameter 'recipient'`, RECIPIENT_EXPRESSION);
+  }
+  const identifierSystem = patientIdentifierSystemOf(endpoint);
+  const recipient = await resolveRecipient(ctx, a.recipient);
 
-  const { input, entries, patient } = await gather(ctx, patientId, a);
+  const { input, entries, patient } = await gather(ctx, patientId, a, recipient?.name ?? 'the referring physician');
   const mrn = patient.identifier?.find((i) => i.system === identifierSystem && i.value);
   if (!mrn?.value) throw fhirError('unprocessable-operation', `Patient/${patientId} is not linked to the EHR of ${a.endpoint}: it has no identifier of ${identifierSystem ?? 'the Endpoint\u2019s patientIdentifierSystem'}`);
   const pdf = await renderPdf(input);
@@ -191,10 +285,29 @@ export async function sendSummary(ctx: FhirContext, req: FhirRequest): Promise<F
     content: [{ attachment }],
     context: { period: { start: input.period.start, end: input.period.end } },
   };
+  // The note to the physician, when the Endpoint asks for one: its subject, the document's id and
+  // the recipient's id at the EHR are set on delivery; its identifier makes a retry find it.
+  const communication: Communication | undefined =
+    sendCommunication && recipient?.reference
+      ? {
+          resourceType: 'Communication',
+          identifier: [{ system: NOTIFICATION_ID_SYSTEM, value: identifier.value }],
+          status: 'completed',
+          category: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/communication-category', code: 'notification', display: 'Notification' }] }],
+          subject: outbound.subject,
+          topic: { text: title },
+          recipient: [recipient.reference],
+          sender: { display: input.author.name },
+          payload: [
+            { contentString: `${title ?? 'Progress report'} from ${input.author.name}, ${input.period.start} to ${input.period.end}: see the attached document.` },
+            { contentReference: { type: 'DocumentReference', identifier, ...(title ? { display: title } : {}) } },
+          ],
+        }
+      : undefined;
   const [family = '', given = ''] = [patient.name?.[0]?.family ?? '', patient.name?.[0]?.given?.[0] ?? ''];
   const payload =
     channel === 'fhir'
-      ? { documentReference: outbound, patientIdentifier: { system: mrn.system, value: mrn.value } }
+      ? { documentReference: outbound, ...(communication ? { communication } : {}), patientIdentifier: { system: mrn.system, value: mrn.value } }
       : {
           message: buildMdmT02({
             sendingApplication: 'MET-FHIR',

@@ -2,6 +2,7 @@
  * The transport-independent shape of a FHIR request and response. The HTTP adapter (src/http)
  * turns Express requests into these and these into HTTP responses; nothing here knows Express.
  */
+import type { EhrSecrets } from '../ehr/secrets.js';
 import type { Repository, StoredVersion } from '../store/repository.js';
 import type { Tenants } from '../store/tenants.js';
 import type { Filter, SearchQuery } from '../search/query.js';
@@ -27,6 +28,8 @@ export interface FhirContext {
   outboundKey?: OutboundKey;
   /** EHRs over plain http (outside production, for EHRs on loopback in development and tests). */
   allowHttpEhr?: boolean;
+  /** Static bearer tokens for EHRs (EHR_TOKEN_… variables), named by Endpoints' tokenRef. */
+  ehrSecrets?: EhrSecrets;
 }
 
 /** The key this server signs its client assertions to EHRs with (its own signing key). */
