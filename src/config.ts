@@ -29,7 +29,8 @@ export interface Config {
   dbPoolSize: number;
   shutdownTimeoutMs: number;
   /**
-   * Static bearer tokens for EHRs: every EHR_TOKEN_<NAME> variable, by name. An Endpoint names one
+   * Static bearer tokens for EHRs: every EHR_TOKEN_<NAME> variable, by name, with its value as set:
+   * `<tenant>:<token>`, the one tenant whose Endpoints may use the token. An Endpoint names one
    * (tokenRef `env:EHR_TOKEN_<NAME>`) and never holds the token (src/ehr/secrets.ts). Absent: none.
    */
   ehrTokens?: Readonly<Record<string, string>>;

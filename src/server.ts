@@ -119,8 +119,18 @@ export async function startServer(given: Readonly<Config>, logger: Logger, extra
   ctx.outboundKey = { privateKey: auth.signingKey.privateKey, kid: auth.signingKey.kid, alg: auth.signingKey.alg };
   ctx.allowHttpEhr = !config.production;
   // Static bearer tokens for EHRs, named by Endpoints (tokenRef), never stored in one.
+  // Each is bound to one tenant (EHR_TOKEN_<NAME>=<tenant>:<token>), usable by its Endpoints only.
   ctx.ehrSecrets = new EhrSecrets(config.ehrTokens ?? {});
-  if (config.ehrTokens) logger.info({ names: ctx.ehrSecrets.names() }, 'EHR tokens configured');
+  if (config.ehrTokens) {
+    const bound = ctx.ehrSecrets.tenants();
+    logger.info({ names: ctx.ehrSecrets.names(), tenants: bound }, 'EHR tokens configured');
+    // A warning, not an error: the tenant may be created later (npm run admin -- tenant create);
+    // until then no Endpoint can use the token. Should the tenants not be listed, no warning.
+    const registered = await ctx.tenants?.names().catch(() => undefined);
+    for (const [name, tenant] of Object.entries(bound)) {
+      if (registered && !registered.includes(tenant)) logger.warn({ name, tenant }, `${name} is bound to tenant ${tenant}, which is not registered: no Endpoint can use it until that tenant is created`);
+    }
+  }
   const met = new MetApi(ctx.validator, profiles);
   const audit = config.audit ? auditLogFor(db, ctx, logger) : undefined;
   if (!audit) logger.warn('AUDIT=off: requests are not audited (for measurement only)');
@@ -150,6 +160,8 @@ export async function startServer(given: Readonly<Config>, logger: Logger, extra
       logger,
     });
     worker.start();
+    const started = worker;
+    ctx.deliveryQueued = () => started.notify();
   }
   const server = createServer(app);
   server.keepAliveTimeout = 65_000;

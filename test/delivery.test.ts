@@ -160,7 +160,9 @@ describe('delivery of progress reports to EHRs', function () {
     tokens[FULL_TOKEN_VAR] = await peer.issueToken(SCOPE);
     tokens[DOCS_ONLY_TOKEN_VAR] = await peer.issueToken('system/DocumentReference.crs');
     tokens[ECHOED_TOKEN_VAR] = ECHOED_TOKEN;
-    options = { ...(ctx.outboundKey ? { outboundKey: ctx.outboundKey } : {}), ehrSecrets: new EhrSecrets(tokens) };
+    // Each bound to the tests' tenant, the worker's tenant below (EHR_TOKEN_…=<tenant>:<token>).
+    const bound = Object.fromEntries(Object.entries(tokens).map(([name, token]) => [name, `${TEST_TENANT}:${token}`]));
+    options = { ...(ctx.outboundKey ? { outboundKey: ctx.outboundKey } : {}), ehrSecrets: new EhrSecrets(bound) };
 
     mllp = await startMllpServer(
       async (message) => {
@@ -211,6 +213,16 @@ describe('delivery of progress reports to EHRs', function () {
 
     assert.equal(await worker().runOnce(), 0, 'nothing left to do');
     assert.equal((await atEhr('DocumentReference', DOC_SYSTEM, id0('once'))).length, 1);
+  });
+
+  it('sends with several jobs in flight (concurrency lanes), each document once and every Task completed', async () => {
+    const endpointId = await fhirEndpoint(ehrBase, tokenUrl);
+    const names = Array.from({ length: 6 }, (_, i) => id0(`lane${i}`));
+    const ids = await Promise.all(names.map((n) => queue('fhir', endpointId, payload(n))));
+    assert.equal(await worker({ concurrency: 3 }).runOnce(), 6);
+    for (const n of names) assert.equal((await atEhr('DocumentReference', DOC_SYSTEM, n)).length, 1, n);
+    assert.deepEqual(await Promise.all(ids.map(async (id) => (await task(id)).status)), Array(6).fill('completed'));
+    assert.throws(() => worker({ concurrency: 0 }), /concurrency must be an integer ≥ 1/);
   });
 
   it('retries while the EHR cannot be reached, then delivers once it can', async () => {
@@ -385,8 +397,25 @@ describe('delivery of progress reports to EHRs', function () {
     assert.deepEqual([job.status, job.attempts], ['failed', 1]);
     assert.equal(
       job.lastError,
-      `Endpoint/${endpointId} names EHR_TOKEN_NOWHERE in 'tokenRef', which is not set on this server (it is read from the server's environment at start) (Endpoint.extension('${EHR_ENDPOINT_EXTENSION}').extension('tokenRef'))`,
+      `Endpoint/${endpointId} names EHR_TOKEN_NOWHERE in 'tokenRef', which is not set on this server for this tenant (it is read from the server's environment at start, as <tenant>:<token>) (Endpoint.extension('${EHR_ENDPOINT_EXTENSION}').extension('tokenRef'))`,
     );
+  });
+
+  it("fails a job of another tenant whose Endpoint names this tenant's token as if it were not set, sending nothing", async () => {
+    // The same schema, visited as another tenant's: only the tenant the worker reads the job for differs.
+    const asOther = (): DeliveryWorker => worker({ tenants: () => Promise.resolve([{ tenant: `other-${RUN}`, pool, repo }]) });
+    const endpointId = await fhirEndpointWith(ehrBase, bearer(FULL_TOKEN_VAR));
+    const id = await queue('fhir', endpointId, payload(id0('other-tenant')));
+    const before = peer.requests.length;
+    await asOther().runOnce();
+    const job = await getJob(pool, id);
+    assert.deepEqual([job.status, job.attempts], ['failed', 1]);
+    assert.equal(
+      job.lastError,
+      `Endpoint/${endpointId} names ${FULL_TOKEN_VAR} in 'tokenRef', which is not set on this server for this tenant (it is read from the server's environment at start, as <tenant>:<token>) (Endpoint.extension('${EHR_ENDPOINT_EXTENSION}').extension('tokenRef'))`,
+    );
+    assert.equal(peer.requests.length, before, 'nothing was sent to the EHR');
+    assert.equal((await task(id)).status, 'failed');
   });
 
   it('claims each due job once, even concurrently; a worker whose lease was taken over cannot record an outcome', async () => {

@@ -6,16 +6,20 @@
  * stores the EHR's Conditions locally with their identifiers and meta.source; pulling again
  * changes nothing; a Condition resolved in the EHR is updated here; an unlinked Patient and an
  * unreachable EHR get clear errors. An Endpoint may instead name a static bearer token held by the
- * server (tokenRef env:EHR_TOKEN_…): here a token the EHR itself issued, and one it never did.
+ * server (tokenRef env:EHR_TOKEN_…, bound to one tenant): here a token the EHR itself issued, and
+ * one it never did; and another tenant's Endpoint naming the first one's token, which is refused.
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import type { Bundle, Condition, Endpoint, Extension, Parameters } from 'fhir/r4.js';
+import type { IncomingMessage } from 'node:http';
+import type { Bundle, Condition, Endpoint, Extension, OperationOutcome, Parameters } from 'fhir/r4.js';
 import supertest from 'supertest';
 import { EHR_ENDPOINT_EXTENSION } from '../src/ehr/endpoint.js';
 import { EhrSecrets } from '../src/ehr/secrets.js';
+import { ClientStore } from '../src/store/clients.js';
+import { createTenant } from '../src/store/tenants.js';
 import { startEhrPeer, type EhrPeer } from './ehr-peer.js';
-import { assertOutcome, FHIR_JSON, testContext, tokenFor } from './helpers.js';
+import { assertOutcome, FHIR_JSON, TEST_TENANT, testContext, tokenFor } from './helpers.js';
 
 const RUN = randomUUID().slice(0, 8);
 const MRN_SYSTEM = `http://riverside.example.org/mrn/${RUN}`;
@@ -68,11 +72,11 @@ describe('$pull-diagnoses from an EHR over FHIR', function () {
     // Another patient, with a diagnosis, for the Endpoint with a static bearer token.
     remote.bearerPatient = await peer.create({ resourceType: 'Patient', identifier: [{ system: BEARER_MRN_SYSTEM, value: 'B-77' }], name: [{ family: 'Okonkwo' }] });
     remote.asthma = await peer.create(condition(remote.bearerPatient, 'J45.909', 'Unspecified asthma, uncomplicated', 'problem-list-item'));
-    // Our server's static tokens: one the EHR issued (read and search only), one it never did.
+    // Our server's static tokens, for the tests' tenant: one the EHR issued (read and search only), one it never did.
     remote.token = await peer.issueToken('system/Patient.rs system/Condition.rs');
     const { ctx } = await testContext();
     savedSecrets = ctx.ehrSecrets;
-    ctx.ehrSecrets = new EhrSecrets({ [TOKEN_VAR]: remote.token, [BAD_TOKEN_VAR]: BAD_TOKEN });
+    ctx.ehrSecrets = new EhrSecrets({ [TOKEN_VAR]: `${TEST_TENANT}:${remote.token}`, [BAD_TOKEN_VAR]: `${TEST_TENANT}:${BAD_TOKEN}` });
   });
 
   after(async () => {
@@ -193,6 +197,51 @@ describe('$pull-diagnoses from an EHR over FHIR', function () {
     }
   });
 
+  it("refuses another tenant's Endpoint naming this tenant's token variable exactly as a variable not set, sending nothing", async () => {
+    // The attacker: a client of another tenant, with an Endpoint of its own whose address is a host
+    // of its choosing (here the peer, which records what it is sent) and whose tokenRef names the
+    // variable of the tests' tenant's token.
+    const { db, app } = await testContext();
+    const attacker = `attacker-${RUN}`;
+    if (!(await new ClientStore(db.pool).tenantExists(attacker))) await createTenant(db, attacker);
+    const http = supertest.agent(app).auth(await tokenFor('system/*.*', { tenant: attacker }), { type: 'bearer' });
+    const stolen = await http.post('/fhir/Endpoint').set('Content-Type', FHIR_JSON).send(bearerEndpoint(undefined, [{ url: 'auth', valueCode: 'bearer' }, { url: 'tokenRef', valueString: `env:${TOKEN_VAR}` }]));
+    assert.equal(stolen.status, 201, stolen.text);
+    const endpointId = (stolen.body as { id: string }).id;
+    const patient = await http.post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', identifier: [{ system: BEARER_MRN_SYSTEM, value: 'B-77' }] });
+    assert.equal(patient.status, 201, patient.text);
+    const patientId = (patient.body as { id: string }).id;
+    const seen: string[] = [];
+    const record = (req: IncomingMessage): void => void seen.push(req.headers.authorization ?? '');
+    peer.server.server.prependListener('request', record);
+    try {
+      const refused = await http.post(`/fhir/Patient/${patientId}/$pull-diagnoses`);
+      assert.equal(refused.status, 422, refused.text);
+      assert.ok(!refused.text.includes(remote.token as string));
+      // The answer for a variable that is set nowhere, word for word but for its name.
+      const unsetVar = `EHR_TOKEN_UNSET_${RUN.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`;
+      await http.put(`/fhir/Endpoint/${endpointId}`).set('Content-Type', FHIR_JSON).send(bearerEndpoint(endpointId, [{ url: 'auth', valueCode: 'bearer' }, { url: 'tokenRef', valueString: `env:${unsetVar}` }])).expect(200);
+      const unset = await http.post(`/fhir/Patient/${patientId}/$pull-diagnoses`);
+      assert.equal(unset.status, 422, unset.text);
+      // (Each OperationOutcome has an id of its own.)
+      const outcome = (res: supertest.Response): OperationOutcome => ({ ...(res.body as OperationOutcome), id: '' });
+      assert.deepEqual(outcome(refused), JSON.parse(JSON.stringify(outcome(unset)).split(unsetVar).join(TOKEN_VAR)) as OperationOutcome);
+      assertOutcome(refused.body, [
+        {
+          code: 'processing',
+          detail: 'unprocessable-operation',
+          expression: `Endpoint.extension('${EHR_ENDPOINT_EXTENSION}').extension('tokenRef')`,
+          diagnostics: `Endpoint/${endpointId}, the EHR this Patient is linked to, names ${TOKEN_VAR} in 'tokenRef', which is not set on this server for this tenant (it is read from the server's environment at start, as <tenant>:<token>)`,
+        },
+      ]);
+    } finally {
+      peer.server.server.removeListener('request', record);
+    }
+    assert.deepEqual(seen, [], 'the EHR (the attacker\'s host) was sent nothing, and so never the token');
+    // The tests' own tenant still pulls with it.
+    assert.equal((await pull(bearerPatient)).status, 200);
+  });
+
   it('answers 422 ehr-refused when the EHR refuses the static token, naming neither token', async () => {
     const http = await ours();
     await http
@@ -215,7 +264,7 @@ describe('$pull-diagnoses from an EHR over FHIR', function () {
     const cases: [Extension[], string, RegExp][] = [
       [[{ url: 'auth', valueCode: 'bearer' }], 'tokenRef', /has auth bearer but no 'tokenRef' \(valueString\)/],
       [[{ url: 'auth', valueCode: 'bearer' }, { url: 'tokenRef', valueString: 'env:DATABASE_URL' }], 'tokenRef', /has a 'tokenRef' that is not env:EHR_TOKEN_<NAME>/],
-      [[{ url: 'auth', valueCode: 'bearer' }, { url: 'tokenRef', valueString: `env:EHR_TOKEN_UNSET_${RUN.toUpperCase().replace(/[^A-Z0-9]/g, '_')}` }], 'tokenRef', /names EHR_TOKEN_UNSET_\w+ in 'tokenRef', which is not set on this server/],
+      [[{ url: 'auth', valueCode: 'bearer' }, { url: 'tokenRef', valueString: `env:EHR_TOKEN_UNSET_${RUN.toUpperCase().replace(/[^A-Z0-9]/g, '_')}` }], 'tokenRef', /names EHR_TOKEN_UNSET_\w+ in 'tokenRef', which is not set on this server for this tenant/],
       [[{ url: 'auth', valueCode: 'bearer' }, { url: 'token', valueString: 'pasted-in-by-mistake' }], 'token', /carries a secret in sub-extension 'token', which is refused/],
       [[{ url: 'auth', valueCode: 'basic' }], 'auth', /has auth "basic": expected one of smart-backend, bearer, none \(valueCode\)/],
       [[{ url: 'auth', valueCode: 'smart-backend' }, { url: 'clientId', valueString: 'met' }], 'tokenUrl', /has auth smart-backend but no 'tokenUrl'/],

@@ -20,6 +20,7 @@ import { ack } from '../src/hl7/adt.js';
 import { startMllpServer, type MllpServer } from '../src/hl7/mllp.js';
 import { DOCUMENT_ID_SYSTEM, NOTIFICATION_ID_SYSTEM } from '../src/interactions/send-summary.js';
 import { ClientStore } from '../src/store/clients.js';
+import { createTenant } from '../src/store/tenants.js';
 import { getJob } from '../src/store/delivery-jobs.js';
 import type { Repository } from '../src/store/repository.js';
 import type { SqlPool } from '../src/store/sql.js';
@@ -63,8 +64,8 @@ describe('$send-summary: a progress report delivered to the physician', function
     clientId = await peer.registerBackendClient('system/Patient.rs system/DocumentReference.crs');
     ehrPatientId = await peer.create({ resourceType: 'Patient', identifier: [{ system: MRN_SYSTEM, value: MRN }], name: [{ family: 'Delacroix' }] });
     ehrPhysicianId = await peer.create({ resourceType: 'Practitioner', identifier: [{ system: NPI_SYSTEM, value: NPI }], name: [{ family: 'Okonkwo', given: ['Chidi'], prefix: ['Dr.'] }] });
-    // The static token our server holds for this EHR (EHR_TOKEN_…), issued by the EHR itself.
-    secrets = new EhrSecrets({ [TOKEN_VAR]: await peer.issueToken('system/Patient.rs system/Practitioner.rs system/DocumentReference.crs system/Communication.crs') });
+    // The static token our server holds for this EHR (EHR_TOKEN_…), issued by the EHR itself, for the tests' tenant.
+    secrets = new EhrSecrets({ [TOKEN_VAR]: `${TEST_TENANT}:${await peer.issueToken('system/Patient.rs system/Practitioner.rs system/DocumentReference.crs system/Communication.crs')}` });
     const { ctx: shared } = await testContext();
     savedSecrets = shared.ehrSecrets;
     shared.ehrSecrets = secrets;
@@ -271,7 +272,7 @@ describe('$send-summary: a progress report delivered to the physician', function
 
     // The same job again (a worker that died before recording its outcome): both are found, neither sent twice.
     const job = await getJob(pool, queued.id as string);
-    const settings = readFhirEndpoint(JSON.parse((await repo.read('Endpoint', id)).json ?? '{}') as Endpoint, { secrets, allowHttp: true });
+    const settings = readFhirEndpoint(JSON.parse((await repo.read('Endpoint', id)).json ?? '{}') as Endpoint, { secrets, tenant: TEST_TENANT, allowHttp: true });
     assert.ok('connection' in settings);
     const again = await new FhirDocumentTransport().deliver(job.payload as FhirDeliveryPayload, settings.connection);
     assert.equal(again.kind, 'delivered');
@@ -314,10 +315,46 @@ describe('$send-summary: a progress report delivered to the physician', function
         code: 'processing',
         detail: 'unprocessable-operation',
         expression: `Endpoint.extension('${EHR_ENDPOINT_EXTENSION}').extension('tokenRef')`,
-        diagnostics: `Endpoint/${unsetId} names EHR_TOKEN_NOT_ON_THIS_SERVER in 'tokenRef', which is not set on this server (it is read from the server's environment at start)`,
+        diagnostics: `Endpoint/${unsetId} names EHR_TOKEN_NOT_ON_THIS_SERVER in 'tokenRef', which is not set on this server for this tenant (it is read from the server's environment at start, as <tenant>:<token>)`,
       },
     ]);
     assert.equal(await taskCount(), before);
+  });
+
+  it("refuses another tenant's Endpoint naming this tenant's token as if it were not set: nothing queued, nothing sent", async () => {
+    const { db, app } = await testContext();
+    const attacker = `attacker-${RUN}`;
+    if (!(await new ClientStore(db.pool).tenantExists(attacker))) await createTenant(db, attacker);
+    const theirs = supertest.agent(app).auth(await tokenFor('system/*.*', { tenant: attacker }), { type: 'bearer' });
+    // Their own Endpoint (to a host of their choosing) naming our variable, and a Patient of theirs linked to it.
+    const stolen = await theirs.post('/fhir/Endpoint').set('Content-Type', FHIR_JSON).send({
+      resourceType: 'Endpoint',
+      status: 'active',
+      connectionType: { system: CONNECTION_TYPE, code: 'hl7-fhir-rest' },
+      payloadType: [{ text: 'FHIR R4' }],
+      address: ehrBase,
+      extension: [{ url: EHR_ENDPOINT_EXTENSION, extension: [{ url: 'auth', valueCode: 'bearer' }, { url: 'tokenRef', valueString: `env:${TOKEN_VAR}` }, { url: 'patientIdentifierSystem', valueUri: MRN_SYSTEM }] }],
+    });
+    assert.equal(stolen.status, 201, stolen.text);
+    const stolenId = (stolen.body as { id: string }).id;
+    const patient = await theirs.post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', identifier: [{ system: MRN_SYSTEM, value: MRN }] });
+    assert.equal(patient.status, 201, patient.text);
+    const author = await theirs.post('/fhir/Practitioner').set('Content-Type', FHIR_JSON).send({ resourceType: 'Practitioner', name: [{ family: 'Mallory' }] });
+    const body = JSON.parse(JSON.stringify(parameters(stolenId)).split(`Practitioner/${practitionerId}`).join(`Practitioner/${(author.body as { id: string }).id}`)) as object;
+    const before = peer.requests.length;
+    const refused = await theirs.post(`/fhir/Patient/${(patient.body as { id: string }).id}/$send-summary`).set('Content-Type', FHIR_JSON).send(body);
+    assert.equal(refused.status, 422, refused.text);
+    assertOutcome(refused.body, [
+      {
+        code: 'processing',
+        detail: 'unprocessable-operation',
+        expression: `Endpoint.extension('${EHR_ENDPOINT_EXTENSION}').extension('tokenRef')`,
+        diagnostics: `Endpoint/${stolenId} names ${TOKEN_VAR} in 'tokenRef', which is not set on this server for this tenant (it is read from the server's environment at start, as <tenant>:<token>)`,
+      },
+    ]);
+    assert.equal(((await theirs.get('/fhir/Task?_summary=count').expect(200)).body as Bundle).total, 0, 'nothing queued for the worker');
+    await worker.runOnce();
+    assert.equal(peer.requests.length, before, 'nothing sent to the EHR');
   });
 
   it('over HL7 v2: delivers an MDM^T02 whose OBX carries the PDF, acknowledged AA', async () => {

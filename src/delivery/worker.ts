@@ -62,12 +62,14 @@ export interface DeliveryWorkerOptions {
   validator: ResourceValidator;
   /** Our key for SMART Backend Services at EHRs (the server's signing key). */
   outboundKey?: OutboundKey;
-  /** Static bearer tokens for EHRs (EHR_TOKEN_… variables), named by Endpoints' tokenRef. */
+  /** Static bearer tokens for EHRs (EHR_TOKEN_… variables, each bound to one tenant), named by Endpoints' tokenRef. */
   ehrSecrets?: EhrSecrets;
   /** EHRs over plain http (development and tests). */
   allowHttp?: boolean;
   /** Between looks for due jobs when idle; default 1 s. */
   pollIntervalMs?: number;
+  /** Jobs sent at once (each to its own connection); default 4. */
+  concurrency?: number;
   /** How long a claimed job stays with this worker; default 5 min. */
   leaseMs?: number;
   /** Default 8. */
@@ -104,6 +106,7 @@ export class DeliveryWorker {
     this.settings = {
       allowHttp: false,
       pollIntervalMs: 1000,
+      concurrency: 4,
       leaseMs: 5 * 60_000,
       maxAttempts: 8,
       baseBackoffMs: 2000,
@@ -116,6 +119,7 @@ export class DeliveryWorker {
     const { maxAttempts, jitter, leaseMs, pollIntervalMs, baseBackoffMs, maxBackoffMs } = this.settings;
     const problems = [
       Number.isInteger(maxAttempts) && maxAttempts >= 1 ? '' : 'maxAttempts must be an integer ≥ 1',
+      Number.isInteger(this.settings.concurrency) && this.settings.concurrency >= 1 ? '' : 'concurrency must be an integer ≥ 1',
       jitter >= 0 && jitter <= 1 ? '' : 'jitter must be within 0–1',
       leaseMs > 0 && pollIntervalMs > 0 && baseBackoffMs > 0 && maxBackoffMs >= baseBackoffMs ? '' : 'leaseMs, pollIntervalMs and baseBackoffMs must be > 0, maxBackoffMs ≥ baseBackoffMs',
     ].filter(Boolean);
@@ -165,29 +169,37 @@ export class DeliveryWorker {
     this.loop = undefined;
   }
 
-  /** Claims and processes due jobs, one per tenant in turn, until none is due; returns how many. */
+  /**
+   * Claims and processes due jobs, one per tenant in turn, until none is due; returns how many.
+   * `concurrency` lanes do this side by side (each claim takes a different job: SKIP LOCKED), so
+   * one slow EHR round trip does not hold up the others.
+   */
   async runOnce(): Promise<number> {
     this.notified = false;
     let done = 0;
-    let active = await this.settings.tenants();
-    while (active.length > 0 && !this.stopping) {
-      const next: TenantStore[] = [];
-      for (const store of active) {
-        if (this.stopping) break;
-        let job: DeliveryJob | undefined;
-        try {
-          job = await claimDue(store.pool, this.settings.now(), this.settings.leaseMs);
-        } catch (error) {
-          this.settings.logger?.error({ err: error, tenant: store.tenant }, 'delivery: claiming a job failed');
-          continue;
+    const stores = await this.settings.tenants();
+    const lane = async (): Promise<void> => {
+      let active = stores;
+      while (active.length > 0 && !this.stopping) {
+        const next: TenantStore[] = [];
+        for (const store of active) {
+          if (this.stopping) break;
+          let job: DeliveryJob | undefined;
+          try {
+            job = await claimDue(store.pool, this.settings.now(), this.settings.leaseMs);
+          } catch (error) {
+            this.settings.logger?.error({ err: error, tenant: store.tenant }, 'delivery: claiming a job failed');
+            continue;
+          }
+          if (!job) continue;
+          await this.process(store, job);
+          done++;
+          next.push(store);
         }
-        if (!job) continue;
-        await this.process(store, job);
-        done++;
-        next.push(store);
+        active = next;
       }
-      active = next;
-    }
+    };
+    await Promise.all(Array.from({ length: this.settings.concurrency }, lane));
     return done;
   }
 
@@ -226,7 +238,8 @@ export class DeliveryWorker {
     }
     switch (job.channel) {
       case 'fhir': {
-        const found = readFhirEndpoint(endpoint, { key: this.settings.outboundKey, secrets: this.settings.ehrSecrets, allowHttp: this.settings.allowHttp });
+        // The job's tenant's Endpoint: only a token bound to that tenant is used.
+        const found = readFhirEndpoint(endpoint, { key: this.settings.outboundKey, secrets: this.settings.ehrSecrets, tenant: store.tenant, allowHttp: this.settings.allowHttp });
         if (isEndpointProblem(found)) return { kind: 'permanent', reason: `Endpoint/${job.endpointId} ${found.problem} (${found.expression})` };
         return this.settings.transports.fhir.deliver(job.payload as FhirDeliveryPayload, found.connection);
       }

@@ -10,7 +10,8 @@
  *     smart-backend: tokenUrl (valueUrl), clientId (valueString), scope (valueString, optional);
  *                    our private key is the server's own signing key (public half at /auth/jwks)
  *     bearer:        tokenRef (valueString) = `env:EHR_TOKEN_<NAME>`: the server's environment
- *                    variable holding the token (./secrets.ts). Never the token itself.
+ *                    variable holding the token, bound to one tenant (./secrets.ts): usable only
+ *                    by that tenant's Endpoints. Never the token itself.
  *   sendCommunication (valueBoolean, default false)  FHIR delivery also creates a Communication
  *                    telling the physician about the delivered DocumentReference
  *
@@ -41,6 +42,11 @@ export interface EhrEndpointOptions {
   key?: AssertionKey | undefined;
   /** For `bearer`: the server's EHR_TOKEN_… variables. */
   secrets?: EhrSecrets | undefined;
+  /**
+   * For `bearer`: the tenant whose Endpoint this is; only a token bound to it is used. Unset: no
+   * token is found.
+   */
+  tenant?: string | undefined;
   /** Plain http to any host (development and tests). */
   allowHttp: boolean;
 }
@@ -76,7 +82,8 @@ export function patientIdentifierSystemOf(endpoint: Endpoint): string | undefine
 
 /**
  * How to reach the EHR of an `hl7-fhir-rest` Endpoint, or what is wrong with it. A `bearer`
- * Endpoint's token is looked up in `options.secrets`; a missing variable is a problem too.
+ * Endpoint's token is looked up in `options.secrets` for `options.tenant`; a variable not set, or
+ * bound to another tenant, is a problem too (the same one: another tenant's variable does not show).
  */
 export function readFhirEndpoint(endpoint: Endpoint, options: EhrEndpointOptions): EhrEndpoint | EndpointProblem {
   if (endpoint.connectionType?.code !== 'hl7-fhir-rest') return { problem: 'is not an hl7-fhir-rest Endpoint', expression: 'Endpoint.connectionType' };
@@ -117,8 +124,10 @@ export function readFhirEndpoint(endpoint: Endpoint, options: EhrEndpointOptions
       if (!name) {
         return { problem: `has a 'tokenRef' that is not env:EHR_TOKEN_<NAME> (1 to 64 of A-Z, 0-9, _): only variables named EHR_TOKEN_… are ever used as tokens`, expression: at('tokenRef') };
       }
-      const token = options.secrets?.find(name);
-      if (token === undefined) return { problem: `names ${name} in 'tokenRef', which is not set on this server (it is read from the server's environment at start)`, expression: at('tokenRef') };
+      const token = options.secrets?.find(name, options.tenant);
+      if (token === undefined) {
+        return { problem: `names ${name} in 'tokenRef', which is not set on this server for this tenant (it is read from the server's environment at start, as <tenant>:<token>)`, expression: at('tokenRef') };
+      }
       return { connection: { ...base, auth: { kind: 'bearer', token } }, identifierSystem, sendCommunication };
     }
     default:

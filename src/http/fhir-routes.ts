@@ -85,7 +85,7 @@ async function run(ctx: FhirContext, interaction: Interaction, req: Request, res
     // Every interaction but the CapabilityStatement is behind requireToken (app.ts).
     const caller = callerOf(res);
     const authorize = authorizer(caller);
-    reqCtx = { ...ctx, repo: await tenantRepository(ctx, caller), authorize };
+    reqCtx = { ...ctx, repo: await tenantRepository(ctx, caller), authorize, tenant: caller.tenant };
     const needed = [...(REQUIRED_ACCESS[interaction.code] ?? [])];
     if (interaction.code === 'create' && request.ifNoneExist !== undefined) needed.push('search');
     // Bundles are checked entry by entry (bundle.ts); system-level history needs a wildcard scope.

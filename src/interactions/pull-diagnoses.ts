@@ -8,9 +8,10 @@
  * EHRs are FHIR Endpoint resources of the tenant (connectionType `hl7-fhir-rest`, status active,
  * address = the EHR's FHIR base) whose extension EHR_ENDPOINT_EXTENSION says how to authenticate
  * (SMART Backend Services with the server's own key, or a static bearer token that the Endpoint
- * names by reference, `env:EHR_TOKEN_<NAME>`, and never holds) and the identifier system of the
- * EHR's MRNs: src/ehr/endpoint.ts. A Patient is linked to an EHR by carrying an identifier of that
- * system; an Endpoint it is linked to but that cannot be used is a 422 naming the element at fault.
+ * names by reference, `env:EHR_TOKEN_<NAME>`, and never holds; only a token bound to the request's
+ * tenant is used) and the identifier system of the EHR's MRNs: src/ehr/endpoint.ts. A Patient is
+ * linked to an EHR by carrying an identifier of that system; an Endpoint it is linked to but that
+ * cannot be used is a 422 naming the element at fault.
  */
 import type { Condition, Endpoint, Parameters, Patient, Provenance } from 'fhir/r4.js';
 import { isDeepStrictEqual } from 'node:util';
@@ -41,7 +42,7 @@ async function linkedEhrs(ctx: FhirContext, patient: Patient): Promise<LinkedEhr
     const system = patientIdentifierSystemOf(endpoint);
     const mrn = system ? patient.identifier?.find((i) => i.system === system && i.value) : undefined;
     if (!system || !mrn?.value) continue;
-    const found = readFhirEndpoint(endpoint, { key: ctx.outboundKey, secrets: ctx.ehrSecrets, allowHttp: ctx.allowHttpEhr ?? false });
+    const found = readFhirEndpoint(endpoint, { key: ctx.outboundKey, secrets: ctx.ehrSecrets, tenant: ctx.tenant, allowHttp: ctx.allowHttpEhr ?? false });
     if (isEndpointProblem(found)) throw fhirError('unprocessable-operation', `Endpoint/${endpoint.id}, the EHR this Patient is linked to, ${found.problem}`, found.expression);
     out.push({ endpoint, connection: found.connection, identifier: { system, value: mrn.value } });
   }

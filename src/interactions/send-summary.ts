@@ -251,7 +251,7 @@ export async function sendSummary(ctx: FhirContext, req: FhirRequest): Promise<F
   // than failing at delivery. Checked again by the worker, which may run in another process.
   let sendCommunication = false;
   if (channel === 'fhir') {
-    const settings = readFhirEndpoint(endpoint, { key: ctx.outboundKey, secrets: ctx.ehrSecrets, allowHttp: ctx.allowHttpEhr ?? false });
+    const settings = readFhirEndpoint(endpoint, { key: ctx.outboundKey, secrets: ctx.ehrSecrets, tenant: ctx.tenant, allowHttp: ctx.allowHttpEhr ?? false });
     if (isEndpointProblem(settings)) throw fhirError('unprocessable-operation', `${a.endpoint} ${settings.problem}`, settings.expression);
     sendCommunication = settings.sendCommunication;
   }
@@ -344,6 +344,8 @@ export async function sendSummary(ctx: FhirContext, req: FhirRequest): Promise<F
     await tx.enqueueDelivery({ id: taskId, channel, endpointId: endpoint.id, payload });
     return created.version;
   });
+  // Committed: the worker need not wait for its next poll.
+  ctx.deliveryQueued?.();
   return { status: 201, version: task, location: `${ctx.fhirBase}/Task/${task.id}/_history/${task.versionId}` };
 }
 

@@ -28,8 +28,15 @@ export interface FhirContext {
   outboundKey?: OutboundKey;
   /** EHRs over plain http (outside production, for EHRs on loopback in development and tests). */
   allowHttpEhr?: boolean;
-  /** Static bearer tokens for EHRs (EHR_TOKEN_… variables), named by Endpoints' tokenRef. */
+  /** Static bearer tokens for EHRs (EHR_TOKEN_… variables, each bound to one tenant), named by Endpoints' tokenRef. */
   ehrSecrets?: EhrSecrets;
+  /** Called after a transaction that queued a delivery job commits: wakes the delivery worker. */
+  deliveryQueued?: () => void;
+  /**
+   * Per request, the caller's tenant (the one whose data `repo` holds): an Endpoint may use only
+   * the EHR tokens bound to it. Unset (tests of the interactions themselves): no EHR token is found.
+   */
+  tenant?: string;
 }
 
 /** The key this server signs its client assertions to EHRs with (its own signing key). */

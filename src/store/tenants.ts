@@ -51,6 +51,15 @@ export class Tenants {
     return opening;
   }
 
+  /** The names of the registered tenants, in order. */
+  async names(): Promise<string[]> {
+    try {
+      return await this.clients.tenantNames();
+    } catch (error) {
+      throw classifyDatabaseError(error);
+    }
+  }
+
   /** Every tenant's schema pool and repository (the delivery worker visits each). */
   async stores(): Promise<{ tenant: string; pool: SqlPool; repo: Repository }[]> {
     const out: { tenant: string; pool: SqlPool; repo: Repository }[] = [];
