@@ -14,26 +14,27 @@ export interface BenchClient {
   client_secret: string;
 }
 
+/** Runs the admin command (`node dist/admin.js …`) on the database `dbEnv` names; returns its output. */
+export function runAdmin(root: string, dbEnv: Record<string, string>, args: string[]): string {
+  const env = { ...process.env, NODE_ENV: 'production', LOG_LEVEL: 'warn', ...dbEnv };
+  const run = spawnSync(process.execPath, ['dist/admin.js', ...args], { cwd: root, env, encoding: 'utf8' });
+  if (run.status !== 0) throw new Error(`admin ${args.join(' ')}: ${run.stderr.trim()}`);
+  return run.stdout;
+}
+
 /** Registers tenant `bench` and a system/*.* client in the database `dbEnv` names. */
 export function registerBenchClient(root: string, dbEnv: Record<string, string>): BenchClient {
-  const env = { ...process.env, ...dbEnv, NODE_ENV: 'production', LOG_LEVEL: 'warn' };
-  const admin = (...args: string[]): string => {
-    const run = spawnSync(process.execPath, ['dist/admin.js', ...args], { cwd: root, env, encoding: 'utf8' });
-    if (run.status !== 0) throw new Error(`admin ${args.join(' ')}: ${run.stderr.trim()}`);
-    return run.stdout;
-  };
-  admin('tenant', 'create', 'bench');
-  return JSON.parse(admin('client', 'create', '--tenant', 'bench', '--name', 'bench', '--scopes', 'system/*.*')) as BenchClient;
+  runAdmin(root, dbEnv, ['tenant', 'create', 'bench']);
+  return JSON.parse(runAdmin(root, dbEnv, ['client', 'create', '--tenant', 'bench', '--name', 'bench', '--scopes', 'system/*.*'])) as BenchClient;
 }
 
 /** Routes a sending facility's HL7 v2 messages to a tenant (admin command). */
 export function routeHl7(root: string, dbEnv: Record<string, string>, facility: string, tenant: string): void {
-  const env = { ...process.env, ...dbEnv, NODE_ENV: 'production', LOG_LEVEL: 'warn' };
-  const run = spawnSync(process.execPath, ['dist/admin.js', 'hl7', 'route', '--facility', facility, '--tenant', tenant], { cwd: root, env, encoding: 'utf8' });
-  if (run.status !== 0) throw new Error(`admin hl7 route: ${run.stderr.trim()}`);
+  runAdmin(root, dbEnv, ['hl7', 'route', '--facility', facility, '--tenant', tenant]);
 }
 
-async function fetchToken(baseUrl: string, client: BenchClient): Promise<void> {
+/** An access token (client_secret_post) from the server at `baseUrl`. */
+export async function requestToken(baseUrl: string, client: BenchClient): Promise<string> {
   const response = await fetch(`${baseUrl}/auth/token`, {
     method: 'POST',
     headers: { 'content-type': 'application/x-www-form-urlencoded' },
@@ -41,7 +42,11 @@ async function fetchToken(baseUrl: string, client: BenchClient): Promise<void> {
   });
   const text = await response.text();
   if (response.status !== 200) throw new Error(`/auth/token answered ${response.status}: ${text.slice(0, 300)}`);
-  current.token = (JSON.parse(text) as { access_token: string }).access_token;
+  return (JSON.parse(text) as { access_token: string }).access_token;
+}
+
+async function fetchToken(baseUrl: string, client: BenchClient): Promise<void> {
+  current.token = await requestToken(baseUrl, client);
 }
 
 /** Gets a token from the server at `baseUrl` and keeps it fresh until stopAuth(). */

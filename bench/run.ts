@@ -9,24 +9,31 @@
  *      (judged) and with 10 (bursty, for information; see READ_CONNECTIONS) — PostgreSQL
  *   3. MET assessment documents of 10 measurements, 8 connections, each a new document of one
  *      of 100 clients with two goals (bench/met-documents.ts)              — PostgreSQL
- *   4. search at scale (bench/search-phase.ts, BENCH_OBSERVATIONS)         — PostgreSQL
- *   5. scenario 1 again                                                    — embedded PGlite
+ *   4. inbound HL7 v2 ADT over MLLP (bench/hl7.ts, BENCH_HL7_MESSAGES)    — PostgreSQL
+ *   5. outbound: progress reports queued with $send-summary and delivered by the server's worker
+ *      to an EHR (a second server on its own database) over FHIR; documents/s, PDF rendering
+ *      time (bench/delivery.ts, BENCH_SUMMARIES)                           — PostgreSQL
+ *   6. search at scale (bench/search-phase.ts, BENCH_OBSERVATIONS)         — PostgreSQL
+ *   7. scenario 1 again                                                    — embedded PGlite
  *
  * PostgreSQL: a fresh database bench_<timestamp> on the server named by BENCH_PG_URL (default
- * postgres://postgres@127.0.0.1:5432/postgres), dropped at the end. PGlite: a fresh temporary
+ * postgres://postgres@127.0.0.1:5432/postgres), and bench_<timestamp>_ehr for the outbound
+ * phase's EHR, dropped at the end. PGlite: a fresh temporary
  * DATA_DIR, removed at the end. The server's peak RSS is sampled from /proc/<pid>/status every
  * 250 ms. Prints a table to stdout (progress goes to stderr), writes bench/results/<timestamp>.json
  * and the server logs to bench/results/server-<timestamp>-<engine>.log.
  *
  * Exit status: 0 when the run completed, whether or not the targets were met (missed targets are
- * printed as MISSED); 1 when the run itself failed (build, server start or stop, database, load).
+ * printed as MISSED); 1 when the run itself failed (build, server start or stop, database, load),
+ * or when the outbound phase lost, duplicated or misfiled a document.
  *
  * Optional environment: BENCH_PG_URL, BENCH_DURATION_S (15), BENCH_WARMUP_S (3),
- * BENCH_OBSERVATIONS (see search-phase.ts), BENCH_KEEP_DB=1 (keep the PostgreSQL database, to
- * look at its plans afterwards; drop it yourself).
+ * BENCH_OBSERVATIONS (see search-phase.ts), BENCH_HL7_MESSAGES (3000), BENCH_SUMMARIES (1000; 0
+ * skips the outbound phase), BENCH_ONLY=delivery (only the outbound phase), BENCH_KEEP_DB=1 (keep
+ * the PostgreSQL databases, to look at their plans afterwards; drop them yourself).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
@@ -38,8 +45,10 @@ import autocannon from 'autocannon';
 import pg from 'pg';
 import { MET_CLIENTS, MET_CONNECTIONS, metRequests, seedMet, TARGET_MET_DPS, TARGET_MET_P99_MS } from './met-documents.js';
 import { runSearchPhase, type SearchPhaseResult } from './search-phase.js';
-import { authorization, registerBenchClient, routeHl7, startAuth, stopAuth } from './auth.js';
+import { authorization, registerBenchClient, routeHl7, runAdmin, startAuth, stopAuth, type BenchClient } from './auth.js';
 import { HL7_FACILITY, runHl7Phase, type Hl7Result } from './hl7.js';
+import { machineCpu, openWindow, percentile, readRssKiB, round, RSS_SAMPLE_MS, type CpuFigures } from './proc.js';
+import { EHR_SCOPES, EHR_TENANT, PDF_RENDERINGS, runDeliveryPhase, SUMMARY_CONCURRENCY, SUMMARY_PATIENTS, type DeliveryResult, type EhrPeer } from './delivery.js';
 
 // ---------------------------------------------------------------------------------------------
 // Settings and targets
@@ -70,7 +79,6 @@ const READ_CONNECTIONS = 1;
 const READ_BURST_CONNECTIONS = 10;
 const SEED_COUNT = 2_000;
 const SEED_CONCURRENCY = 16;
-const RSS_SAMPLE_MS = 250;
 const START_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 20_000;
 
@@ -87,17 +95,28 @@ const TARGET_INGEST_RPS = 2_000;
 const TARGET_HL7_MPS = 500;
 const HL7_MESSAGES = Number(process.env.BENCH_HL7_MESSAGES ?? 3000);
 const TARGET_SEARCH_P99_MS = 20;
+/** Issue #6, outbound: progress reports queued with $send-summary and delivered to an EHR; 0 skips the phase. */
+const SUMMARIES = wholeNumber('BENCH_SUMMARIES', 1_000);
+/** BENCH_ONLY=delivery: only the outbound delivery phase (the server on PostgreSQL, its EHR peer). */
+const ONLY = process.env.BENCH_ONLY || undefined;
+if (ONLY !== undefined && ONLY !== 'delivery') throw new Error(`BENCH_ONLY=${ONLY} is invalid: expected delivery (or unset for every phase)`);
+if (ONLY === 'delivery' && SUMMARIES === 0) throw new Error('BENCH_ONLY=delivery with BENCH_SUMMARIES=0 would measure nothing');
 /** Foreign CPU load (in % of one core) above which a scenario's figures are flagged as disturbed. */
 const OTHER_CPU_WARNING_PCT = 15;
 
 const FHIR_JSON = 'application/fhir+json';
-/** USER_HZ: the unit of utime/stime in /proc/<pid>/stat; 100 on every mainstream Linux build. */
-const CLOCK_TICKS_PER_S = 100;
 
 function positiveInt(name: string, fallback: number): number {
   const raw = process.env[name];
   if (raw === undefined || raw === '') return fallback;
   if (!/^\d+$/.test(raw) || Number(raw) < 1) throw new Error(`${name}=${raw} is invalid: expected a whole number ≥ 1`);
+  return Number(raw);
+}
+
+function wholeNumber(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  if (!/^\d+$/.test(raw)) throw new Error(`${name}=${raw} is invalid: expected a whole number ≥ 0`);
   return Number(raw);
 }
 
@@ -109,19 +128,6 @@ function log(message: string): void {
 // Result shapes
 
 type Engine = 'postgresql' | 'pglite';
-
-interface CpuFigures {
-  /** CPU time of the server process, in % of one core. */
-  serverPct: number;
-  /** CPU time of this (load generator) process, in % of one core. */
-  loadGeneratorPct: number;
-  /** Whole machine busy time, in % of all cores. */
-  machinePct: number;
-  /** CPU time of the PostgreSQL server's processes serving the bench database (0 for PGlite), in % of one core. */
-  postgresPct: number;
-  /** Machine busy time not spent in any of those (other workloads on the machine), in % of one core. */
-  otherPct: number;
-}
 
 interface ScenarioResult {
   id: string;
@@ -176,13 +182,15 @@ interface Report {
   node: string;
   loadGenerator: { name: string; version: string; process: string };
   server: { command: string; env: Record<string, string> };
-  databases: { postgresql?: Record<string, string>; pglite?: { version: string } };
+  databases: { postgresql?: Record<string, string>; ehr?: Record<string, string>; pglite?: { version: string } };
   settings: Record<string, number | string>;
   scenarios: ScenarioResult[];
   /** Ingest, bulk load and search at scale on PostgreSQL (bench/search-phase.ts). */
   search?: SearchPhaseResult;
   /** Inbound HL7 v2 ADT over one MLLP connection on PostgreSQL (bench/hl7.ts). */
   hl7?: Hl7Result;
+  /** Outbound: progress reports queued and delivered to an EHR over FHIR, on PostgreSQL (bench/delivery.ts). */
+  delivery?: DeliveryResult;
   pgliteToPostgresqlCreateRatio?: number;
   targets: TargetResult[];
   allTargetsMet?: boolean;
@@ -266,7 +274,8 @@ const SERVER_NODE_FLAGS = startScriptNodeFlags();
 // One bench client sends far more than a client's default rate (6,000/min): the limiter still runs, with a budget it never reaches.
 const SERVER_ENV = { HOST: '127.0.0.1', LOG_LEVEL: 'warn', NODE_ENV: 'production', HL7_PORT: '0', RATE_LIMIT_PER_MINUTE: '10000000', RATE_LIMIT_BURST: '10000000' };
 
-async function startServerProcess(engine: Engine, dbEnv: Record<string, string>, logPath: string): Promise<ServerProcess> {
+/** `name`: how messages call the server (its engine, or `EHR`). */
+async function startServerProcess(name: string, dbEnv: Record<string, string>, logPath: string): Promise<ServerProcess> {
   const port = await freePort();
   const env: NodeJS.ProcessEnv = { ...process.env };
   for (const name of ['DATABASE_URL', 'DATA_DIR', 'PORT', 'BASE_URL', 'DB_POOL_SIZE']) delete env[name];
@@ -299,20 +308,20 @@ async function startServerProcess(engine: Engine, dbEnv: Record<string, string>,
     if (outcome === 'timeout') {
       child.kill('SIGKILL');
       await exited;
-      throw new Error(`${engine} server did not stop within ${STOP_TIMEOUT_MS / 1000} s of SIGTERM (killed)`);
+      throw new Error(`${name} server did not stop within ${STOP_TIMEOUT_MS / 1000} s of SIGTERM (killed)`);
     }
     if (outcome.code !== 0) {
-      throw new Error(`${engine} server exited with ${outcome.code ?? outcome.signal} after SIGTERM; see ${relative(ROOT, logPath)}`);
+      throw new Error(`${name} server exited with ${outcome.code ?? outcome.signal} after SIGTERM; see ${relative(ROOT, logPath)}`);
     }
   };
-  cleanups.push({ name: `stop ${engine} server`, run: stop });
+  cleanups.push({ name: `stop ${name} server`, run: stop });
 
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + START_TIMEOUT_MS;
   for (;;) {
     if (!running) {
       const { code, signal } = await exited;
-      throw new Error(`${engine} server exited during start (${code ?? signal}):\n${tail(logPath)}`);
+      throw new Error(`${name} server exited during start (${code ?? signal}):\n${tail(logPath)}`);
     }
     try {
       const response = await fetch(`${url}/readyz`, { signal: AbortSignal.timeout(2_000) });
@@ -320,7 +329,7 @@ async function startServerProcess(engine: Engine, dbEnv: Record<string, string>,
     } catch {
       // not listening yet
     }
-    if (Date.now() > deadline) throw new Error(`${engine} server not ready within ${START_TIMEOUT_MS / 1000} s:\n${tail(logPath)}`);
+    if (Date.now() > deadline) throw new Error(`${name} server not ready within ${START_TIMEOUT_MS / 1000} s:\n${tail(logPath)}`);
     await sleep(100);
   }
   return { child, pid, url, logPath, exited, stop };
@@ -334,115 +343,6 @@ function tail(path: string, lines = 20): string {
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// /proc sampling: peak RSS every 250 ms, CPU time at the start and end of a window
-
-function readRssKiB(pid: number): number | undefined {
-  try {
-    const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return match?.[1] ? Number(match[1]) : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** utime + stime of a process, in seconds. */
-function processCpuS(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  // Fields after the command name (which may contain spaces): state is field 3, utime 14, stime 15.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_S;
-}
-
-/** Machine-wide busy and total CPU time (all cores), in clock ticks. */
-function machineCpu(): { busy: number; total: number } {
-  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
-  const values = line.trim().split(/\s+/).slice(1, 9).map(Number);
-  const total = values.reduce((sum, value) => sum + value, 0);
-  const idle = (values[3] ?? 0) + (values[4] ?? 0);
-  return { busy: total - idle, total };
-}
-
-/**
- * utime + stime, in seconds, of every PostgreSQL process that works for the bench database: its
- * backends (whose title names the database) and the server's own auxiliary processes. Other
- * databases' backends on the same server are left out: they count as "other".
- */
-function postgresCpuS(database: string): Map<number, number> {
-  const times = new Map<number, number>();
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      if (!stat.includes(' (postgres) ')) continue;
-      const title = readFileSync(`/proc/${entry}/cmdline`, 'utf8').replace(/\0/g, ' ');
-      if (!title.includes(` ${database} `) && !POSTGRES_AUXILIARY.test(title)) continue;
-      times.set(Number(entry), processCpuS(Number(entry)));
-    } catch {
-      // the process ended meanwhile
-    }
-  }
-  return times;
-}
-
-const POSTGRES_AUXILIARY = /bin\/postgres |: (checkpointer|background writer|walwriter|autovacuum launcher|autovacuum worker|logical replication launcher|stats collector|archiver)/;
-
-interface Window {
-  end(): { peakRssMiB: number; rssSamples: number; cpu: CpuFigures };
-}
-
-function openWindow(pid: number, postgresDatabase?: string): Window {
-  let peakKiB = 0;
-  let samples = 0;
-  const sample = (): void => {
-    const kib = readRssKiB(pid);
-    if (kib === undefined) return;
-    samples += 1;
-    if (kib > peakKiB) peakKiB = kib;
-  };
-  sample();
-  const timer = setInterval(sample, RSS_SAMPLE_MS);
-  const wallStart = process.hrtime.bigint();
-  const serverStart = processCpuS(pid);
-  const selfStart = process.cpuUsage();
-  const machineStart = machineCpu();
-  const postgresStart = postgresDatabase ? postgresCpuS(postgresDatabase) : new Map<number, number>();
-  return {
-    end() {
-      clearInterval(timer);
-      sample();
-      const wallS = Number(process.hrtime.bigint() - wallStart) / 1e9;
-      const serverS = processCpuS(pid) - serverStart;
-      const self = process.cpuUsage(selfStart);
-      const selfS = (self.user + self.system) / 1e6;
-      const machineEnd = machineCpu();
-      let postgresS = 0;
-      if (postgresDatabase) {
-        for (const [processId, seconds] of postgresCpuS(postgresDatabase)) postgresS += seconds - (postgresStart.get(processId) ?? 0);
-      }
-      const postgresPct = (100 * postgresS) / wallS;
-      const busy = machineEnd.busy - machineStart.busy;
-      const total = machineEnd.total - machineStart.total;
-      const machinePct = total > 0 ? (100 * busy) / total : 0;
-      const cores = os.cpus().length;
-      const serverPct = (100 * serverS) / wallS;
-      const loadGeneratorPct = (100 * selfS) / wallS;
-      return {
-        peakRssMiB: round(peakKiB / 1024, 1),
-        rssSamples: samples,
-        cpu: {
-          serverPct: round(serverPct, 0),
-          loadGeneratorPct: round(loadGeneratorPct, 0),
-          machinePct: round(machinePct, 0),
-          postgresPct: round(postgresPct, 0),
-          otherPct: round(Math.max(0, machinePct * cores - serverPct - loadGeneratorPct - postgresPct), 0),
-        },
-      };
-    },
-  };
-}
-
-// ---------------------------------------------------------------------------------------------
 // Load
 
 interface LoadRun {
@@ -461,18 +361,6 @@ function runLoad(options: autocannon.Options): Promise<LoadRun> {
       latenciesMs.push(responseTime);
     });
   });
-}
-
-/** Nearest-rank percentile of an ascending array. */
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return 0;
-  const index = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[index] ?? 0;
-}
-
-function round(value: number, digits: number): number {
-  const factor = 10 ** digits;
-  return Math.round(value * factor) / factor;
 }
 
 /** A heart-rate Observation in the shape of the FHIR R4 vital-signs profile. */
@@ -650,6 +538,29 @@ async function dropBenchDatabase(name: string): Promise<void> {
   });
 }
 
+/**
+ * The physician's EHR of the delivery phase: a second server (`node dist/main.js`, DELIVERY=off,
+ * no MLLP listener) on its own PostgreSQL database `database`. The measured server at `metUrl` is
+ * registered there as a SMART Backend Services client with its JWKS URL (private_key_jwt), as
+ * README "EHR integration" says; a staff client (system/*.*) seeds it and counts what arrives.
+ * NODE_ENV=development: a server fetches a client's JWKS over plain http (here, on loopback) only
+ * outside production. The measured server stays in production mode.
+ */
+async function startEhrPeer(database: string, metUrl: string, logPath: string): Promise<{ server: ServerProcess; peer: EhrPeer }> {
+  const dataDir = mkdtempSync(join(os.tmpdir(), 'bench-ehr-keys-'));
+  cleanups.push({ name: `remove ${dataDir}`, run: () => rm(dataDir, { recursive: true, force: true }) });
+  const databaseUrl = new URL(PG_ADMIN_URL);
+  databaseUrl.pathname = `/${database}`;
+  const env = { DATABASE_URL: databaseUrl.toString(), DATA_DIR: dataDir, NODE_ENV: 'development', DELIVERY: 'off' };
+  runAdmin(ROOT, env, ['tenant', 'create', EHR_TENANT]);
+  const staff = JSON.parse(runAdmin(ROOT, env, ['client', 'create', '--tenant', EHR_TENANT, '--name', 'ehr-staff', '--scopes', 'system/*.*'])) as BenchClient;
+  const met = JSON.parse(runAdmin(ROOT, env, ['client', 'create', '--tenant', EHR_TENANT, '--name', 'met-fhir-server', '--scopes', EHR_SCOPES, '--jwks-url', `${metUrl}/auth/jwks`])) as { client_id: string };
+  const server = await startServerProcess('EHR', env, logPath);
+  // Its BASE_URL is unset, so http://localhost:<port>: its token URL is the audience our assertions must name.
+  const base = `http://localhost:${new URL(server.url).port}`;
+  return { server, peer: { url: server.url, fhirBase: `${base}/fhir`, tokenUrl: `${base}/auth/token`, metClientId: met.client_id, staff } };
+}
+
 /** The installed version of a package (read from its folder: some packages do not export package.json). */
 function packageVersion(name: string): string {
   let dir = dirname(createRequire(import.meta.url).resolve(name));
@@ -711,9 +622,11 @@ function printTable(report: Report): void {
   const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => (row[column] ?? '').length)));
   const line = (cells: string[]): string =>
     cells.map((cell, column) => (column < 2 ? cell.padEnd(widths[column] ?? 0) : cell.padStart(widths[column] ?? 0))).join('  ');
-  out.push(line(header));
-  out.push(widths.map((width) => '-'.repeat(width)).join('  '));
-  for (const row of rows) out.push(line(row));
+  if (rows.length > 0) {
+    out.push(line(header));
+    out.push(widths.map((width) => '-'.repeat(width)).join('  '));
+    for (const row of rows) out.push(line(row));
+  }
   out.push('');
   out.push('CPU: server process / load generator process / PostgreSQL processes of the bench database / any other process,');
   out.push(`each in % of one core; machine = all ${machine.cpus} cores busy, in %. Latency from every response's own timing;`);
@@ -749,6 +662,7 @@ function printTable(report: Report): void {
     }
     out.push(`  e.g. ${s.searches[0]?.example ?? ''}`);
   }
+  if (report.delivery) printDelivery(out, report.delivery, machine.cpus);
   out.push('');
   out.push('Targets');
   for (const target of report.targets) {
@@ -759,6 +673,29 @@ function printTable(report: Report): void {
   out.push(`Results: ${report.files.results}`);
   out.push('');
   process.stdout.write(out.join('\n') + '\n');
+}
+
+function printDelivery(out: string[], d: DeliveryResult, cpus: number): void {
+  const cpu = (c: CpuFigures): string => `CPU srv/gen/pg/ehr/other ${c.serverPct}/${c.loadGeneratorPct}/${c.postgresPct}/${c.peerPct ?? 0}/${c.otherPct}%, machine ${c.machinePct}% of ${cpus}`;
+  const cpuMs = (c: { server: number; postgres: number; ehr: number }): string => `server ${fmt(c.server, 1)}, PostgreSQL ${fmt(c.postgres, 1)}, EHR ${fmt(c.ehr, 1)}`;
+  const ms = (l: { p50: number; p99: number }): string => `p50 ${fmt(l.p50, 0)} ms, p99 ${fmt(l.p99, 0)} ms`;
+  const s = (l: { p50: number; p99: number }): string => `p50 ${fmt(l.p50 / 1000, 1)} s, p99 ${fmt(l.p99 / 1000, 1)} s`;
+  const { queue: q, delivery: t, verification: v } = d;
+  const attempts = Object.entries(t.attempts).map(([n, tasks]) => `${fmt(tasks)} on attempt ${n}`).join(', ');
+  out.push('');
+  out.push('Outbound: progress reports to a physician\'s EHR over FHIR (PostgreSQL; the EHR = a second server on its own database)');
+  out.push(`  ${fmt(d.patients)} clients, ${d.resourcesPerPatient} resources each (3 diagnoses, 2 goals, a program, 7 measures × 7 assessments, 24 sessions, 1 adverse event)`);
+  out.push(`  Alone:    ${d.alone.calls} $send-summary one at a time: ${ms(d.alone.latencyMs)}; queued → delivered ${s(d.alone.queuedToDeliveredMs)}`);
+  out.push(`  Queue:    ${fmt(d.summaries)} $send-summary, ${d.concurrency} at a time: ${fmt(q.summariesPerSecond, 1)} summaries/s (${fmt(q.seconds, 1)} s); ${ms(q.latencyMs)}, max ${fmt(q.latencyMs.max, 0)} ms`);
+  out.push(`            CPU ms per summary: ${cpuMs(q.cpuMsPerSummary)} (the worker delivering alongside); peak RSS ${fmt(q.peakRssMiB, 1)} MiB; ${cpu(q.cpu)}`);
+  out.push(`  Delivery: ${fmt(d.summaries)} documents in ${fmt(t.seconds, 1)} s from the first call to the last Task completed = ${fmt(t.documentsPerSecond, 1)} documents/s; ${fmt(t.deliveredWhileQueueing)} delivered while queueing`);
+  out.push(`            drain after the last call: ${fmt(d.summaries - t.deliveredWhileQueueing)} in ${fmt(t.drainSeconds, 1)} s = ${fmt(t.drainDocumentsPerSecond, 1)} documents/s; CPU ms per document: ${cpuMs(t.drainCpuMsPerDocument)}`);
+  out.push(`            ${cpu(t.drainCpu)}; queued → delivered ${s(t.queuedToDeliveredMs)}; ${attempts}`);
+  out.push(`  Verified: ${fmt(v.documentsAtEhr)} DocumentReferences at the EHR for ${fmt(v.tasksCompleted)} completed Tasks (${d.before} before the measured ones): ${v.ok ? 'each report exactly once, on the EHR\'s Patient of its MRN' : `${v.missing} missing, ${v.duplicates} duplicates, ${v.unexpected} unexpected, ${v.wrongSubject} wrong subject`}`);
+  out.push(`  PDF:      renderPdf in-process × ${d.pdf.renderings}: median ${fmt(d.pdf.medianMs, 1)} ms, p99 ${fmt(d.pdf.p99Ms, 1)} ms per report; ${fmt(d.pdf.bytes / 1024, 1)} KiB, ${d.pdf.pages} pages${d.pdf.sameBytesAsServer ? ' (byte for byte the server\'s PDF)' : ' (NOT the same bytes as the server\'s PDF: the bench\'s input differs)'}`);
+  for (const [window, c] of [['queueing', q.cpu], ['drain', t.drainCpu]] as const) {
+    if (c.otherPct >= OTHER_CPU_WARNING_PCT) out.push(`  WARNING: other processes used ${c.otherPct}% of a core during the ${window}; its figures are disturbed (CPU ms per item much less so).`);
+  }
 }
 
 function evaluateTargets(report: Report): TargetResult[] {
@@ -812,6 +749,15 @@ function evaluateTargets(report: Report): TargetResult[] {
       pass: h.acknowledged === h.messages && h.messagesPerSecond >= TARGET_HL7_MPS,
     });
   }
+  if (report.delivery) {
+    const d = report.delivery;
+    targets.push({
+      name: 'outbound progress reports delivered to the EHR over FHIR, on PostgreSQL',
+      target: 'every queued report delivered exactly once (issue #6 asks for documents/s, no figure)',
+      actual: `${fmt(d.verification.documentsAtEhr)} documents for ${fmt(d.summaries + d.before)} reports; ${fmt(d.queue.summariesPerSecond, 1)} queued/s, ${fmt(d.delivery.documentsPerSecond, 1)} delivered/s; PDF median ${fmt(d.pdf.medianMs, 1)} ms`,
+      pass: d.verification.ok,
+    });
+  }
   const met = report.scenarios.find((s) => s.id === 'met-assessment-postgresql');
   if (met) {
     targets.push({
@@ -838,16 +784,18 @@ function evaluateTargets(report: Report): TargetResult[] {
       });
     }
   }
-  const pgScenarios = report.scenarios.filter((s) => s.engine === 'postgresql');
-  if (pgScenarios.length > 0) {
-    // PGlite runs a whole PostgreSQL (WASM) inside the server process, so its RSS is reported but
-    // not held to the server's target; on PostgreSQL the database's memory is its own processes'.
-    const peak = Math.max(...pgScenarios.map((s) => s.peakRssMiB));
+  // PGlite runs a whole PostgreSQL (WASM) inside the server process, so its RSS is reported but
+  // not held to the server's target; on PostgreSQL the database's memory is its own processes'.
+  const pgPeaks = report.scenarios.filter((s) => s.engine === 'postgresql').map((s) => ({ id: s.id, peakRssMiB: s.peakRssMiB }));
+  if (report.delivery) {
+    pgPeaks.push({ id: 'outbound-queue', peakRssMiB: report.delivery.queue.peakRssMiB }, { id: 'outbound-drain', peakRssMiB: report.delivery.delivery.drainPeakRssMiB });
+  }
+  if (pgPeaks.length > 0) {
     targets.push({
       name: 'server memory on PostgreSQL',
       target: `peak RSS ≤ 300 MB (${fmt(TARGET_RSS_MIB, 1)} MiB) in every PostgreSQL scenario`,
-      actual: pgScenarios.map((s) => `${s.id} ${fmt(s.peakRssMiB, 1)} MiB`).join(', '),
-      pass: peak <= TARGET_RSS_MIB,
+      actual: pgPeaks.map((s) => `${s.id} ${fmt(s.peakRssMiB, 1)} MiB`).join(', '),
+      pass: Math.max(...pgPeaks.map((s) => s.peakRssMiB)) <= TARGET_RSS_MIB,
     });
   }
   if (report.scenarios.length > 0) {
@@ -903,6 +851,11 @@ async function main(): Promise<number> {
       readBurstConnections: READ_BURST_CONNECTIONS,
       seedCount: SEED_COUNT,
       rssSampleMs: RSS_SAMPLE_MS,
+      summaries: SUMMARIES,
+      summaryConcurrency: SUMMARY_CONCURRENCY,
+      summaryPatients: SUMMARY_PATIENTS,
+      pdfRenderings: PDF_RENDERINGS,
+      ...(ONLY ? { only: ONLY } : {}),
     },
     scenarios: [],
     targets: [],
@@ -920,6 +873,7 @@ async function main(): Promise<number> {
   let failure: unknown;
   try {
     build();
+    const everyPhase = ONLY === undefined;
 
     // PostgreSQL: create, then read.
     const dbName = `bench_${Date.now()}`;
@@ -937,116 +891,145 @@ async function main(): Promise<number> {
     const hl7Port = await freePort();
     log('registering the bench client (admin command)');
     const pgClient = registerBenchClient(ROOT, pgEnv);
-    // What the audit log costs: create and read first on a server with AUDIT=off (allowed outside
-    // production only), then the same on the server as deployed; compared within this run.
-    log('starting server on PostgreSQL with AUDIT=off');
-    const quietServer = await startServerProcess('postgresql', { ...pgEnv, AUDIT: 'off', NODE_ENV: 'development' }, pgLog);
-    await startAuth(quietServer.url, pgClient);
-    report.scenarios.push(
-      await runScenario(quietServer, {
-        id: 'create-postgresql-audit-off',
-        name: `create Observation, audit off (c=${CREATE_CONNECTIONS})`,
-        engine: 'postgresql',
-        connections: CREATE_CONNECTIONS,
-        postgresDatabase: dbName,
-        requests: createRequests,
-      }),
-    );
-    const quietIds = await seed(quietServer.url, SEED_COUNT);
-    report.scenarios.push(
-      await runScenario(quietServer, {
-        id: 'read-postgresql-audit-off',
-        name: `read by id, audit off (${READ_RATE}/s, c=${READ_CONNECTIONS})`,
-        engine: 'postgresql',
-        connections: READ_CONNECTIONS,
-        overallRate: READ_RATE,
-        postgresDatabase: dbName,
-        requests: () => readRequests(quietIds),
-      }),
-    );
-    await quietServer.stop();
+    if (everyPhase) {
+      // What the audit log costs: create and read first on a server with AUDIT=off (allowed outside
+      // production only), then the same on the server as deployed; compared within this run.
+      log('starting server on PostgreSQL with AUDIT=off');
+      const quietServer = await startServerProcess('postgresql', { ...pgEnv, AUDIT: 'off', NODE_ENV: 'development' }, pgLog);
+      await startAuth(quietServer.url, pgClient);
+      report.scenarios.push(
+        await runScenario(quietServer, {
+          id: 'create-postgresql-audit-off',
+          name: `create Observation, audit off (c=${CREATE_CONNECTIONS})`,
+          engine: 'postgresql',
+          connections: CREATE_CONNECTIONS,
+          postgresDatabase: dbName,
+          requests: createRequests,
+        }),
+      );
+      const quietIds = await seed(quietServer.url, SEED_COUNT);
+      report.scenarios.push(
+        await runScenario(quietServer, {
+          id: 'read-postgresql-audit-off',
+          name: `read by id, audit off (${READ_RATE}/s, c=${READ_CONNECTIONS})`,
+          engine: 'postgresql',
+          connections: READ_CONNECTIONS,
+          overallRate: READ_RATE,
+          postgresDatabase: dbName,
+          requests: () => readRequests(quietIds),
+        }),
+      );
+      stopAuth();
+      await quietServer.stop();
+    }
     log('starting server on PostgreSQL');
     routeHl7(ROOT, pgEnv, HL7_FACILITY, 'bench');
     const pgServer = await startServerProcess('postgresql', { ...pgEnv, HL7_PORT: String(hl7Port) }, pgLog);
     await startAuth(pgServer.url, pgClient);
     report.idleRssMiB.postgresql = round((readRssKiB(pgServer.pid) ?? 0) / 1024, 1);
 
-    report.scenarios.push(
-      await runScenario(pgServer, {
-        id: 'create-postgresql',
-        name: `create Observation (c=${CREATE_CONNECTIONS})`,
-        engine: 'postgresql',
-        connections: CREATE_CONNECTIONS,
-        postgresDatabase: dbName,
-        requests: createRequests,
-      }),
-    );
-    log(`seeding ${fmt(SEED_COUNT)} Observations for the read scenario`);
-    const ids = await seed(pgServer.url, SEED_COUNT);
-    report.scenarios.push(
-      await runScenario(pgServer, {
-        id: 'read-postgresql',
-        name: `read by id (${READ_RATE}/s, c=${READ_CONNECTIONS})`,
-        engine: 'postgresql',
-        connections: READ_CONNECTIONS,
-        overallRate: READ_RATE,
-        postgresDatabase: dbName,
-        requests: () => readRequests(ids),
-      }),
-    );
-    report.scenarios.push(
-      await runScenario(pgServer, {
-        id: 'read-burst-postgresql',
-        name: `read by id (${READ_RATE}/s, c=${READ_BURST_CONNECTIONS})`,
-        engine: 'postgresql',
-        connections: READ_BURST_CONNECTIONS,
-        overallRate: READ_RATE,
-        postgresDatabase: dbName,
-        requests: () => readRequests(ids),
-      }),
-    );
-    log(`seeding ${MET_CLIENTS} MET clients with two goals each`);
-    await seedMet(pgServer.url);
-    const metCounter = { next: 1 };
-    report.scenarios.push(
-      await runScenario(pgServer, {
-        id: 'met-assessment-postgresql',
-        name: `MET assessment, 10 measurements (c=${MET_CONNECTIONS})`,
-        engine: 'postgresql',
-        connections: MET_CONNECTIONS,
-        postgresDatabase: dbName,
-        requests: () => metRequests(metCounter),
-      }),
-    );
-    log(`inbound HL7 v2: ${fmt(HL7_MESSAGES)} ADT^A04 with 3 DG1 over one MLLP connection`);
-    report.hl7 = await runHl7Phase('127.0.0.1', hl7Port, new URL('../../shared/data/hl7v2/adt-a04-knee-oa.hl7', import.meta.url).pathname, HL7_MESSAGES, log);
-    if (OBSERVATIONS > 0) report.search = await runSearchPhase(pgServer.url, databaseUrl.toString(), OBSERVATIONS, log);
-    log('stopping server (SIGTERM)');
-    await pgServer.stop();
-
-    // PGlite: create.
-    const dataDir = mkdtempSync(join(os.tmpdir(), 'bench-pglite-'));
-    cleanups.push({ name: `remove ${dataDir}`, run: () => rm(dataDir, { recursive: true, force: true }) });
-    report.databases.pglite = { version: packageVersion('@electric-sql/pglite') };
-    const liteLog = join(RESULTS_DIR, `server-${stamp}-pglite.log`);
-    report.files.serverLogs.push(relative(ROOT, liteLog));
-    log(`starting server on PGlite (DATA_DIR ${dataDir})`);
-    const liteClient = registerBenchClient(ROOT, { DATA_DIR: dataDir });
-    const liteServer = await startServerProcess('pglite', { DATA_DIR: dataDir }, liteLog);
-    await startAuth(liteServer.url, liteClient);
-    report.idleRssMiB.pglite = round((readRssKiB(liteServer.pid) ?? 0) / 1024, 1);
-    report.scenarios.push(
-      await runScenario(liteServer, {
-        id: 'create-pglite',
-        name: `create Observation (c=${CREATE_CONNECTIONS})`,
-        engine: 'pglite',
-        connections: CREATE_CONNECTIONS,
-        requests: createRequests,
-      }),
-    );
+    if (everyPhase) {
+      report.scenarios.push(
+        await runScenario(pgServer, {
+          id: 'create-postgresql',
+          name: `create Observation (c=${CREATE_CONNECTIONS})`,
+          engine: 'postgresql',
+          connections: CREATE_CONNECTIONS,
+          postgresDatabase: dbName,
+          requests: createRequests,
+        }),
+      );
+      log(`seeding ${fmt(SEED_COUNT)} Observations for the read scenario`);
+      const ids = await seed(pgServer.url, SEED_COUNT);
+      report.scenarios.push(
+        await runScenario(pgServer, {
+          id: 'read-postgresql',
+          name: `read by id (${READ_RATE}/s, c=${READ_CONNECTIONS})`,
+          engine: 'postgresql',
+          connections: READ_CONNECTIONS,
+          overallRate: READ_RATE,
+          postgresDatabase: dbName,
+          requests: () => readRequests(ids),
+        }),
+      );
+      report.scenarios.push(
+        await runScenario(pgServer, {
+          id: 'read-burst-postgresql',
+          name: `read by id (${READ_RATE}/s, c=${READ_BURST_CONNECTIONS})`,
+          engine: 'postgresql',
+          connections: READ_BURST_CONNECTIONS,
+          overallRate: READ_RATE,
+          postgresDatabase: dbName,
+          requests: () => readRequests(ids),
+        }),
+      );
+      log(`seeding ${MET_CLIENTS} MET clients with two goals each`);
+      await seedMet(pgServer.url);
+      const metCounter = { next: 1 };
+      report.scenarios.push(
+        await runScenario(pgServer, {
+          id: 'met-assessment-postgresql',
+          name: `MET assessment, 10 measurements (c=${MET_CONNECTIONS})`,
+          engine: 'postgresql',
+          connections: MET_CONNECTIONS,
+          postgresDatabase: dbName,
+          requests: () => metRequests(metCounter),
+        }),
+      );
+      log(`inbound HL7 v2: ${fmt(HL7_MESSAGES)} ADT^A04 with 3 DG1 over one MLLP connection`);
+      report.hl7 = await runHl7Phase('127.0.0.1', hl7Port, new URL('../../shared/data/hl7v2/adt-a04-knee-oa.hl7', import.meta.url).pathname, HL7_MESSAGES, log);
+    }
+    if (SUMMARIES > 0) {
+      const ehrDb = `${dbName}_ehr`;
+      log(`outbound: creating database ${ehrDb} and starting the EHR peer`);
+      report.databases.ehr = await createBenchDatabase(ehrDb);
+      if (process.env.BENCH_KEEP_DB !== '1') cleanups.push({ name: `drop database ${ehrDb}`, run: () => dropBenchDatabase(ehrDb) });
+      const ehrLog = join(RESULTS_DIR, `server-${stamp}-ehr.log`);
+      report.files.serverLogs.push(relative(ROOT, ehrLog));
+      const ehr = await startEhrPeer(ehrDb, pgServer.url, ehrLog);
+      report.delivery = await runDeliveryPhase({
+        metUrl: pgServer.url,
+        ehr: ehr.peer,
+        summaries: SUMMARIES,
+        log,
+        measure: () => openWindow(pgServer.pid, [dbName, ehrDb], ehr.server.pid),
+      });
+      await ehr.server.stop();
+      const verified = report.delivery.verification;
+      if (!verified.ok) {
+        throw new Error(`outbound delivery FAILED verification (${verified.documentsAtEhr} DocumentReferences at the EHR for ${SUMMARIES} reports + warm-up; ${verified.missing} missing, ${verified.duplicates} duplicates, ${verified.unexpected} unexpected): ${verified.problems.slice(0, 5).join('; ')}`);
+      }
+    }
+    if (everyPhase && OBSERVATIONS > 0) report.search = await runSearchPhase(pgServer.url, databaseUrl.toString(), OBSERVATIONS, log);
     log('stopping server (SIGTERM)');
     stopAuth();
-    await liteServer.stop();
+    await pgServer.stop();
+
+    if (everyPhase) {
+      // PGlite: create.
+      const dataDir = mkdtempSync(join(os.tmpdir(), 'bench-pglite-'));
+      cleanups.push({ name: `remove ${dataDir}`, run: () => rm(dataDir, { recursive: true, force: true }) });
+      report.databases.pglite = { version: packageVersion('@electric-sql/pglite') };
+      const liteLog = join(RESULTS_DIR, `server-${stamp}-pglite.log`);
+      report.files.serverLogs.push(relative(ROOT, liteLog));
+      log(`starting server on PGlite (DATA_DIR ${dataDir})`);
+      const liteClient = registerBenchClient(ROOT, { DATA_DIR: dataDir });
+      const liteServer = await startServerProcess('pglite', { DATA_DIR: dataDir }, liteLog);
+      await startAuth(liteServer.url, liteClient);
+      report.idleRssMiB.pglite = round((readRssKiB(liteServer.pid) ?? 0) / 1024, 1);
+      report.scenarios.push(
+        await runScenario(liteServer, {
+          id: 'create-pglite',
+          name: `create Observation (c=${CREATE_CONNECTIONS})`,
+          engine: 'pglite',
+          connections: CREATE_CONNECTIONS,
+          requests: createRequests,
+        }),
+      );
+      log('stopping server (SIGTERM)');
+      stopAuth();
+      await liteServer.stop();
+    }
   } catch (error) {
     failure = error;
   }
