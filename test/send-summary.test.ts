@@ -383,6 +383,98 @@ describe('$send-summary: a progress report delivered to the physician', function
     assert.equal(received.length, before + 1, 'not sent twice');
   });
 
+  it('a session summary: the session\'s exercises, its measurements before, during and after, tolerance and next steps; refused without a session of this client', async () => {
+    const api = await http();
+    const post = async (resource: object): Promise<string> => {
+      const res = await api.post(`/fhir/${(resource as { resourceType: string }).resourceType}`).set('Content-Type', FHIR_JSON).send(resource);
+      assert.equal(res.status, 201, res.text);
+      return (res.body as { id: string }).id;
+    };
+    const subject = { reference: `Patient/${patientId}` };
+    const encounterId = await post({
+      resourceType: 'Encounter',
+      status: 'finished',
+      class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' },
+      subject,
+      period: { start: '2026-11-12T09:00:00-05:00', end: '2026-11-12T09:50:00-05:00' },
+      length: { value: 50, unit: 'min', system: 'http://unitsofmeasure.org', code: 'min' },
+    });
+    const encounter = { reference: `Encounter/${encounterId}` };
+    await post({
+      resourceType: 'Procedure',
+      status: 'completed',
+      code: { coding: [{ system: 'http://snomed.info/sct', code: '229065009', display: 'Exercise therapy' }] },
+      subject,
+      encounter,
+      performedPeriod: { start: '2026-11-12T09:00:00-05:00', end: '2026-11-12T09:50:00-05:00' },
+      note: [{ text: 'Recumbent bike: 15 min, RPE 12' }, { text: 'Sit-to-stand: 2 × 10' }],
+      outcome: { text: 'Tolerated well' },
+      followUp: [{ text: 'Add a third set of sit-to-stand.' }],
+    });
+    const vital = (code: string, display: string, value: number, unit: string, note: string): object => ({
+      resourceType: 'Observation',
+      status: 'final',
+      code: { coding: [{ system: 'http://loinc.org', code, display }], text: display },
+      subject,
+      encounter,
+      effectiveDateTime: '2026-11-12T09:00:00-05:00',
+      valueQuantity: { value, unit, system: 'http://unitsofmeasure.org', code: unit === 'beats/minute' ? '/min' : unit },
+      note: [{ text: note }],
+    });
+    await post(vital('8867-4', 'Heart rate', 96, 'beats/minute', 'Measured after exercise'));
+    await post(vital('8867-4', 'Heart rate', 72, 'beats/minute', 'Measured before exercise'));
+    const mllpId = await endpoint({
+      resourceType: 'Endpoint',
+      status: 'active',
+      connectionType: { system: CONNECTION_TYPE, code: 'hl7v2-mllp' },
+      payloadType: [{ text: 'HL7 v2 MDM' }],
+      address: `mllp://127.0.0.1:${mllp.port}`,
+      extension: [{ url: EHR_ENDPOINT_EXTENSION, extension: [{ url: 'patientIdentifierSystem', valueUri: MRN_SYSTEM }] }],
+    });
+    const session = (extra: object[]): object => {
+      const base = parameters(mllpId) as { parameter: object[] };
+      return { ...base, parameter: [...base.parameter.filter((p) => (p as { name: string }).name !== 'period'), ...extra] };
+    };
+    const res = await api.post(`/fhir/Patient/${patientId}/$send-summary`).set('Content-Type', FHIR_JSON).send(session([{ name: 'kind', valueCode: 'session-summary' }, { name: 'encounter', valueReference: encounter }]));
+    assert.equal(res.status, 201, res.text);
+    const task = res.body as Task;
+    assert.equal(task.code?.text, 'Deliver a session summary to the physician\u2019s EHR');
+    const doc = JSON.parse((await repo.read('DocumentReference', (task.focus?.reference as string).split('/')[1] as string)).json ?? '{}') as DocumentReference;
+    assert.deepEqual(doc.context?.period, { start: '2026-11-12', end: '2026-11-12' });
+    const composition = JSON.parse((await repo.read('Composition', (doc.context?.related?.[0]?.reference as string).split('/')[1] as string)).json ?? '{}') as Composition;
+    assert.equal(composition.title, 'Exercise session summary');
+    const div = composition.section?.find((x) => x.title === 'Session details')?.text?.div ?? '';
+    assert.match(div, /Session on 12 Nov 2026, 50 min\./);
+    assert.match(div, /<li>Recumbent bike: 15 min, RPE 12<\/li><li>Sit-to-stand: 2 × 10<\/li>/);
+    assert.match(div, /Heart rate \(before exercise\)<\/td><td>72 beats\/minute<\/td>.*Heart rate \(after exercise\)<\/td><td>96 beats\/minute/);
+    assert.match(div, /Tolerance: Tolerated well\. Next steps: Add a third set of sit-to-stand\./);
+    assert.equal(composition.section?.some((x) => x.title === 'Attendance'), false);
+    const done = await deliver(task.id as string);
+    assert.equal(done.status, 'completed', JSON.stringify(done.businessStatus));
+
+    const tasksBefore = await taskCount();
+    const refused = async (extra: object[]): Promise<unknown> => {
+      const r = await api.post(`/fhir/Patient/${patientId}/$send-summary`).set('Content-Type', FHIR_JSON).send(session(extra));
+      assert.equal(r.status, 422, r.text);
+      return r.body;
+    };
+    const at = (name: string): string => `Parameters.parameter.where(name = '${name}')`;
+    assertOutcome(await refused([{ name: 'kind', valueCode: 'session-summary' }]), [
+      { code: 'processing', detail: 'unprocessable-operation', expression: at('encounter'), diagnostics: "$send-summary of kind session-summary needs parameter 'encounter': a reference to the session's Encounter" },
+    ]);
+    assertOutcome(await refused([{ name: 'kind', valueCode: 'weekly' }]), [
+      { code: 'processing', detail: 'unprocessable-operation', expression: at('kind'), diagnostics: "$send-summary parameter 'kind' must be a valueCode: progress-report or session-summary" },
+    ]);
+    const otherPatient = await post({ resourceType: 'Patient', name: [{ family: 'Other' }] });
+    const othersEncounter = await post({ resourceType: 'Encounter', status: 'finished', class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' }, subject: { reference: `Patient/${otherPatient}` }, period: { start: '2026-11-12T09:00:00Z' } });
+    for (const ref of [`Encounter/${othersEncounter}`, 'Encounter/nowhere']) {
+      assertOutcome(await refused([{ name: 'kind', valueCode: 'session-summary' }, { name: 'encounter', valueReference: { reference: ref } }]), [
+        { code: 'processing', detail: 'unprocessable-operation', expression: at('encounter'), diagnostics: `${ref} is not a session of Patient/${patientId}` },
+      ]);
+    }
+    assert.equal(await taskCount(), tasksBefore);
+  });
+
   it('refuses a report for a Patient not linked to the Endpoint\'s EHR, writing nothing', async () => {
     const id = await endpoint({
       resourceType: 'Endpoint',

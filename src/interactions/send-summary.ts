@@ -18,7 +18,11 @@
  *    'http://hl7.org/fhir/sid/us-npi', value }, display }`); the Communication's recipient is the
  *    EHR's Practitioner carrying that identifier, found at delivery, else the identifier (or name)
  *    alone. Required when the Endpoint asks for a Communication;
- *  - recommendation (valueString, repeating): the professional's recommendations.
+ *  - recommendation (valueString, repeating): the professional's recommendations;
+ *  - kind (valueCode): `progress-report` (default: the period's progress) or `session-summary` (one
+ *    session, named by `encounter`, a valueReference to its Encounter; the period is its day, and a
+ *    section gives its exercises, the measurements before, during and after, its tolerance and
+ *    next steps).
  */
 import { randomUUID } from 'node:crypto';
 import type {
@@ -43,7 +47,7 @@ import { isEndpointProblem, patientIdentifierSystemOf, readFhirEndpoint } from '
 import { fhirError } from '../fhir/errors.js';
 import { parseSearch } from '../search/parse.js';
 import { buildMdmT02 } from '../summary/mdm.js';
-import { buildComposition, renderPdf, type GoalAchievementCode, type OutcomeMeasure, type ReportInput } from '../summary/report.js';
+import { buildComposition, renderPdf, type GoalAchievementCode, type OutcomeMeasure, type ReportInput, type SessionDetails } from '../summary/report.js';
 import type { FhirContext, FhirRequest, FhirResponse, Interaction } from './types.js';
 
 /** Stable identifiers of the documents we send: the EHR finds a retried document by it. */
@@ -62,7 +66,12 @@ interface Recipient {
   local?: string;
 }
 
+type SummaryKind = 'progress-report' | 'session-summary';
+
 interface Args {
+  kind: SummaryKind;
+  /** session-summary: `Encounter/{id}`. */
+  encounter?: string;
   endpoint: string;
   author: string;
   period: { start: string; end: string };
@@ -99,9 +108,20 @@ function args(body: unknown): Args {
   const author = all('author')[0]?.valueReference?.reference;
   if (!endpoint?.startsWith('Endpoint/')) throw fhirError('unprocessable-operation', "$send-summary needs parameter 'endpoint': a reference to the EHR's Endpoint");
   if (!author?.startsWith('Practitioner/')) throw fhirError('unprocessable-operation', "$send-summary needs parameter 'author': a reference to the Practitioner (the MET) who signs the report");
+  const kindParameter = all('kind')[0];
+  const kind = kindParameter === undefined ? 'progress-report' : kindParameter.valueCode;
+  if (kind !== 'progress-report' && kind !== 'session-summary') {
+    throw fhirError('unprocessable-operation', "$send-summary parameter 'kind' must be a valueCode: progress-report or session-summary", "Parameters.parameter.where(name = 'kind')");
+  }
+  const encounter = all('encounter')[0]?.valueReference?.reference;
+  if (kind === 'session-summary' && !/^Encounter\/[A-Za-z0-9\-.]{1,64}$/.test(encounter ?? '')) {
+    throw fhirError('unprocessable-operation', "$send-summary of kind session-summary needs parameter 'encounter': a reference to the session's Encounter", "Parameters.parameter.where(name = 'encounter')");
+  }
   const end = all('period')[0]?.valuePeriod?.end ?? new Date().toISOString().slice(0, 10);
   const start = all('period')[0]?.valuePeriod?.start ?? new Date(Date.parse(end) - 30 * 86_400_000).toISOString().slice(0, 10);
   return {
+    kind,
+    ...(kind === 'session-summary' && encounter ? { encounter } : {}),
     endpoint,
     author,
     period: { start, end },
@@ -138,6 +158,48 @@ const dayOf = (s: string | undefined): string => (s ?? '').slice(0, 10);
 
 const ACHIEVEMENT = new Set(['in-progress', 'improving', 'worsening', 'no-change', 'achieved', 'sustaining', 'not-achieved', 'no-progress', 'not-attainable']);
 
+const PHASES = ['before', 'during', 'after'] as const;
+
+/**
+ * One session as the session summary tells it: its exercises (the Procedure's notes), the
+ * measurements taken in it (before, during and after exercise, as the MET software said), its
+ * tolerance and next steps. `encounters`, `observations` and `procedures` are the patient's.
+ */
+function sessionDetails(encounter: string, encounters: Encounter[], observations: Observation[], procedures: Procedure[]): SessionDetails {
+  const e = encounters.find((x) => `Encounter/${x.id}` === encounter);
+  const start = e?.period?.start ?? '';
+  const minutes = e?.length?.code === 'min' && e.length.value !== undefined ? e.length.value : undefined;
+  const ofSession = procedures.filter((p) => p.encounter?.reference === encounter && p.status !== 'entered-in-error');
+  const measured = observations
+    .filter((o) => o.encounter?.reference === encounter && o.status !== 'entered-in-error' && o.status !== 'cancelled')
+    .map((o) => {
+      const notes = (o.note ?? []).map((n) => n.text);
+      const phase = PHASES.findIndex((ph) => notes.includes(`Measured ${ph} exercise`));
+      const qualifiers = [
+        ...(phase >= 0 ? [`${PHASES[phase]} exercise`] : []),
+        ...notes.filter((n) => !/^Measured (before|during|after) exercise$/.test(n)),
+        ...(o.component ?? []).flatMap((c) => (c.valueCodeableConcept ? [`${text(c.code)}: ${text(c.valueCodeableConcept)}`] : [])),
+      ];
+      const parts = (o.component ?? []).flatMap((c) => (c.valueQuantity?.value !== undefined ? [c.valueQuantity] : []));
+      const value = o.valueQuantity?.value ?? (parts.length > 0 ? parts.map((q) => q.value).join('/') : (o.valueString ?? text(o.valueCodeableConcept)));
+      const unit = o.valueQuantity ? (o.valueQuantity.unit ?? o.valueQuantity.code) : parts[0]?.unit ?? parts[0]?.code;
+      return { order: phase < 0 ? PHASES.length : phase, name: `${text(o.code)}${qualifiers.length ? ` (${qualifiers.join('; ')})` : ''}`, value, ...(unit ? { unit } : {}) };
+    })
+    .filter((m) => m.value !== '' && m.value !== undefined)
+    .sort((x, y) => x.order - y.order || x.name.localeCompare(y.name));
+  const notes = ofSession.flatMap((p) => [
+    ...(p.outcome ? [`Tolerance: ${text(p.outcome)}.`] : []),
+    ...(p.followUp ?? []).map((f) => `Next steps: ${text(f)}`),
+  ]);
+  return {
+    date: dayOf(start),
+    ...(minutes !== undefined ? { durationMinutes: minutes } : {}),
+    activities: ofSession.flatMap((p) => (p.note ?? []).map((n) => n.text)),
+    measurements: measured.map(({ order: _order, ...m }) => m),
+    ...(notes.length > 0 ? { notes: notes.join(' ') } : {}),
+  };
+}
+
 /** Everything the report says, read from the tenant's data. */
 async function gather(ctx: FhirContext, patientId: string, a: Args, recipientName: string): Promise<{ input: ReportInput; entries: Record<string, string[]>; patient: Patient }> {
   const patient = JSON.parse((await ctx.repo.read('Patient', patientId)).json ?? '{}') as Patient;
@@ -173,9 +235,10 @@ async function gather(ctx: FhirContext, patientId: string, a: Args, recipientNam
 
   const diagnoses = reportDiagnoses(conditions);
   const sessions = encounters.filter((e) => e.status !== 'entered-in-error');
+  const session = a.kind === 'session-summary' ? sessionDetails(a.encounter as string, encounters, observations, procedures) : undefined;
   const plan = carePlans.sort((x, y) => (y.period?.start ?? '').localeCompare(x.period?.start ?? ''))[0];
   const input: ReportInput = {
-    kind: 'progress-report',
+    ...(session ? { kind: 'session-summary' as const, session } : { kind: 'progress-report' as const }),
     patient: {
       name: nameOf(patient.name) || `Patient/${patientId}`,
       birthDate: patient.birthDate ?? '',
@@ -216,7 +279,7 @@ async function gather(ctx: FhirContext, patientId: string, a: Args, recipientNam
         };
       }),
     outcomes,
-    ...(sessions.length > 0 ? { attendance: { planned: sessions.length, attended: sessions.filter((e) => e.status === 'finished').length } } : {}),
+    ...(sessions.length > 0 && !session ? { attendance: { planned: sessions.length, attended: sessions.filter((e) => e.status === 'finished').length } } : {}),
     adverseEvents: procedures.flatMap((p) => (p.complication ?? []).map((c) => ({ date: dayOf(p.performedPeriod?.start ?? p.performedDateTime), text: text(c) }))),
     recommendations: a.recommendations,
   };
@@ -244,6 +307,19 @@ export async function sendSummary(ctx: FhirContext, req: FhirRequest): Promise<F
   for (const t of ['Condition', 'CarePlan', 'Goal', 'Observation', 'Encounter', 'Procedure']) ctx.authorize?.(t, ['search']);
   for (const t of ['Composition', 'DocumentReference', 'Task']) ctx.authorize?.(t, ['create']);
   const a = args(req.body);
+  if (a.kind === 'session-summary') {
+    // The session must be this client's; the report covers its day.
+    const encounterId = (a.encounter as string).split('/')[1] as string;
+    ctx.authorize?.('Encounter', ['read']);
+    const found = await ctx.repo.readMany([{ type: 'Encounter', id: encounterId }]);
+    const encounter = found[0] ? (JSON.parse(found[0].json ?? '{}') as Encounter) : undefined;
+    if (!encounter || encounter.subject?.reference !== `Patient/${patientId}`) {
+      throw fhirError('unprocessable-operation', `${a.encounter} is not a session of Patient/${patientId}`, "Parameters.parameter.where(name = 'encounter')");
+    }
+    const day = dayOf(encounter.period?.start);
+    if (!day) throw fhirError('unprocessable-operation', `${a.encounter} has no period.start: the session summary needs the session's date`, "Parameters.parameter.where(name = 'encounter')");
+    a.period = { start: day, end: dayOf(encounter.period?.end) || day };
+  }
   const endpoint = JSON.parse((await ctx.repo.read('Endpoint', a.endpoint.split('/')[1] as string)).json ?? '{}') as Endpoint & { id: string };
   const channel = endpoint.connectionType?.code === 'hl7-fhir-rest' ? 'fhir' : endpoint.connectionType?.code === 'hl7v2-mllp' ? 'mllp' : undefined;
   if (!channel || endpoint.status !== 'active') throw fhirError('unprocessable-operation', `${a.endpoint} is not an active hl7-fhir-rest or hl7v2-mllp Endpoint`);
@@ -332,7 +408,7 @@ export async function sendSummary(ctx: FhirContext, req: FhirRequest): Promise<F
       identifier: [identifier],
       status: 'requested',
       intent: 'order',
-      code: { text: 'Deliver a progress report to the physician\u2019s EHR' },
+      code: { text: `Deliver ${a.kind === 'session-summary' ? 'a session summary' : 'a progress report'} to the physician\u2019s EHR` },
       focus: { reference: `DocumentReference/${doc.version.id}` },
       for: { reference: `Patient/${patientId}` },
       authoredOn: input.issued,
