@@ -29,6 +29,11 @@ export interface Config {
   dbPoolSize: number;
   shutdownTimeoutMs: number;
   /**
+   * How long a delivery attempt may run before another worker (or this one, restarted) takes the
+   * job up again as ambiguous: longer than any EHR round trip.
+   */
+  deliveryLeaseSeconds: number;
+  /**
    * Static bearer tokens for EHRs: every EHR_TOKEN_<NAME> variable, by name, with its value as set:
    * `<tenant>:<token>`, the one tenant whose Endpoints may use the token. An Endpoint names one
    * (tokenRef `env:EHR_TOKEN_<NAME>`) and never holds the token (src/ehr/secrets.ts). Absent: none.
@@ -97,6 +102,7 @@ export function loadConfig(env: Record<string, string | undefined>): Readonly<Co
     tokenRateLimitPerMinute: int('TOKEN_RATE_LIMIT_PER_MINUTE', 120, 0, 1_000_000),
     dbPoolSize: int('DB_POOL_SIZE', 20, 1, 500),
     shutdownTimeoutMs: int('SHUTDOWN_TIMEOUT_MS', 10_000, 0, 600_000),
+    deliveryLeaseSeconds: int('DELIVERY_LEASE_SECONDS', 300, 1, 86_400),
     ...(Object.keys(ehr.tokens).length > 0 ? { ehrTokens: Object.freeze(ehr.tokens) } : {}),
   };
   if (problems.length > 0) throw new ConfigError(problems);

@@ -157,6 +157,7 @@ export async function startServer(given: Readonly<Config>, logger: Logger, extra
       ...(ctx.outboundKey ? { outboundKey: ctx.outboundKey } : {}),
       ehrSecrets: ctx.ehrSecrets,
       allowHttp: ctx.allowHttpEhr ?? false,
+      leaseMs: config.deliveryLeaseSeconds * 1000,
       logger,
     });
     worker.start();

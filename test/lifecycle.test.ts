@@ -127,6 +127,7 @@ describe('configuration', () => {
         tokenRateLimitPerMinute: 120,
         dbPoolSize: 20,
         shutdownTimeoutMs: 10_000,
+        deliveryLeaseSeconds: 300,
       },
     );
     assert.ok(Object.isFrozen(config));
