@@ -143,7 +143,7 @@ export async function startServer(given: Readonly<Config>, logger: Logger, extra
     const tenants = ctx.tenants;
     if (!tenants) throw new Error('the HL7 listener needs the tenants of the context');
     const inbound = new Hl7Inbound(ctx, tenants, new Hl7Routes(db.pool), logger);
-    mllp = await startMllpServer(inbound.handle, { port: config.hl7Port, host: config.host, onError: (err) => logger.warn({ err }, 'MLLP connection error') });
+    mllp = await startMllpServer(inbound.handle, { batchHandler: inbound.handleBatch, port: config.hl7Port, host: config.host, onError: (err) => logger.warn({ err }, 'MLLP connection error') });
     logger.info({ port: mllp.port }, 'HL7 v2 MLLP listener ready');
   }
   // Documents queued by $send-summary go out from here (DELIVERY=off leaves them to another process).

@@ -11,7 +11,8 @@ import type { Bundle, Condition, Patient } from 'fhir/r4.js';
 import supertest from 'supertest';
 import { readAck } from '../src/hl7/adt.js';
 import { MllpClient } from '../src/hl7/mllp-client.js';
-import { startMllpServer, type MllpServer } from '../src/hl7/mllp.js';
+import { frame, MllpDecoder, startMllpServer, type MllpServer } from '../src/hl7/mllp.js';
+import { connect } from 'node:net';
 import { Hl7Inbound } from '../src/inbound/hl7-inbound.js';
 import { Hl7Routes } from '../src/store/hl7-store.js';
 import { ClientStore } from '../src/store/clients.js';
@@ -35,6 +36,8 @@ describe('inbound HL7 v2 over MLLP', function () {
   let client: MllpClient;
   const facility = `RIVERSIDE-${RUN}`;
   const tenant = `hl7-${RUN}`;
+  /** The size of each batch the server handled (messages that arrived together). */
+  const batches: number[] = [];
 
   before(async () => {
     const { db, ctx } = await testContext();
@@ -42,7 +45,14 @@ describe('inbound HL7 v2 over MLLP', function () {
     const routes = new Hl7Routes(db.pool);
     await routes.setRoute(facility, tenant);
     const inbound = new Hl7Inbound(ctx, ctx.tenants!, routes, silentLogger);
-    server = await startMllpServer(inbound.handle, { port: 0, host: '127.0.0.1' });
+    server = await startMllpServer(inbound.handle, {
+      port: 0,
+      host: '127.0.0.1',
+      batchHandler: (batch, meta) => {
+        batches.push(batch.length);
+        return inbound.handleBatch(batch, meta);
+      },
+    });
     client = await MllpClient.connect({ host: '127.0.0.1', port: server.port, timeoutMs: 20_000 });
   });
 
@@ -119,6 +129,56 @@ describe('inbound HL7 v2 over MLLP', function () {
     assert.equal(stored?.status, 'error');
     assert.ok(stored?.detail);
     assert.equal((await patientsWith(`E${RUN}4`)).length, 0, 'nothing applied');
+  });
+
+  it('messages sent without waiting for each ACK are handled together in order: one commit, each its own ACK, a failing one undone alone', async () => {
+    // Two Patients already carry this MRN: a message for it cannot be applied (AE), inside the batch.
+    const dup = `E${RUN}D`;
+    const adt = (mrn: string, control: string, from = facility): string => sample('adt-a04-knee-oa.hl7', from, { E4471023: mrn, RVS000123: control });
+    assert.equal(readAck(await client.send(adt(dup, `P${RUN}0`)))?.code, 'AA');
+    const [first] = await patientsWith(dup);
+    await (await http()).post('/fhir/Patient').set('Content-Type', 'application/fhir+json').send({ resourceType: 'Patient', identifier: first!.identifier }).expect(201);
+    const sent = [
+      adt(`E${RUN}P1`, `P${RUN}1`),
+      adt(dup, `P${RUN}2`),
+      sample('malformed-bad-dg1-code.hl7', facility, { RVS000124: `P${RUN}3`, E4471099: `E${RUN}P3` }),
+      adt(`E${RUN}P4`, `P${RUN}4`, `NOWHERE-${RUN}`),
+      adt(`E${RUN}P5`, `P${RUN}5`),
+      adt(`E${RUN}P1`, `P${RUN}1`),
+    ];
+    const socket = connect(server.port, '127.0.0.1');
+    await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+    const decoder = new MllpDecoder({});
+    const replies: string[] = [];
+    const done = new Promise<void>((resolve) => {
+      socket.on('data', (chunk: Buffer) => {
+        replies.push(...decoder.push(chunk));
+        if (replies.length >= sent.length) resolve();
+      });
+    });
+    const before = batches.length;
+    socket.write(Buffer.concat(sent.map((m) => frame(m))));
+    await done;
+    socket.destroy();
+    assert.deepEqual(
+      replies.map((r) => [readAck(r)?.code, readAck(r)?.controlId]),
+      [['AA', `P${RUN}1`], ['AE', `P${RUN}2`], ['AE', `P${RUN}3`], ['AR', `P${RUN}4`], ['AA', `P${RUN}5`], ['AA', `P${RUN}1`]],
+    );
+    assert.ok(batches.slice(before).some((n) => n > 1), `handled as a batch: ${JSON.stringify(batches.slice(before))}`);
+    assert.match(readAck(replies[1] as string)?.text ?? '', /More than one Patient/);
+    const [p1] = await patientsWith(`E${RUN}P1`);
+    assert.equal((await patientsWith(`E${RUN}P1`)).length, 1);
+    assert.equal((await conditionsOf(p1!.id!)).length, 3);
+    assert.equal((await patientsWith(`E${RUN}P5`)).length, 1);
+    assert.equal((await patientsWith(dup)).length, 2, 'the failing message wrote nothing');
+    const stored = (await messages()).filter((m) => m.control_id.startsWith(`P${RUN}`) && m.control_id !== `P${RUN}0`);
+    assert.deepEqual(stored.map((m) => [m.control_id, m.status]), [
+      [`P${RUN}3`, 'error'],
+      [`P${RUN}1`, 'applied'],
+      [`P${RUN}2`, 'error'],
+      [`P${RUN}5`, 'applied'],
+      [`P${RUN}1`, 'applied'],
+    ]);
   });
 
   it('answers AR to a message from a facility routed to no tenant, and to one it cannot parse; both stored', async () => {

@@ -152,8 +152,23 @@ export interface MllpMeta {
 /** Returns the ACK message for one inbound message. Throwing closes the connection unacknowledged. */
 export type MllpHandler = (message: string, meta: MllpMeta) => Promise<string>;
 
+/**
+ * Handles several messages that arrived together on one connection (a sender that does not wait
+ * for each ACK before the next message), in order; returns their ACKs in the same order. Throwing
+ * closes the connection with none of them acknowledged.
+ */
+export type MllpBatchHandler = (messages: string[], meta: MllpMeta) => Promise<string[]>;
+
 export interface MllpServerOptions {
   port: number;
+  /**
+   * When set, the messages queued on a connection when its turn comes (up to `maxBatch`) go to
+   * this handler together; one message alone still goes to the plain handler, so a sender that
+   * waits for each ACK sees no difference.
+   */
+  batchHandler?: MllpBatchHandler;
+  /** Most messages in one batch (default 100). */
+  maxBatch?: number;
   host?: string;
   /** Largest frame accepted, in bytes (default 16 MB). */
   maxFrameBytes?: number;
@@ -269,10 +284,13 @@ class Connection {
   private async drain(): Promise<void> {
     this.busy = true;
     try {
-      for (let message = this.queue.shift(); message !== undefined && !this.isClosing() && !this.socket.destroyed; message = this.queue.shift()) {
+      const batch = this.options.batchHandler;
+      while (this.queue.length > 0 && !this.isClosing() && !this.socket.destroyed) {
+        const messages = this.queue.splice(0, batch ? (this.options.maxBatch ?? 100) : 1);
         if (this.queue.length < QUEUE_HIGH_WATER / 2 && this.socket.isPaused()) this.socket.resume();
-        const ack = await this.handler(message, this.meta);
-        await this.write(frame(ack));
+        const acks = batch && messages.length > 1 ? await batch(messages, this.meta) : [await this.handler(messages[0] as string, this.meta)];
+        if (acks.length !== messages.length) throw new Error(`MLLP batch handler answered ${acks.length} ACKs for ${messages.length} messages`);
+        await this.write(Buffer.concat(acks.map((ack) => frame(ack))));
         this.touch();
       }
     } catch (err) {

@@ -24,6 +24,14 @@ import type { Hl7Routes } from '../store/hl7-store.js';
 import type { Repository } from '../store/repository.js';
 import type { Tenants } from '../store/tenants.js';
 
+interface Applicable {
+  kind: 'apply';
+  repo: Repository;
+  result: AdtOk;
+  base: { sendingFacility: string | undefined; controlId: string; messageType: string | undefined; raw: string };
+}
+type Routed = { kind: 'answered'; ack: string } | Applicable;
+
 export class Hl7Inbound {
   constructor(
     private readonly ctx: FhirContext,
@@ -34,10 +42,66 @@ export class Hl7Inbound {
 
   /** The MLLP handler: one message in, its ACK out (see the module comment). */
   handle = async (message: string, meta: MllpMeta): Promise<string> => {
+    const routed = await this.route(message, meta);
+    if (routed.kind === 'answered') return routed.ack;
+    try {
+      await routed.repo.transaction((tx) => this.applyOne(tx, routed));
+      return ackFor(message, routed.result);
+    } catch (error) {
+      // Stored with its status (a throw here, database down, leaves the message unacknowledged).
+      const reason = this.reasonOf(error, routed);
+      await routed.repo.recordHl7Message({ ...routed.base, status: 'error', detail: reason });
+      return ack(message, 'AE', reason, { code: 207 });
+    }
+  };
+
+  /**
+   * The MLLP batch handler: messages that arrived together on one connection (a sender that does
+   * not wait for each ACK), in order, each of a tenant applied in one transaction with a savepoint
+   * per message: one commit for the lot, and a message that cannot be applied is undone alone and
+   * stored with its reason (AE) while the others go on. Should the transaction fail as a whole
+   * (database down), none is acknowledged.
+   */
+  handleBatch = async (messages: string[], meta: MllpMeta): Promise<string[]> => {
+    const routed = [];
+    for (const message of messages) routed.push(await this.route(message, meta));
+    const acks: string[] = [];
+    for (let i = 0; i < routed.length; ) {
+      const first = routed[i] as Routed;
+      if (first.kind === 'answered') {
+        acks.push(first.ack);
+        i++;
+        continue;
+      }
+      // The run of messages to apply in the same tenant.
+      const run: Applicable[] = [];
+      for (let r = routed[i]; r?.kind === 'apply' && r.repo === first.repo; r = routed[++i]) run.push(r);
+      acks.push(
+        ...(await first.repo.transaction(async (tx) => {
+          const out: string[] = [];
+          for (const item of run) {
+            try {
+              await tx.savepoint(() => this.applyOne(tx, item));
+              out.push(ackFor(item.base.raw, item.result));
+            } catch (error) {
+              const reason = this.reasonOf(error, item);
+              await tx.recordHl7Message({ ...item.base, status: 'error', detail: reason });
+              out.push(ack(item.base.raw, 'AE', reason, { code: 207 }));
+            }
+          }
+          return out;
+        })),
+      );
+    }
+    return acks;
+  };
+
+  /** Parses and routes a message: answered at once (AR, or AE for one we understand but refuse), or to apply. */
+  private async route(message: string, meta: MllpMeta): Promise<Routed> {
     const result = parseAdt(message);
     if (result.kind === 'reject') {
       await this.routes.storeUnrouted(message, result.reason, meta.remoteAddress);
-      return ackFor(message, result);
+      return { kind: 'answered', ack: ackFor(message, result) };
     }
     const facility = mshField(message, 4);
     const tenant = facility ? await this.routes.tenantOf(facility) : undefined;
@@ -45,27 +109,27 @@ export class Hl7Inbound {
     if (!repo) {
       const reason = facility ? `Sending facility ${facility} is not routed to a practice on this server` : 'MSH-4 (sending facility) is empty';
       await this.routes.storeUnrouted(message, reason, meta.remoteAddress);
-      return ack(message, 'AR', reason, { segment: 'MSH', sequence: 1, field: 4, code: 103 });
+      return { kind: 'answered', ack: ack(message, 'AR', reason, { segment: 'MSH', sequence: 1, field: 4, code: 103 }) };
     }
     const base = { sendingFacility: facility, controlId: result.controlId, messageType: mshField(message, 9, 2), raw: message };
     if (result.kind === 'error') {
       await repo.recordHl7Message({ ...base, status: 'error', detail: result.reason });
-      return ackFor(message, result);
+      return { kind: 'answered', ack: ackFor(message, result) };
     }
-    try {
-      await repo.transaction(async (tx) => {
-        await this.apply(tx, result);
-        await tx.recordHl7Message({ ...base, status: 'applied', ...(result.warnings.length ? { detail: result.warnings.join('; ') } : {}) });
-      });
-      return ackFor(message, result);
-    } catch (error) {
-      const reason = error instanceof FhirError ? error.message : 'the message could not be applied';
-      if (!(error instanceof FhirError)) this.logger.error({ err: error, controlId: result.controlId }, 'HL7 message not applied');
-      // Stored with its status (a throw here, database down, leaves the message unacknowledged).
-      await repo.recordHl7Message({ ...base, status: 'error', detail: reason });
-      return ack(message, 'AE', reason, { code: 207 });
-    }
-  };
+    return { kind: 'apply', repo, result, base };
+  }
+
+  /** Applies a message and stores it as applied, in the transaction `tx`. */
+  private async applyOne(tx: Repository, item: Applicable): Promise<void> {
+    await this.apply(tx, item.result);
+    await tx.recordHl7Message({ ...item.base, status: 'applied', ...(item.result.warnings.length ? { detail: item.result.warnings.join('; ') } : {}) });
+  }
+
+  private reasonOf(error: unknown, item: Applicable): string {
+    if (error instanceof FhirError) return error.message;
+    this.logger.error({ err: error, controlId: item.result.controlId }, 'HL7 message not applied');
+    return 'the message could not be applied';
+  }
 
   private async apply(tx: Repository, adt: AdtOk): Promise<void> {
     const { system, value } = adt.mrn;

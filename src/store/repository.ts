@@ -152,6 +152,24 @@ export class Repository {
   }
 
   /**
+   * Inside transaction(): runs `work` so that, should it throw, what it wrote is undone and the
+   * transaction goes on (a savepoint); the error is thrown on.
+   */
+  async savepoint<T>(work: () => Promise<T>): Promise<T> {
+    const client = this.client;
+    if (!client) throw new Error('savepoint needs a transaction');
+    await this.run(() => client.query('SAVEPOINT work'));
+    try {
+      const result = await work();
+      await this.run(() => client.query('RELEASE SAVEPOINT work'));
+      return result;
+    } catch (error) {
+      await this.run(() => client.query('ROLLBACK TO SAVEPOINT work'));
+      throw error;
+    }
+  }
+
+  /**
    * Inside transaction(): holds the write lock of one resource until commit, so that a
    * read-modify-write (PATCH) sees no other writer in between.
    */
