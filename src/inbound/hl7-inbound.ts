@@ -11,15 +11,17 @@
  * If the message cannot be stored at all (database down), the handler throws: the connection is
  * closed without an ACK, so the sender keeps the message and sends it again.
  */
-import type { Patient, Provenance } from 'fhir/r4.js';
+import { randomUUID } from 'node:crypto';
+import type { Condition, Patient, Provenance } from 'fhir/r4.js';
 import type { Logger } from 'pino';
-import { FhirError } from '../fhir/errors.js';
+import { FhirError, fhirError } from '../fhir/errors.js';
 import { tokenSearchValue } from '../fhir/search-value.js';
 import type { JsonResource } from '../fhir/resource.js';
 import { ack, ackFor, mshField, parseAdt, type AdtOk } from '../hl7/adt.js';
 import type { MllpMeta } from '../hl7/mllp.js';
 import { conditionOf } from '../interactions/conditions.js';
 import type { FhirContext } from '../interactions/types.js';
+import { parseSearch } from '../search/parse.js';
 import type { Hl7Routes } from '../store/hl7-store.js';
 import type { Repository } from '../store/repository.js';
 import type { Tenants } from '../store/tenants.js';
@@ -131,32 +133,62 @@ export class Hl7Inbound {
     return 'the message could not be applied';
   }
 
+  /**
+   * The Patient (matched by MRN, else created), a Condition per DG1 (matched by its identifier,
+   * else created) and a Provenance, in the transaction `tx`, in few statements: one lock statement
+   * for the MRN and every DG1 (the same keys a conditional update takes), one search for the
+   * Patient, one for all the DG1s' Conditions, an update per resource that exists already, and one
+   * statement creating all that is new.
+   */
   private async apply(tx: Repository, adt: AdtOk): Promise<void> {
     const { system, value } = adt.mrn;
-    const criteria = { identifier: [tokenSearchValue(system, value)] };
-    // Writers of one MRN serialise: two messages for a new patient make one Patient.
-    await tx.lockKey(`hl7-patient:${system}|${value}`);
-    const found = await tx.search(conditionOf(this.ctx, 'Patient', criteria, 'PID-3').query);
+    const patientMatch = conditionOf(this.ctx, 'Patient', { identifier: [tokenSearchValue(system, value)] }, 'PID-3');
+    const dg1s = adt.conditions.map((condition, i) => {
+      const identifier = condition.identifier?.[0];
+      if (!identifier?.system || !identifier.value) throw new FhirError('unprocessable', { code: 'invalid-search-value', message: `DG1 ${i + 1} has no identifier to match it by` });
+      const match = conditionOf(this.ctx, 'Condition', { identifier: [tokenSearchValue(identifier.system, identifier.value)] }, `DG1 ${i + 1}`);
+      return { condition, identifier: { system: identifier.system, value: identifier.value }, lockKey: `create:${match.lockKey}` };
+    });
+    // Writers of one MRN serialise (two messages for a new patient make one Patient), and so do
+    // writers of one Condition identifier, whichever way they come (a conditional update too).
+    await tx.lockKeys([`hl7-patient:${system}|${value}`, ...dg1s.map((d) => d.lockKey)]);
+    const found = await tx.search(patientMatch.query);
     if (found.rows.length > 1) throw new FhirError('preconditionFailed', { code: 'multiple-matches', message: `More than one Patient has identifier ${system}|${value}` });
     const existing = found.rows[0] ? (JSON.parse(found.rows[0].json) as Patient) : undefined;
+    const created: { resource: JsonResource; id: string }[] = [];
     let patientId: string;
     if (existing?.id) {
       const merged = this.ctx.validator.checkWrite(mergePatient(existing, adt.patient), 'Patient', existing.id);
-      const { version } = await tx.update(merged, existing.id);
-      patientId = version.id;
+      patientId = (await tx.update(merged, existing.id)).version.id;
     } else {
-      const created = this.ctx.validator.checkWrite(adt.patient, 'Patient');
-      const { version } = await tx.create(created);
-      patientId = version.id;
+      patientId = randomUUID();
+      created.push({ resource: this.ctx.validator.checkWrite(adt.patient, 'Patient'), id: patientId });
     }
     const targets = [{ reference: `Patient/${patientId}` }];
-    for (const [i, condition] of adt.conditions.entries()) {
-      const identifier = condition.identifier?.[0];
-      const resource = this.ctx.validator.checkWrite({ ...condition, subject: { reference: `Patient/${patientId}` } }, 'Condition');
-      if (!identifier?.system || !identifier.value) throw new FhirError('unprocessable', { code: 'invalid-search-value', message: `DG1 ${i + 1} has no identifier to match it by` });
-      const match = conditionOf(this.ctx, 'Condition', { identifier: [tokenSearchValue(identifier.system, identifier.value)] }, `DG1 ${i + 1}`);
-      const { version } = await tx.conditionalUpdate(resource, match);
-      targets.push({ reference: `Condition/${version.id}` });
+    // Every DG1's Condition already here, in one search (at most one each, as a conditional update).
+    const matches = new Map<string, string[]>();
+    if (dg1s.length > 0) {
+      const query = parseSearch('Condition', { identifier: [dg1s.map((d) => tokenSearchValue(d.identifier.system, d.identifier.value)).join(',')], _count: ['1000'] }, { fhirBase: this.ctx.fhirBase, lenient: false }).query;
+      for (const row of (await tx.search(query)).rows) {
+        for (const id of (JSON.parse(row.json) as Condition).identifier ?? []) {
+          const key = `${id.system ?? ''}|${id.value ?? ''}`;
+          matches.set(key, [...(matches.get(key) ?? []), row.id]);
+        }
+      }
+    }
+    for (const [i, d] of dg1s.entries()) {
+      const resource = this.ctx.validator.checkWrite({ ...d.condition, subject: { reference: `Patient/${patientId}` } }, 'Condition');
+      const ids = [...new Set(matches.get(`${d.identifier.system}|${d.identifier.value}`) ?? [])];
+      if (ids.length > 1) throw fhirError('multiple-matches', `DG1 ${i + 1}: more than one Condition has identifier ${d.identifier.system}|${d.identifier.value}`);
+      const id = ids[0];
+      if (id) {
+        await tx.update({ ...resource, id }, id);
+        targets.push({ reference: `Condition/${id}` });
+      } else {
+        const newId = randomUUID();
+        created.push({ resource, id: newId });
+        targets.push({ reference: `Condition/${newId}` });
+      }
     }
     const provenance: Provenance = {
       resourceType: 'Provenance',
@@ -171,7 +203,8 @@ export class Hl7Inbound {
       ],
       entity: [{ role: 'source', what: { identifier: { system: `urn:hl7v2:message:${adt.sendingFacility}`, value: adt.controlId }, display: `ADT^${adt.event} ${adt.controlId}` } }],
     };
-    await tx.create(this.ctx.validator.checkWrite(provenance, 'Provenance'));
+    created.push({ resource: this.ctx.validator.checkWrite(provenance, 'Provenance'), id: randomUUID() });
+    await tx.createMany(created);
   }
 }
 

@@ -372,6 +372,14 @@ export class Repository {
    * Inside transaction(): serialises the writers of one key (a pushed document, say) until
    * commit.
    */
+  /** Inside transaction(): lockKey() for several keys, in one statement (in a fixed order: no deadlock). */
+  async lockKeys(keys: string[]): Promise<void> {
+    if (!this.client) throw new Error('lockKeys needs a transaction');
+    const client = this.client;
+    const sorted = [...new Set(keys)].sort();
+    await this.run(() => client.query('SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest($1::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n', [sorted]));
+  }
+
   async lockKey(key: string): Promise<void> {
     if (!this.client) throw new Error('lockKey needs a transaction');
     await this.run(() => lock(this.client as SqlClient, key));
