@@ -146,20 +146,25 @@ describe('inbound HL7 v2 over MLLP', function () {
       adt(`E${RUN}P5`, `P${RUN}5`),
       adt(`E${RUN}P1`, `P${RUN}1`),
     ];
-    const socket = connect(server.port, '127.0.0.1');
-    await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
-    const decoder = new MllpDecoder({});
-    const replies: string[] = [];
-    const done = new Promise<void>((resolve) => {
-      socket.on('data', (chunk: Buffer) => {
-        replies.push(...decoder.push(chunk));
-        if (replies.length >= sent.length) resolve();
+    /** Sends all the messages in one write, without waiting; resolves with their replies. */
+    const pipelined = async (messages: string[]): Promise<string[]> => {
+      const socket = connect(server.port, '127.0.0.1');
+      await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+      const decoder = new MllpDecoder({});
+      const replies: string[] = [];
+      const done = new Promise<void>((resolve) => {
+        socket.on('data', (chunk: Buffer) => {
+          replies.push(...decoder.push(chunk));
+          if (replies.length >= messages.length) resolve();
+        });
       });
-    });
+      socket.write(Buffer.concat(messages.map((m) => frame(m))));
+      await done;
+      socket.destroy();
+      return replies;
+    };
     const before = batches.length;
-    socket.write(Buffer.concat(sent.map((m) => frame(m))));
-    await done;
-    socket.destroy();
+    const replies = await pipelined(sent);
     assert.deepEqual(
       replies.map((r) => [readAck(r)?.code, readAck(r)?.controlId]),
       [['AA', `P${RUN}1`], ['AE', `P${RUN}2`], ['AE', `P${RUN}3`], ['AR', `P${RUN}4`], ['AA', `P${RUN}5`], ['AA', `P${RUN}1`]],
@@ -179,6 +184,15 @@ describe('inbound HL7 v2 over MLLP', function () {
       [`P${RUN}5`, 'applied'],
       [`P${RUN}1`, 'applied'],
     ]);
+
+    // All of them good: applied together, each stored as applied.
+    const good = [6, 7, 8].map((n) => adt(`E${RUN}P${n}`, `P${RUN}${n}`));
+    assert.deepEqual((await pipelined(good)).map((r) => readAck(r)?.code), ['AA', 'AA', 'AA']);
+    for (const n of [6, 7, 8]) assert.equal((await patientsWith(`E${RUN}P${n}`)).length, 1);
+    assert.deepEqual(
+      (await messages()).filter((m) => [6, 7, 8].some((n) => m.control_id === `P${RUN}${n}`)).map((m) => [m.control_id, m.status]),
+      [6, 7, 8].map((n) => [`P${RUN}${n}`, 'applied']),
+    );
   });
 
   it('answers AR to a message from a facility routed to no tenant, and to one it cannot parse; both stored', async () => {

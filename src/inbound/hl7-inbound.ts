@@ -22,7 +22,7 @@ import type { MllpMeta } from '../hl7/mllp.js';
 import { conditionOf } from '../interactions/conditions.js';
 import type { FhirContext } from '../interactions/types.js';
 import { parseSearch } from '../search/parse.js';
-import type { Hl7Routes } from '../store/hl7-store.js';
+import type { Hl7Routes, StoredMessage } from '../store/hl7-store.js';
 import type { Repository } from '../store/repository.js';
 import type { Tenants } from '../store/tenants.js';
 
@@ -75,9 +75,21 @@ export class Hl7Inbound {
         i++;
         continue;
       }
-      // The run of messages to apply in the same tenant.
+      // The run of messages to apply in the same tenant: all in one go, and should one of them
+      // fail, again with a savepoint for each, so that only that one is undone.
       const run: Applicable[] = [];
       for (let r = routed[i]; r?.kind === 'apply' && r.repo === first.repo; r = routed[++i]) run.push(r);
+      const together = await first.repo
+        .transaction(async (tx) => {
+          for (const item of run) await this.apply(tx, item.result);
+          await tx.recordHl7Messages(run.map((item) => this.applied(item)));
+          return run.map((item) => ackFor(item.base.raw, item.result));
+        })
+        .catch(() => undefined);
+      if (together) {
+        acks.push(...together);
+        continue;
+      }
       acks.push(
         ...(await first.repo.transaction(async (tx) => {
           const out: string[] = [];
@@ -124,7 +136,11 @@ export class Hl7Inbound {
   /** Applies a message and stores it as applied, in the transaction `tx`. */
   private async applyOne(tx: Repository, item: Applicable): Promise<void> {
     await this.apply(tx, item.result);
-    await tx.recordHl7Message({ ...item.base, status: 'applied', ...(item.result.warnings.length ? { detail: item.result.warnings.join('; ') } : {}) });
+    await tx.recordHl7Message(this.applied(item));
+  }
+
+  private applied(item: Applicable): StoredMessage {
+    return { ...item.base, status: 'applied', ...(item.result.warnings.length ? { detail: item.result.warnings.join('; ') } : {}) };
   }
 
   private reasonOf(error: unknown, item: Applicable): string {

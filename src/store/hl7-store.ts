@@ -89,3 +89,21 @@ export async function storeMessage(db: SqlQueryable, m: StoredMessage): Promise<
     m.raw,
   ]);
 }
+
+/** Stores several of a tenant's messages, in order, with one statement. */
+export async function storeMessages(db: SqlQueryable, messages: StoredMessage[]): Promise<void> {
+  if (messages.length === 0) return;
+  await db.query(
+    `INSERT INTO hl7_message (sending_facility, control_id, message_type, status, detail, raw)
+     SELECT f, c, t, s, d, r FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS m(f, c, t, s, d, r, n) ORDER BY n`,
+    [
+      messages.map((m) => m.sendingFacility ?? null),
+      messages.map((m) => m.controlId ?? null),
+      messages.map((m) => m.messageType ?? null),
+      messages.map((m) => m.status),
+      messages.map((m) => m.detail ?? null),
+      messages.map((m) => m.raw),
+    ],
+  );
+}
+
