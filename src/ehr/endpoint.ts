@@ -14,6 +14,14 @@
  *                    by that tenant's Endpoints. Never the token itself.
  *   sendCommunication (valueBoolean, default false)  FHIR delivery also creates a Communication
  *                    telling the physician about the delivered DocumentReference
+ *   matchByDemographics (valueBoolean, default false)  $pull-diagnoses may link a Patient that has
+ *                    no identifier of patientIdentifierSystem to this EHR by demographic match:
+ *                    exactly one of the EHR's Patients with the same family name, first given
+ *                    name, birthDate and gender, carrying an MRN of patientIdentifierSystem. The
+ *                    link is recorded (the MRN added to the Patient, marked with
+ *                    IDENTIFIER_LINK_EXTENSION), with a Provenance and a Task for a person to
+ *                    review it: src/ehr/patient-link.ts. Off, a Patient is linked only by an MRN
+ *                    the MET software or a person gave it.
  *
  * Nothing secret is ever kept in an Endpoint, so no response can show one. A problem is reported
  * with the FHIRPath of the element at fault, for a 422 or a delivery's failure reason.
@@ -78,6 +86,16 @@ function connectionExtension(endpoint: Endpoint): Extension | undefined {
 /** The system of the EHR's MRNs, if the Endpoint names one (any connection type). */
 export function patientIdentifierSystemOf(endpoint: Endpoint): string | undefined {
   return sub(connectionExtension(endpoint), 'patientIdentifierSystem')?.valueUri;
+}
+
+/**
+ * Whether the Endpoint lets $pull-diagnoses link Patients to its EHR by demographic match
+ * (`matchByDemographics` valueBoolean true), or what is wrong with the flag.
+ */
+export function matchByDemographicsOf(endpoint: Endpoint): boolean | EndpointProblem {
+  const flag = sub(connectionExtension(endpoint), 'matchByDemographics');
+  if (flag && typeof flag.valueBoolean !== 'boolean') return { problem: "has a 'matchByDemographics' that is not a valueBoolean", expression: at('matchByDemographics') };
+  return flag?.valueBoolean === true;
 }
 
 /**

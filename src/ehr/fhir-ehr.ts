@@ -1,6 +1,7 @@
 /**
  * The client side of talking to a physician's EHR over FHIR R4: SMART Backend Services access
- * tokens (or a static bearer token, for test systems: ./secrets.ts), finding the EHR's Patient by identifier, pulling its Conditions page by page, and the
+ * tokens (or a static bearer token, for test systems: ./secrets.ts), finding the EHR's Patient by identifier
+ * (or its Patients by demographics, ./patient-link.ts), pulling its Conditions page by page, and the
  * local copy of a pulled Condition; for delivery, finding a resource by identifier and creating one.
  * Every failure is an EhrError whose `kind` tells the pull and delivery layers what to do:
  * `transient` (try again later), `permanent` (a person must look), `auth` (our credentials or
@@ -17,7 +18,8 @@ import { Client, type RequestOptions } from 'fhir-kit-client';
 import { SignJWT, type CryptoKey, type JWK, type KeyObject } from 'jose';
 import type { Annotation, Bundle, Condition, Identifier, OperationOutcome, Patient, Reference } from 'fhir/r4.js';
 import { parseReference } from '../fhir/reference.js';
-import { tokenSearchValue } from '../fhir/search-value.js';
+import { stringSearchValue, tokenSearchValue } from '../fhir/search-value.js';
+import { sameDemographics, type Demographics } from './patient-link.js';
 
 export const CLIENT_ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
 export const CONDITION_CATEGORY_SYSTEM = 'http://terminology.hl7.org/CodeSystem/condition-category';
@@ -354,6 +356,21 @@ export async function findPatient(conn: EhrConnection, query: { identifier: { sy
     throw new EhrError('permanent', 'ambiguous-patient', `${patients.length} Patients at ${baseOf(conn)} carry identifier system ${system}: ${ids('Patient', patients)}`);
   }
   return patients[0];
+}
+
+/**
+ * The EHR's Patients with these demographics (./patient-link.ts, sameDemographics): searched by
+ * family, given, birthdate and gender, then each checked here, since an EHR matches names by prefix
+ * (`family=Li` finds Lind) and may ignore a parameter. Up to 200 are read; more is an error.
+ */
+export async function findPatientsByDemographics(conn: EhrConnection, who: Demographics): Promise<Patient[]> {
+  const patients = await searchAll<Patient>(
+    conn,
+    'Patient',
+    { family: stringSearchValue(who.family), given: stringSearchValue(who.given), birthdate: who.birthDate, gender: who.gender },
+    { count: 50, maxPages: 4 },
+  );
+  return patients.filter((p) => sameDemographics(p, who));
 }
 
 /**

@@ -7,3 +7,8 @@ export function tokenSearchValue(system: string, value: string): string {
   const escape = (s: string): string => s.replace(/[\\|,$]/g, (c) => `\\${c}`);
   return `${escape(system)}|${escape(value)}`;
 }
+
+/** A string (or date) search value as a FHIR search parameter carries it: `\`, `|`, `,` and `$` escaped with `\`. */
+export function stringSearchValue(value: string): string {
+  return value.replace(/[\\|,$]/g, (c) => `\\${c}`);
+}

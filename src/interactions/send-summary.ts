@@ -44,6 +44,7 @@ import type {
   Task,
 } from 'fhir/r4.js';
 import { isEndpointProblem, patientIdentifierSystemOf, readFhirEndpoint } from '../ehr/endpoint.js';
+import { IDENTIFIER_LINK_EXTENSION } from '../ehr/patient-link.js';
 import { fhirError } from '../fhir/errors.js';
 import { parseSearch } from '../search/parse.js';
 import { buildMdmT02 } from '../summary/mdm.js';
@@ -340,6 +341,12 @@ export async function sendSummary(ctx: FhirContext, req: FhirRequest): Promise<F
   const { input, entries, patient } = await gather(ctx, patientId, a, recipient?.name ?? 'the referring physician');
   const mrn = patient.identifier?.find((i) => i.system === identifierSystem && i.value);
   if (!mrn?.value) throw fhirError('unprocessable-operation', `Patient/${patientId} is not linked to the EHR of ${a.endpoint}: it has no identifier of ${identifierSystem ?? 'the Endpoint\u2019s patientIdentifierSystem'}`);
+  // A link made by a demographic match goes unused until a person has confirmed it: a report on
+  // this client must not reach another person's record.
+  const link = mrn.extension?.find((e) => e.url === IDENTIFIER_LINK_EXTENSION)?.extension?.find((e) => e.url === 'reviewStatus')?.valueCode;
+  if (link !== undefined && link !== 'confirmed') {
+    throw fhirError('unprocessable-operation', `Patient/${patientId} is linked to the EHR of ${a.endpoint} by a demographic match that awaits review (its Task \u201creview patient link\u201d): confirm it before sending reports there`);
+  }
   const pdf = await renderPdf(input);
   const documentId = randomUUID();
   const identifier = { system: DOCUMENT_ID_SYSTEM, value: `urn:uuid:${documentId}` };
