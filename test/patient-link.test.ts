@@ -471,6 +471,28 @@ describe('$pull-diagnoses linking a Patient to an EHR by demographic match', fun
     assert.deepEqual((await search<Task>(`Task?focus=Patient/${castellano}`)).map((t) => [t.id, t.status]), [[castellanoTask, 'completed']]);
   });
 
+  it('keeps the link when the MET software pushes the client again (the link identifier is the server\'s)', async () => {
+    await peer.create(ehrPatient('Haddad', 'Leila', '1972-07-09', 'female', 'M-6001'));
+    const client = { id: `met-link-${RUN}`, name: { given: ['Leila'], family: 'Haddad' }, birthDate: '1972-07-09', sex: 'female' };
+    const pushed = await http.post('/met/v1/clients').set('Content-Type', 'application/json').send(client);
+    assert.equal(pushed.status, 201, pushed.text);
+    const patientId = (pushed.body as { resources: { type: string; id: string }[] }).resources.find((r) => r.type === 'Patient')?.id as string;
+    const linked = await pull(patientId);
+    assert.equal(partOf(linked.body.parameter?.[0], 'outcome')?.valueCode, 'linked', JSON.stringify(linked.body));
+    const withLink = await read<Patient>(`Patient/${patientId}`);
+    const link = withLink.identifier?.find((i) => i.system === MRN_SYSTEM);
+    assert.equal(link?.value, 'M-6001');
+
+    // The same document again: nothing changes. A changed one: a new version, the link kept.
+    const again = await http.post('/met/v1/clients').set('Content-Type', 'application/json').send(client);
+    assert.equal((again.body as { status: string }).status, 'unchanged', again.text);
+    const moved = await http.post('/met/v1/clients').set('Content-Type', 'application/json').send({ ...client, contact: { phone: '+1 612-555-0199' } });
+    assert.equal((moved.body as { status: string }).status, 'updated', moved.text);
+    const after = await read<Patient>(`Patient/${patientId}`);
+    assert.equal(after.telecom?.[0]?.value, '+1 612-555-0199');
+    assert.deepEqual(after.identifier?.find((i) => i.system === MRN_SYSTEM), link);
+  });
+
   it('is made again with the same Task when the identifier is lost while the review is open; once rejected, never again', async () => {
     const okafor = await localPatient({ name: [{ family: 'Okafor', given: ['Ruth'] }], birthDate: '1990-12-01', gender: 'female' });
     const first = await pull(okafor);

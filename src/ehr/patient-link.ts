@@ -42,8 +42,9 @@
  */
 import type { Extension, HumanName, Identifier, Patient, Provenance, Task } from 'fhir/r4.js';
 
-/** The extension on an identifier the server added by linking the Patient to an EHR. */
-export const IDENTIFIER_LINK_EXTENSION = 'https://met-fhir-server.dev/fhir/StructureDefinition/identifier-link';
+import { IDENTIFIER_LINK_EXTENSION } from '../fhir/identifier-link.js';
+
+export { IDENTIFIER_LINK_EXTENSION };
 /** The identifier system of review Tasks: one Task per (our Patient, Endpoint, EHR's Patient). */
 export const PATIENT_LINK_SYSTEM = 'https://met-fhir-server.dev/fhir/patient-link';
 export const LINK_METHOD = 'demographic-match';

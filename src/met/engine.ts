@@ -18,6 +18,7 @@ import type { ProfileValidator } from '../validation/profiles.js';
 import type { ResourceValidator } from '../validation/validator.js';
 import { Catalog, type Measure } from './catalog.js';
 import { DocumentSchemas, pointerToken, type DocumentProblem } from './schemas.js';
+import { keepLinkIdentifiers } from '../fhir/identifier-link.js';
 
 export const MAPPING_DIR = new URL('../../mappings/v1/', import.meta.url);
 
@@ -225,11 +226,14 @@ export class MetApi {
           return;
         }
         const existing = byKey.get(key);
-        if (existing?.json !== undefined && sameContent(JSON.parse(existing.json) as JsonResource, m.resource)) {
+        const current = existing?.json !== undefined ? (JSON.parse(existing.json) as JsonResource) : undefined;
+        // The EHR links the server made keep their identifiers (the MET software knows nothing of them).
+        const resource = keepLinkIdentifiers(m.resource, current);
+        if (current && existing && sameContent(current, resource)) {
           resources.push({ type: existing.resourceType, id: existing.id, version: existing.versionId, action: 'unchanged' });
           return;
         }
-        const { created, version } = await tx.update(m.resource, m.resource.id);
+        const { created, version } = await tx.update(resource, m.resource.id);
         resources.push({ type: version.resourceType, id: version.id, version: version.versionId, action: created ? 'created' : 'updated' });
       };
       for (const m of mapped) await write(m);
