@@ -15,8 +15,7 @@ import { createServer, request, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Bundle, DocumentReference, Task } from 'fhir/r4.js';
-import { EHR_ENDPOINT_EXTENSION } from '../src/ehr/endpoint.js';
-import { close, freePort, listen, startEhrPeer, type EhrPeer } from './ehr-peer.js';
+import { close, fhirEndpoint, freePort, listen, startEhrPeer, type EhrPeer } from './ehr-peer.js';
 import { FHIR_JSON } from './helpers.js';
 
 const RUN = randomUUID().slice(0, 8);
@@ -123,14 +122,9 @@ describe('delivery when our server is killed mid-flight', function () {
     };
     const patientId = await created({ resourceType: 'Patient', identifier: [{ system: MRN_SYSTEM, value: MRN }], name: [{ family: 'Lindqvist', given: ['Ingrid'] }], birthDate: '1961-02-03', gender: 'female' });
     const author = await created({ resourceType: 'Practitioner', name: [{ given: ['Sam'], family: 'Okoro' }] });
-    const endpointId = await created({
-      resourceType: 'Endpoint',
-      status: 'active',
-      connectionType: { system: 'http://terminology.hl7.org/CodeSystem/endpoint-connection-type', code: 'hl7-fhir-rest' },
-      payloadType: [{ text: 'FHIR R4' }],
-      address: `${relayOrigin}/fhir`,
-      extension: [{ url: EHR_ENDPOINT_EXTENSION, extension: [{ url: 'auth', valueCode: 'bearer' }, { url: 'tokenRef', valueString: `env:${TOKEN_VAR}` }, { url: 'patientIdentifierSystem', valueUri: MRN_SYSTEM }] }],
-    });
+    const endpointId = await created(
+      fhirEndpoint(`${relayOrigin}/fhir`, [{ url: 'auth', valueCode: 'bearer' }, { url: 'tokenRef', valueString: `env:${TOKEN_VAR}` }, { url: 'patientIdentifierSystem', valueUri: MRN_SYSTEM }]),
+    );
 
     const posted = new Promise<void>((resolve) => (documentPosted = resolve));
     const sent = await api(`/fhir/Patient/${patientId}/$send-summary`, {

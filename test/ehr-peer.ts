@@ -12,13 +12,41 @@ import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { Endpoint, Extension } from 'fhir/r4.js';
 import type { JWK } from 'jose';
+import { EHR_ENDPOINT_EXTENSION } from '../src/ehr/endpoint.js';
 import { hashSecret, newClientId, newClientSecret } from '../src/auth/index.js';
 import { loadConfig } from '../src/config.js';
 import { startServer, type RunningServer } from '../src/server.js';
 import { ClientStore } from '../src/store/clients.js';
 import { createTenant } from '../src/store/tenants.js';
 import { FHIR_JSON, silentLogger, testSigningKey } from './helpers.js';
+
+/**
+ * An active hl7-fhir-rest Endpoint at `address` whose ehr-connection extension holds `settings`
+ * (auth and the rest: src/ehr/endpoint.ts); `more` adds to or replaces top-level elements.
+ */
+export function fhirEndpoint(address: string, settings: Extension[], more: Partial<Endpoint> = {}): Endpoint {
+  return {
+    resourceType: 'Endpoint',
+    status: 'active',
+    connectionType: { system: 'http://terminology.hl7.org/CodeSystem/endpoint-connection-type', code: 'hl7-fhir-rest' },
+    payloadType: [{ text: 'FHIR R4' }],
+    address,
+    extension: [{ url: EHR_ENDPOINT_EXTENSION, extension: settings }],
+    ...more,
+  };
+}
+
+/** The ehr-connection settings for SMART Backend Services at `tokenUrl` as client `clientId`. */
+export function smartSettings(tokenUrl: string, clientId: string, scope?: string): Extension[] {
+  return [
+    { url: 'auth', valueCode: 'smart-backend' },
+    { url: 'tokenUrl', valueUrl: tokenUrl },
+    { url: 'clientId', valueString: clientId },
+    ...(scope ? [{ url: 'scope', valueString: scope }] : []),
+  ];
+}
 
 /** Listens on a free loopback port; returns it. */
 export async function listen(server: Server): Promise<number> {

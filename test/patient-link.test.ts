@@ -18,7 +18,7 @@ import { EHR_ENDPOINT_TAG_SYSTEM } from '../src/ehr/fhir-ehr.js';
 import { demographicsOf, IDENTIFIER_LINK_EXTENSION, PATIENT_LINK_SYSTEM, sameDemographics } from '../src/ehr/patient-link.js';
 import { ClientStore } from '../src/store/clients.js';
 import { createTenant } from '../src/store/tenants.js';
-import { startEhrPeer, type EhrPeer } from './ehr-peer.js';
+import { fhirEndpoint, smartSettings, startEhrPeer, type EhrPeer } from './ehr-peer.js';
 import { assertOutcome, FHIR_JSON, testContext, tokenFor } from './helpers.js';
 
 const RUN = randomUUID().slice(0, 8);
@@ -53,27 +53,8 @@ describe('$pull-diagnoses linking a Patient to an EHR by demographic match', fun
     birthDate,
     gender,
   });
-  const endpoint = (id: string | undefined, system: string, more: Extension[]): Endpoint => ({
-    resourceType: 'Endpoint',
-    ...(id ? { id } : {}),
-    status: 'active',
-    name: 'Northgate EHR',
-    connectionType: { system: 'http://terminology.hl7.org/CodeSystem/endpoint-connection-type', code: 'hl7-fhir-rest' },
-    payloadType: [{ text: 'FHIR R4' }],
-    address: ehrBase,
-    extension: [
-      {
-        url: EHR_ENDPOINT_EXTENSION,
-        extension: [
-          { url: 'auth', valueCode: 'smart-backend' },
-          { url: 'tokenUrl', valueUrl: peer.tokenUrl },
-          { url: 'clientId', valueString: remote.clientId },
-          { url: 'patientIdentifierSystem', valueUri: system },
-          ...more,
-        ],
-      },
-    ],
-  });
+  const endpoint = (id: string | undefined, system: string, more: Extension[]): Endpoint =>
+    fhirEndpoint(ehrBase, [...smartSettings(peer.tokenUrl, remote.clientId as string), { url: 'patientIdentifierSystem', valueUri: system }, ...more], { name: 'Northgate EHR', ...(id ? { id } : {}) });
   const matchingEndpoint = (flag: Extension[] = [{ url: 'matchByDemographics', valueBoolean: true }]) => endpoint(matching, MRN_SYSTEM, flag);
 
   async function localPatient(resource: Omit<Patient, 'resourceType'>): Promise<string> {

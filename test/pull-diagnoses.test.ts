@@ -18,7 +18,7 @@ import { EHR_ENDPOINT_EXTENSION } from '../src/ehr/endpoint.js';
 import { EhrSecrets } from '../src/ehr/secrets.js';
 import { ClientStore } from '../src/store/clients.js';
 import { createTenant } from '../src/store/tenants.js';
-import { startEhrPeer, type EhrPeer } from './ehr-peer.js';
+import { fhirEndpoint, smartSettings, startEhrPeer, type EhrPeer } from './ehr-peer.js';
 import { assertOutcome, FHIR_JSON, TEST_TENANT, testContext, tokenFor } from './helpers.js';
 
 const RUN = randomUUID().slice(0, 8);
@@ -93,26 +93,7 @@ describe('$pull-diagnoses from an EHR over FHIR', function () {
     const endpoint = await http
       .post('/fhir/Endpoint')
       .set('Content-Type', FHIR_JSON)
-      .send({
-        resourceType: 'Endpoint',
-        status: 'active',
-        name: 'Riverside EHR',
-        connectionType: { system: 'http://terminology.hl7.org/CodeSystem/endpoint-connection-type', code: 'hl7-fhir-rest' },
-        payloadType: [{ text: 'FHIR R4' }],
-        address: ehrBase,
-        extension: [
-          {
-            url: EHR_ENDPOINT_EXTENSION,
-            extension: [
-              { url: 'auth', valueCode: 'smart-backend' },
-              { url: 'tokenUrl', valueUrl: peer.tokenUrl },
-              { url: 'clientId', valueString: remote.clientId },
-              { url: 'scope', valueString: 'system/Patient.rs system/Condition.rs' },
-              { url: 'patientIdentifierSystem', valueUri: MRN_SYSTEM },
-            ],
-          },
-        ],
-      });
+      .send(fhirEndpoint(ehrBase, [...smartSettings(peer.tokenUrl, remote.clientId as string, 'system/Patient.rs system/Condition.rs'), { url: 'patientIdentifierSystem', valueUri: MRN_SYSTEM }], { name: 'Riverside EHR' }));
     assert.equal(endpoint.status, 201, endpoint.text);
     const patient = await http.post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', identifier: [{ system: MRN_SYSTEM, value: 'E4471023' }], name: [{ family: 'Delacroix' }] });
     localPatient = (patient.body as { id: string }).id;

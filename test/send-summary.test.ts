@@ -24,7 +24,7 @@ import { createTenant } from '../src/store/tenants.js';
 import { getJob } from '../src/store/delivery-jobs.js';
 import type { Repository } from '../src/store/repository.js';
 import type { SqlPool } from '../src/store/sql.js';
-import { startEhrPeer, type EhrPeer } from './ehr-peer.js';
+import { fhirEndpoint, smartSettings, startEhrPeer, type EhrPeer } from './ehr-peer.js';
 import { assertOutcome, FHIR_JSON, silentLogger, TEST_TENANT, testContext, tokenFor } from './helpers.js';
 
 const RUN = randomUUID().slice(0, 8);
@@ -160,25 +160,18 @@ describe('$send-summary: a progress report delivered to the physician', function
 
   /** An Endpoint of the EHR with our static token (tokenRef) that asks for a Communication. */
   const bearerEndpoint = (tokenRef = `env:${TOKEN_VAR}`): Promise<string> =>
-    endpoint({
-      resourceType: 'Endpoint',
-      status: 'active',
-      name: 'Riverside EHR (static token)',
-      connectionType: { system: CONNECTION_TYPE, code: 'hl7-fhir-rest' },
-      payloadType: [{ text: 'FHIR R4' }],
-      address: ehrBase,
-      extension: [
-        {
-          url: EHR_ENDPOINT_EXTENSION,
-          extension: [
-            { url: 'auth', valueCode: 'bearer' },
-            { url: 'tokenRef', valueString: tokenRef },
-            { url: 'patientIdentifierSystem', valueUri: MRN_SYSTEM },
-            { url: 'sendCommunication', valueBoolean: true },
-          ],
-        },
-      ],
-    });
+    endpoint(
+      fhirEndpoint(
+        ehrBase,
+        [
+          { url: 'auth', valueCode: 'bearer' },
+          { url: 'tokenRef', valueString: tokenRef },
+          { url: 'patientIdentifierSystem', valueUri: MRN_SYSTEM },
+          { url: 'sendCommunication', valueBoolean: true },
+        ],
+        { name: 'Riverside EHR (static token)' },
+      ),
+    );
 
   const taskCount = async (): Promise<number | undefined> => ((await (await http()).get(`/fhir/Task?patient=Patient/${patientId}&_summary=count`)).body as Bundle).total;
 
@@ -189,26 +182,9 @@ describe('$send-summary: a progress report delivered to the physician', function
   }
 
   it('over FHIR: queues the report (Task requested), then delivers one DocumentReference with the PDF to the EHR\'s Patient', async () => {
-    const id = await endpoint({
-      resourceType: 'Endpoint',
-      status: 'active',
-      name: 'Riverside EHR',
-      connectionType: { system: CONNECTION_TYPE, code: 'hl7-fhir-rest' },
-      payloadType: [{ text: 'FHIR R4' }],
-      address: ehrBase,
-      extension: [
-        {
-          url: EHR_ENDPOINT_EXTENSION,
-          extension: [
-            { url: 'auth', valueCode: 'smart-backend' },
-            { url: 'tokenUrl', valueUrl: peer.tokenUrl },
-            { url: 'clientId', valueString: clientId },
-            { url: 'scope', valueString: 'system/Patient.rs system/DocumentReference.crs' },
-            { url: 'patientIdentifierSystem', valueUri: MRN_SYSTEM },
-          ],
-        },
-      ],
-    });
+    const id = await endpoint(
+      fhirEndpoint(ehrBase, [...smartSettings(peer.tokenUrl, clientId, 'system/Patient.rs system/DocumentReference.crs'), { url: 'patientIdentifierSystem', valueUri: MRN_SYSTEM }], { name: 'Riverside EHR' }),
+    );
     const res = await (await http()).post(`/fhir/Patient/${patientId}/$send-summary`).set('Content-Type', FHIR_JSON).send(parameters(id));
     assert.equal(res.status, 201, res.text);
     const queued = res.body as Task;
@@ -327,14 +303,10 @@ describe('$send-summary: a progress report delivered to the physician', function
     if (!(await new ClientStore(db.pool).tenantExists(attacker))) await createTenant(db, attacker);
     const theirs = supertest.agent(app).auth(await tokenFor('system/*.*', { tenant: attacker }), { type: 'bearer' });
     // Their own Endpoint (to a host of their choosing) naming our variable, and a Patient of theirs linked to it.
-    const stolen = await theirs.post('/fhir/Endpoint').set('Content-Type', FHIR_JSON).send({
-      resourceType: 'Endpoint',
-      status: 'active',
-      connectionType: { system: CONNECTION_TYPE, code: 'hl7-fhir-rest' },
-      payloadType: [{ text: 'FHIR R4' }],
-      address: ehrBase,
-      extension: [{ url: EHR_ENDPOINT_EXTENSION, extension: [{ url: 'auth', valueCode: 'bearer' }, { url: 'tokenRef', valueString: `env:${TOKEN_VAR}` }, { url: 'patientIdentifierSystem', valueUri: MRN_SYSTEM }] }],
-    });
+    const stolen = await theirs
+      .post('/fhir/Endpoint')
+      .set('Content-Type', FHIR_JSON)
+      .send(fhirEndpoint(ehrBase, [{ url: 'auth', valueCode: 'bearer' }, { url: 'tokenRef', valueString: `env:${TOKEN_VAR}` }, { url: 'patientIdentifierSystem', valueUri: MRN_SYSTEM }]));
     assert.equal(stolen.status, 201, stolen.text);
     const stolenId = (stolen.body as { id: string }).id;
     const patient = await theirs.post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', identifier: [{ system: MRN_SYSTEM, value: MRN }] });
