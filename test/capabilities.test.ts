@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict';
 import { INTERACTIONS } from '../src/interactions/index.js';
 import { RESOURCE_TYPES } from '../src/fhir/resource-types.js';
+import { readdirSync, readFileSync } from 'node:fs';
 import { api, testContext } from './helpers.js';
 
 describe('capabilities', () => {
@@ -63,5 +64,25 @@ describe('capabilities', () => {
       }
       assert.ok(res.status >= 200 && res.status < 300, `${code} answered ${res.status}`);
     }
+  });
+
+  it('names for each operation an OperationDefinition published in profiles/, valid R4, that lists what the operation takes', async () => {
+    const { ctx } = await testContext();
+    const dir = new URL('../profiles/', import.meta.url);
+    const published = readdirSync(dir)
+      .filter((f) => f.startsWith('OperationDefinition-'))
+      .map((f) => JSON.parse(readFileSync(new URL(f, dir), 'utf8')) as { id: string; url: string; code: string; resource: string[]; instance: boolean; parameter: { name: string; use: string }[] });
+    const statement = (await (await api()).get('/fhir/metadata').expect(200)).body as { rest: { resource: { type: string; operation?: { name: string; definition: string }[] }[] }[] };
+    const named = statement.rest[0]!.resource.flatMap((r) => (r.operation ?? []).map((o) => ({ type: r.type, ...o })));
+    assert.deepEqual(named.map((o) => o.definition).sort(), published.map((d) => d.url).sort());
+    for (const op of named) {
+      const definition = published.find((d) => d.url === op.definition)!;
+      assert.deepEqual([definition.code, definition.resource, definition.instance], [op.name, [op.type], true]);
+      ctx.validator.checkWrite(definition, 'OperationDefinition', definition.id);
+    }
+    // The inputs $send-summary reads (src/interactions/send-summary.ts), and its Task.
+    const send = published.find((d) => d.code === 'send-summary')!;
+    assert.deepEqual(send.parameter.filter((p) => p.use === 'in').map((p) => p.name).sort(), ['author', 'encounter', 'endpoint', 'kind', 'period', 'recipient', 'recommendation']);
+    assert.deepEqual(send.parameter.filter((p) => p.use === 'out').map((p) => p.name), ['return']);
   });
 });

@@ -16,7 +16,7 @@ type SystemInteraction = NonNullable<NonNullable<CapabilityStatement['rest']>[nu
 const TYPE_CODES = new Set<string>(['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'history-type', 'create', 'search-type']);
 const SYSTEM_CODES = new Set<string>(['transaction', 'batch', 'history-system', 'search-system']);
 
-/** Our operations' canonical URLs (documented in the README; not served as OperationDefinitions yet). */
+/** Our operations' canonical URLs: their OperationDefinitions are published in profiles/ (OperationDefinition-*.json). */
 const OPERATION_BASE = 'https://met-fhir-server.dev/fhir/OperationDefinition/';
 
 const COMMON_PARAMS: CapabilityStatementRestResourceSearchParam[] = [
