@@ -185,6 +185,16 @@ describe('inbound HL7 v2 over MLLP', function () {
       [`P${RUN}1`, 'applied'],
     ]);
 
+    // Two messages for one new patient in one batch (an A04, then an A08 moving her): one Patient,
+    // created then updated, and her Conditions once.
+    const a04 = adt(`E${RUN}P9`, `P${RUN}9`);
+    const a08 = sample('adt-a04-knee-oa.hl7', facility, { E4471023: `E${RUN}P9`, RVS000123: `P${RUN}10`, 'ADT^A04': 'ADT^A08', 'EVN|A04': 'EVN|A08', '418 Birch Ln': '7 Elm St' });
+    assert.deepEqual((await pipelined([a04, a08])).map((r) => readAck(r)?.code), ['AA', 'AA']);
+    const moved = await patientsWith(`E${RUN}P9`);
+    assert.equal(moved.length, 1);
+    assert.deepEqual([moved[0]!.meta?.versionId, moved[0]!.address?.[0]?.line?.[0]], ['2', '7 Elm St']);
+    assert.equal((await conditionsOf(moved[0]!.id!)).length, 3);
+
     // All of them good: applied together, each stored as applied.
     const good = [6, 7, 8].map((n) => adt(`E${RUN}P${n}`, `P${RUN}${n}`));
     assert.deepEqual((await pipelined(good)).map((r) => readAck(r)?.code), ['AA', 'AA', 'AA']);

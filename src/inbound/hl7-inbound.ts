@@ -12,7 +12,7 @@
  * closed without an ACK, so the sender keeps the message and sends it again.
  */
 import { randomUUID } from 'node:crypto';
-import type { Condition, Patient, Provenance } from 'fhir/r4.js';
+import type { Patient, Provenance } from 'fhir/r4.js';
 import type { Logger } from 'pino';
 import { FhirError, fhirError } from '../fhir/errors.js';
 import { tokenSearchValue } from '../fhir/search-value.js';
@@ -81,7 +81,7 @@ export class Hl7Inbound {
       for (let r = routed[i]; r?.kind === 'apply' && r.repo === first.repo; r = routed[++i]) run.push(r);
       const together = await first.repo
         .transaction(async (tx) => {
-          for (const item of run) await this.apply(tx, item.result);
+          await this.applyAll(tx, run.map((item) => item.result));
           await tx.recordHl7Messages(run.map((item) => this.applied(item)));
           return run.map((item) => ackFor(item.base.raw, item.result));
         })
@@ -149,79 +149,116 @@ export class Hl7Inbound {
     return 'the message could not be applied';
   }
 
+  /** One message: see applyAll. */
+  private apply(tx: Repository, adt: AdtOk): Promise<void> {
+    return this.applyAll(tx, [adt]);
+  }
+
   /**
-   * The Patient (matched by MRN, else created), a Condition per DG1 (matched by its identifier,
-   * else created) and a Provenance, in the transaction `tx`, in few statements: one lock statement
-   * for the MRN and every DG1 (the same keys a conditional update takes), one search for the
-   * Patient, one for all the DG1s' Conditions, an update per resource that exists already, and one
-   * statement creating all that is new.
+   * Messages in order, in the transaction `tx`: for each, the Patient (matched by MRN, else
+   * created), a Condition per DG1 (matched by its identifier, else created) and a Provenance. In
+   * few statements, whatever the number of messages: one lock statement for every MRN and DG1 (the
+   * keys a conditional update takes), one search for all the Patients, one for all the DG1s'
+   * Conditions, an update per resource that exists already, and one statement creating everything
+   * new. Messages that share an MRN or a DG1 go in separate rounds, in order, so that a later one
+   * sees what an earlier one wrote.
    */
-  private async apply(tx: Repository, adt: AdtOk): Promise<void> {
-    const { system, value } = adt.mrn;
-    const patientMatch = conditionOf(this.ctx, 'Patient', { identifier: [tokenSearchValue(system, value)] }, 'PID-3');
-    const dg1s = adt.conditions.map((condition, i) => {
-      const identifier = condition.identifier?.[0];
-      if (!identifier?.system || !identifier.value) throw new FhirError('unprocessable', { code: 'invalid-search-value', message: `DG1 ${i + 1} has no identifier to match it by` });
-      const match = conditionOf(this.ctx, 'Condition', { identifier: [tokenSearchValue(identifier.system, identifier.value)] }, `DG1 ${i + 1}`);
-      return { condition, identifier: { system: identifier.system, value: identifier.value }, lockKey: `create:${match.lockKey}` };
-    });
+  private async applyAll(tx: Repository, adts: AdtOk[]): Promise<void> {
+    let round: AdtOk[] = [];
+    const seen = new Set<string>();
+    for (const adt of adts) {
+      const keys = [`Patient|${adt.mrn.system}|${adt.mrn.value}`, ...adt.conditions.map((c) => `Condition|${c.identifier?.[0]?.system ?? ''}|${c.identifier?.[0]?.value ?? ''}`)];
+      if (keys.some((k) => seen.has(k))) {
+        await this.applyRound(tx, round);
+        round = [];
+        seen.clear();
+      }
+      round.push(adt);
+      for (const k of keys) seen.add(k);
+    }
+    if (round.length > 0) await this.applyRound(tx, round);
+  }
+
+  /** Messages of which no two share an MRN or a DG1 identifier (applyAll). */
+  private async applyRound(tx: Repository, adts: AdtOk[]): Promise<void> {
+    const plans = adts.map((adt) => ({
+      adt,
+      dg1s: adt.conditions.map((condition, i) => {
+        const identifier = condition.identifier?.[0];
+        if (!identifier?.system || !identifier.value) throw new FhirError('unprocessable', { code: 'invalid-search-value', message: `DG1 ${i + 1} has no identifier to match it by` });
+        const match = conditionOf(this.ctx, 'Condition', { identifier: [tokenSearchValue(identifier.system, identifier.value)] }, `DG1 ${i + 1}`);
+        return { condition, identifier: { system: identifier.system, value: identifier.value }, lockKey: `create:${match.lockKey}` };
+      }),
+    }));
     // Writers of one MRN serialise (two messages for a new patient make one Patient), and so do
     // writers of one Condition identifier, whichever way they come (a conditional update too).
-    await tx.lockKeys([`hl7-patient:${system}|${value}`, ...dg1s.map((d) => d.lockKey)]);
-    const found = await tx.search(patientMatch.query);
-    if (found.rows.length > 1) throw new FhirError('preconditionFailed', { code: 'multiple-matches', message: `More than one Patient has identifier ${system}|${value}` });
-    const existing = found.rows[0] ? (JSON.parse(found.rows[0].json) as Patient) : undefined;
+    await tx.lockKeys(plans.flatMap((p) => [`hl7-patient:${p.adt.mrn.system}|${p.adt.mrn.value}`, ...p.dg1s.map((d) => d.lockKey)]));
+    const patients = await this.byIdentifier(tx, 'Patient', plans.map((p) => p.adt.mrn));
+    const conditions = await this.byIdentifier(tx, 'Condition', plans.flatMap((p) => p.dg1s.map((d) => d.identifier)));
     const created: { resource: JsonResource; id: string }[] = [];
-    let patientId: string;
-    if (existing?.id) {
-      const merged = this.ctx.validator.checkWrite(mergePatient(existing, adt.patient), 'Patient', existing.id);
-      patientId = (await tx.update(merged, existing.id)).version.id;
-    } else {
-      patientId = randomUUID();
-      created.push({ resource: this.ctx.validator.checkWrite(adt.patient, 'Patient'), id: patientId });
-    }
-    const targets = [{ reference: `Patient/${patientId}` }];
-    // Every DG1's Condition already here, in one search (at most one each, as a conditional update).
-    const matches = new Map<string, string[]>();
-    if (dg1s.length > 0) {
-      const query = parseSearch('Condition', { identifier: [dg1s.map((d) => tokenSearchValue(d.identifier.system, d.identifier.value)).join(',')], _count: ['1000'] }, { fhirBase: this.ctx.fhirBase, lenient: false }).query;
-      for (const row of (await tx.search(query)).rows) {
-        for (const id of (JSON.parse(row.json) as Condition).identifier ?? []) {
-          const key = `${id.system ?? ''}|${id.value ?? ''}`;
-          matches.set(key, [...(matches.get(key) ?? []), row.id]);
+    for (const { adt, dg1s } of plans) {
+      const { system, value } = adt.mrn;
+      const found = patients.get(`${system}|${value}`) ?? [];
+      if (found.length > 1) throw new FhirError('preconditionFailed', { code: 'multiple-matches', message: `More than one Patient has identifier ${system}|${value}` });
+      const existing = found[0] ? (JSON.parse(found[0].json) as Patient) : undefined;
+      let patientId: string;
+      if (existing?.id) {
+        const merged = this.ctx.validator.checkWrite(mergePatient(existing, adt.patient), 'Patient', existing.id);
+        patientId = (await tx.update(merged, existing.id)).version.id;
+      } else {
+        patientId = randomUUID();
+        created.push({ resource: this.ctx.validator.checkWrite(adt.patient, 'Patient'), id: patientId });
+      }
+      const targets = [{ reference: `Patient/${patientId}` }];
+      for (const [i, d] of dg1s.entries()) {
+        const resource = this.ctx.validator.checkWrite({ ...d.condition, subject: { reference: `Patient/${patientId}` } }, 'Condition');
+        const matches = conditions.get(`${d.identifier.system}|${d.identifier.value}`) ?? [];
+        if (matches.length > 1) throw fhirError('multiple-matches', `DG1 ${i + 1}: more than one Condition has identifier ${d.identifier.system}|${d.identifier.value}`);
+        const id = matches[0]?.id;
+        if (id) {
+          await tx.update({ ...resource, id }, id);
+          targets.push({ reference: `Condition/${id}` });
+        } else {
+          const newId = randomUUID();
+          created.push({ resource, id: newId });
+          targets.push({ reference: `Condition/${newId}` });
         }
       }
+      created.push({ resource: this.ctx.validator.checkWrite(provenanceOf(adt, targets, existing !== undefined), 'Provenance'), id: randomUUID() });
     }
-    for (const [i, d] of dg1s.entries()) {
-      const resource = this.ctx.validator.checkWrite({ ...d.condition, subject: { reference: `Patient/${patientId}` } }, 'Condition');
-      const ids = [...new Set(matches.get(`${d.identifier.system}|${d.identifier.value}`) ?? [])];
-      if (ids.length > 1) throw fhirError('multiple-matches', `DG1 ${i + 1}: more than one Condition has identifier ${d.identifier.system}|${d.identifier.value}`);
-      const id = ids[0];
-      if (id) {
-        await tx.update({ ...resource, id }, id);
-        targets.push({ reference: `Condition/${id}` });
-      } else {
-        const newId = randomUUID();
-        created.push({ resource, id: newId });
-        targets.push({ reference: `Condition/${newId}` });
-      }
-    }
-    const provenance: Provenance = {
-      resourceType: 'Provenance',
-      target: targets,
-      recorded: new Date().toISOString(),
-      activity: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-DataOperation', code: existing ? 'UPDATE' : 'CREATE' }] },
-      agent: [
-        {
-          type: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/provenance-participant-type', code: 'author' }] },
-          who: { display: `${adt.sendingApplication || 'HL7 v2 sender'} at ${adt.sendingFacility}` },
-        },
-      ],
-      entity: [{ role: 'source', what: { identifier: { system: `urn:hl7v2:message:${adt.sendingFacility}`, value: adt.controlId }, display: `ADT^${adt.event} ${adt.controlId}` } }],
-    };
-    created.push({ resource: this.ctx.validator.checkWrite(provenance, 'Provenance'), id: randomUUID() });
     await tx.createMany(created);
   }
+
+  /** The current resources of `type` carrying each identifier (system|value → resources), in searches of at most 100 values. */
+  private async byIdentifier(tx: Repository, type: string, identifiers: { system: string; value: string }[]): Promise<Map<string, { id: string; json: string }[]>> {
+    const out = new Map<string, { id: string; json: string }[]>();
+    const wanted = [...new Set(identifiers.map((i) => tokenSearchValue(i.system, i.value)))];
+    for (let at = 0; at < wanted.length; at += 100) {
+      const query = parseSearch(type, { identifier: [wanted.slice(at, at + 100).join(',')], _count: ['1000'] }, { fhirBase: this.ctx.fhirBase, lenient: false }).query;
+      for (const row of (await tx.search(query)).rows) {
+        const keys = new Set(((JSON.parse(row.json) as { identifier?: { system?: string; value?: string }[] }).identifier ?? []).map((i) => `${i.system ?? ''}|${i.value ?? ''}`));
+        for (const key of keys) out.set(key, [...(out.get(key) ?? []), { id: row.id, json: row.json }]);
+      }
+    }
+    return out;
+  }
+}
+
+/** The Provenance of one message: what it wrote, the sender, the message. */
+function provenanceOf(adt: AdtOk, targets: { reference: string }[], updated: boolean): Provenance {
+  return {
+    resourceType: 'Provenance',
+    target: targets,
+    recorded: new Date().toISOString(),
+    activity: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-DataOperation', code: updated ? 'UPDATE' : 'CREATE' }] },
+    agent: [
+      {
+        type: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/provenance-participant-type', code: 'author' }] },
+        who: { display: `${adt.sendingApplication || 'HL7 v2 sender'} at ${adt.sendingFacility}` },
+      },
+    ],
+    entity: [{ role: 'source', what: { identifier: { system: `urn:hl7v2:message:${adt.sendingFacility}`, value: adt.controlId }, display: `ADT^${adt.event} ${adt.controlId}` } }],
+  };
 }
 
 /** A Patient updated from PID: demographics from the message, identifiers of both kept. */
