@@ -195,6 +195,20 @@ describe('inbound HL7 v2 over MLLP', function () {
     assert.deepEqual([moved[0]!.meta?.versionId, moved[0]!.address?.[0]?.line?.[0]], ['2', '7 Elm St']);
     assert.equal((await conditionsOf(moved[0]!.id!)).length, 3);
 
+    // A sender that reuses a DG1 identifier for another patient: AE, and the diagnosis stays with
+    // the patient it belongs to.
+    const shared = (mrn: string, control: string): string =>
+      sample('adt-a04-knee-oa.hl7', facility, { E4471023: mrn, RVS000123: control, '|F|||||||||1\r': `|F|||||||||1|||||DX${RUN}\r` });
+    assert.equal(readAck(await client.send(shared(`E${RUN}P12`, `P${RUN}12`)))?.code, 'AA');
+    const [owner] = await patientsWith(`E${RUN}P12`);
+    const reply = readAck(await client.send(shared(`E${RUN}P11`, `P${RUN}11`)));
+    assert.equal(reply?.code, 'AE', JSON.stringify(reply));
+    assert.match(reply?.text ?? '', /^DG1 1: identifier urn:hl7v2:dg1:.* is already that of a C/);
+    const detail = (await messages()).find((m) => m.control_id === `P${RUN}11`)?.detail ?? '';
+    assert.match(detail, new RegExp(`DX${RUN} is already that of a Condition of Patient/${owner!.id}$`));
+    assert.equal((await conditionsOf(owner!.id!)).length, 3);
+    assert.equal((await patientsWith(`E${RUN}P11`)).length, 0);
+
     // All of them good: applied together, each stored as applied.
     const good = [6, 7, 8].map((n) => adt(`E${RUN}P${n}`, `P${RUN}${n}`));
     assert.deepEqual((await pipelined(good)).map((r) => readAck(r)?.code), ['AA', 'AA', 'AA']);

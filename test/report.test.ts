@@ -323,6 +323,15 @@ describe('the diagnoses a report lists', () => {
     assert.deepEqual(reportDiagnoses([pulled, reported]).map((c) => c.id), ['ehr']);
   });
 
+  it('leaves out refuted ones, and those pulled from an EHR linked by a demographic match not yet confirmed', () => {
+    const refuted = condition('refuted', 'I10', { verificationStatus: { coding: [{ code: 'refuted' }] } });
+    const tag = (endpoint: string): Partial<Condition> => ({ meta: { source: 'https://ehr.example.org/fhir/Condition/1', tag: [{ system: 'https://met-fhir-server.dev/fhir/CodeSystem/ehr-endpoint', code: endpoint }] } });
+    const unsure = condition('unsure', 'E11.9', tag('e-unconfirmed'));
+    const sure = condition('sure', 'M17.11', tag('e-confirmed'));
+    assert.deepEqual(reportDiagnoses([refuted, unsure, sure], new Set(['e-unconfirmed'])).map((c) => c.id), ['sure']);
+    assert.deepEqual(reportDiagnoses([unsure, sure]).map((c) => c.id), ['unsure', 'sure']);
+  });
+
   it('leaves out entered-in-error ones and keeps uncoded ones apart', () => {
     const wrong = condition('wrong', 'I10', { verificationStatus: { coding: [{ code: 'entered-in-error' }] } });
     const uncoded = (id: string): Condition => ({ resourceType: 'Condition', id, subject: { reference: 'Patient/p' }, code: { text: 'knee pain' } });

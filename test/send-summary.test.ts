@@ -368,7 +368,7 @@ describe('$send-summary: a progress report delivered to the physician', function
       status: 'finished',
       class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' },
       subject,
-      period: { start: '2026-11-12T09:00:00-05:00', end: '2026-11-12T09:50:00-05:00' },
+      period: { start: '2026-11-12T19:30:00-05:00', end: '2026-11-12T20:20:00-05:00' },
       length: { value: 50, unit: 'min', system: 'http://unitsofmeasure.org', code: 'min' },
     });
     const encounter = { reference: `Encounter/${encounterId}` };
@@ -378,7 +378,7 @@ describe('$send-summary: a progress report delivered to the physician', function
       code: { coding: [{ system: 'http://snomed.info/sct', code: '229065009', display: 'Exercise therapy' }] },
       subject,
       encounter,
-      performedPeriod: { start: '2026-11-12T09:00:00-05:00', end: '2026-11-12T09:50:00-05:00' },
+      performedPeriod: { start: '2026-11-12T19:30:00-05:00', end: '2026-11-12T20:20:00-05:00' },
       note: [{ text: 'Recumbent bike: 15 min, RPE 12' }, { text: 'Sit-to-stand: 2 × 10' }],
       outcome: { text: 'Tolerated well' },
       followUp: [{ text: 'Add a third set of sit-to-stand.' }],
@@ -389,7 +389,7 @@ describe('$send-summary: a progress report delivered to the physician', function
       code: { coding: [{ system: 'http://loinc.org', code, display }], text: display },
       subject,
       encounter,
-      effectiveDateTime: '2026-11-12T09:00:00-05:00',
+      effectiveDateTime: '2026-11-12T19:30:00-05:00',
       valueQuantity: { value, unit, system: 'http://unitsofmeasure.org', code: unit === 'beats/minute' ? '/min' : unit },
       note: [{ text: note }],
     });
@@ -444,6 +444,28 @@ describe('$send-summary: a progress report delivered to the physician', function
         { code: 'processing', detail: 'unprocessable-operation', expression: at('encounter'), diagnostics: `${ref} is not a session of Patient/${patientId}` },
       ]);
     }
+    assert.equal(await taskCount(), tasksBefore);
+  });
+
+  it('refuses an Endpoint that names no patientIdentifierSystem: a bare number could be anyone\'s', async () => {
+    const id = await endpoint({
+      resourceType: 'Endpoint',
+      status: 'active',
+      connectionType: { system: CONNECTION_TYPE, code: 'hl7v2-mllp' },
+      payloadType: [{ text: 'HL7 v2 MDM' }],
+      address: `mllp://127.0.0.1:${mllp.port}`,
+    });
+    const tasksBefore = await taskCount();
+    const res = await (await http()).post(`/fhir/Patient/${patientId}/$send-summary`).set('Content-Type', FHIR_JSON).send(parameters(id));
+    assert.equal(res.status, 422, res.text);
+    assertOutcome(res.body, [
+      {
+        code: 'processing',
+        detail: 'unprocessable-operation',
+        expression: `Endpoint.extension('${EHR_ENDPOINT_EXTENSION}').extension('patientIdentifierSystem')`,
+        diagnostics: `Endpoint/${id} names no patientIdentifierSystem: the system of the EHR's MRNs is needed to name the patient there`,
+      },
+    ]);
     assert.equal(await taskCount(), tasksBefore);
   });
 

@@ -100,6 +100,8 @@ export class DeliveryWorker {
   private stopping = false;
   private wake: (() => void) | undefined;
   private notified = false;
+  /** Jobs an attempt of this worker is sending now (tenant/job id). */
+  private readonly sending = new Set<string>();
 
   constructor(options: DeliveryWorkerOptions) {
     const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as unknown as DeliveryWorkerOptions;
@@ -192,9 +194,18 @@ export class DeliveryWorker {
             continue;
           }
           if (!job) continue;
-          await this.process(store, job);
-          done++;
           next.push(store);
+          // Still being sent by another lane of this worker (an attempt that outlived its lease):
+          // never a second send alongside it.
+          const key = `${store.tenant}/${job.id}`;
+          if (this.sending.has(key)) continue;
+          this.sending.add(key);
+          try {
+            await this.process(store, job);
+          } finally {
+            this.sending.delete(key);
+          }
+          done++;
         }
         active = next;
       }

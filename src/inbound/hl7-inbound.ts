@@ -25,6 +25,7 @@ import { parseSearch } from '../search/parse.js';
 import type { Hl7Routes, StoredMessage } from '../store/hl7-store.js';
 import type { Repository } from '../store/repository.js';
 import type { Tenants } from '../store/tenants.js';
+import { isConflict } from '../store/db-errors.js';
 
 interface Applicable {
   kind: 'apply';
@@ -50,6 +51,9 @@ export class Hl7Inbound {
       await routed.repo.transaction((tx) => this.applyOne(tx, routed));
       return ackFor(message, routed.result);
     } catch (error) {
+      // A conflict with a concurrent writer (a deadlock, say) that outlived the retries is not the
+      // message's fault: no ACK, so that the sender sends it again.
+      if (isConflict(error)) throw error;
       // Stored with its status (a throw here, database down, leaves the message unacknowledged).
       const reason = this.reasonOf(error, routed);
       await routed.repo.recordHl7Message({ ...routed.base, status: 'error', detail: reason });
@@ -98,6 +102,8 @@ export class Hl7Inbound {
               await tx.savepoint(() => this.applyOne(tx, item));
               out.push(ackFor(item.base.raw, item.result));
             } catch (error) {
+              // A conflict: the whole transaction is retried (or, failing, nothing is acknowledged).
+              if (isConflict(error)) throw error;
               const reason = this.reasonOf(error, item);
               await tx.recordHl7Message({ ...item.base, status: 'error', detail: reason });
               out.push(ack(item.base.raw, 'AE', reason, { code: 207 }));
@@ -164,6 +170,9 @@ export class Hl7Inbound {
    * sees what an earlier one wrote.
    */
   private async applyAll(tx: Repository, adts: AdtOk[]): Promise<void> {
+    // Every key of every message first, in one sorted statement: two batches that share patients
+    // in another order cannot deadlock.
+    await tx.lockKeys(adts.flatMap((adt) => this.lockKeysOf(adt)));
     let round: AdtOk[] = [];
     const seen = new Set<string>();
     for (const adt of adts) {
@@ -179,6 +188,16 @@ export class Hl7Inbound {
     if (round.length > 0) await this.applyRound(tx, round);
   }
 
+  /**
+   * The locks a message takes: its MRN's and each DG1 identifier's, the very keys a conditional
+   * create or update with that identifier takes, so that writers through FHIR and HL7 serialise.
+   */
+  private lockKeysOf(adt: AdtOk): string[] {
+    const key = (type: string, system: string | undefined, value: string | undefined): string[] =>
+      system && value ? [`create:${conditionOf(this.ctx, type, { identifier: [tokenSearchValue(system, value)] }, type).lockKey}`] : [];
+    return [...key('Patient', adt.mrn.system, adt.mrn.value), ...adt.conditions.flatMap((c) => key('Condition', c.identifier?.[0]?.system, c.identifier?.[0]?.value))];
+  }
+
   /** Messages of which no two share an MRN or a DG1 identifier (applyAll). */
   private async applyRound(tx: Repository, adts: AdtOk[]): Promise<void> {
     const plans = adts.map((adt) => ({
@@ -186,13 +205,10 @@ export class Hl7Inbound {
       dg1s: adt.conditions.map((condition, i) => {
         const identifier = condition.identifier?.[0];
         if (!identifier?.system || !identifier.value) throw new FhirError('unprocessable', { code: 'invalid-search-value', message: `DG1 ${i + 1} has no identifier to match it by` });
-        const match = conditionOf(this.ctx, 'Condition', { identifier: [tokenSearchValue(identifier.system, identifier.value)] }, `DG1 ${i + 1}`);
-        return { condition, identifier: { system: identifier.system, value: identifier.value }, lockKey: `create:${match.lockKey}` };
+        return { condition, identifier: { system: identifier.system, value: identifier.value } };
       }),
     }));
-    // Writers of one MRN serialise (two messages for a new patient make one Patient), and so do
-    // writers of one Condition identifier, whichever way they come (a conditional update too).
-    await tx.lockKeys(plans.flatMap((p) => [`hl7-patient:${p.adt.mrn.system}|${p.adt.mrn.value}`, ...p.dg1s.map((d) => d.lockKey)]));
+
     const patients = await this.byIdentifier(tx, 'Patient', plans.map((p) => p.adt.mrn));
     const conditions = await this.byIdentifier(tx, 'Condition', plans.flatMap((p) => p.dg1s.map((d) => d.identifier)));
     const created: { resource: JsonResource; id: string }[] = [];
@@ -215,6 +231,11 @@ export class Hl7Inbound {
         const matches = conditions.get(`${d.identifier.system}|${d.identifier.value}`) ?? [];
         if (matches.length > 1) throw fhirError('multiple-matches', `DG1 ${i + 1}: more than one Condition has identifier ${d.identifier.system}|${d.identifier.value}`);
         const id = matches[0]?.id;
+        const holder = matches[0] ? (JSON.parse(matches[0].json) as { subject?: { reference?: string } }).subject?.reference : undefined;
+        if (id && holder !== `Patient/${patientId}`) {
+          // The sender reused a DG1 identifier for another patient: never move a diagnosis between people.
+          throw fhirError('multiple-matches', `DG1 ${i + 1}: identifier ${d.identifier.system}|${d.identifier.value} is already that of a Condition of ${holder ?? 'another patient'}`);
+        }
         if (id) {
           await tx.update({ ...resource, id }, id);
           targets.push({ reference: `Condition/${id}` });

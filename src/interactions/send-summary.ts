@@ -43,7 +43,8 @@ import type {
   Reference,
   Task,
 } from 'fhir/r4.js';
-import { isEndpointProblem, patientIdentifierSystemOf, readFhirEndpoint } from '../ehr/endpoint.js';
+import { EHR_ENDPOINT_EXTENSION, isEndpointProblem, patientIdentifierSystemOf, readFhirEndpoint } from '../ehr/endpoint.js';
+import { EHR_ENDPOINT_TAG_SYSTEM } from '../ehr/fhir-ehr.js';
 import { IDENTIFIER_LINK_EXTENSION } from '../ehr/patient-link.js';
 import { fhirError } from '../fhir/errors.js';
 import { parseSearch } from '../search/parse.js';
@@ -73,6 +74,8 @@ interface Args {
   kind: SummaryKind;
   /** session-summary: `Encounter/{id}`. */
   encounter?: string;
+  /** session-summary: that Encounter, once read (and checked to be this client's). */
+  session?: Encounter;
   endpoint: string;
   author: string;
   period: { start: string; end: string };
@@ -139,12 +142,16 @@ async function search<T>(ctx: FhirContext, type: string, params: Record<string, 
 /**
  * The diagnoses a report lists: each coded one once. The same diagnosis often arrives twice, as the
  * MET software reported it with the client and as $pull-diagnoses brought it from the EHR; the
- * EHR's (it has a meta.source) is the one listed. Entered-in-error ones are left out.
+ * EHR's (it has a meta.source) is the one listed. Entered-in-error and refuted ones are left out,
+ * and so are those pulled from an EHR (tagged with its Endpoint) the Patient is linked to by a
+ * demographic match not yet confirmed (`unconfirmedEndpoints`: those Endpoints' ids).
  */
-export function reportDiagnoses(conditions: Condition[]): Condition[] {
+export function reportDiagnoses(conditions: Condition[], unconfirmedEndpoints: ReadonlySet<string> = new Set()): Condition[] {
   const kept = new Map<string, Condition>();
   for (const c of conditions) {
-    if (c.verificationStatus?.coding?.[0]?.code === 'entered-in-error') continue;
+    if (['entered-in-error', 'refuted'].includes(c.verificationStatus?.coding?.[0]?.code ?? '')) continue;
+    // Pulled through a demographic link nobody has confirmed yet: perhaps another person's.
+    if (c.meta?.tag?.some((t) => t.system === EHR_ENDPOINT_TAG_SYSTEM && unconfirmedEndpoints.has(t.code ?? ''))) continue;
     const coding = c.code?.coding?.find((x) => x.system && x.code);
     const key = coding ? `${coding.system}|${coding.code}` : `Condition/${c.id}`;
     const seen = kept.get(key);
@@ -164,12 +171,12 @@ const PHASES = ['before', 'during', 'after'] as const;
 /**
  * One session as the session summary tells it: its exercises (the Procedure's notes), the
  * measurements taken in it (before, during and after exercise, as the MET software said), its
- * tolerance and next steps. `encounters`, `observations` and `procedures` are the patient's.
+ * tolerance and next steps. `observations` and `procedures` are the session's.
  */
-function sessionDetails(encounter: string, encounters: Encounter[], observations: Observation[], procedures: Procedure[]): SessionDetails {
-  const e = encounters.find((x) => `Encounter/${x.id}` === encounter);
-  const start = e?.period?.start ?? '';
-  const minutes = e?.length?.code === 'min' && e.length.value !== undefined ? e.length.value : undefined;
+function sessionDetails(e: Encounter, observations: Observation[], procedures: Procedure[]): SessionDetails {
+  const encounter = `Encounter/${e.id}`;
+  const start = e.period?.start ?? '';
+  const minutes = e.length?.code === 'min' && e.length.value !== undefined ? e.length.value : undefined;
   const ofSession = procedures.filter((p) => p.encounter?.reference === encounter && p.status !== 'entered-in-error');
   const measured = observations
     .filter((o) => o.encounter?.reference === encounter && o.status !== 'entered-in-error' && o.status !== 'cancelled')
@@ -234,9 +241,25 @@ async function gather(ctx: FhirContext, patientId: string, a: Args, recipientNam
   }
   const outcomes = [...series.values()].filter((m) => m.series.length > 0).map((m) => ({ ...m, series: m.series.sort((x, y) => x.date.localeCompare(y.date)) }));
 
-  const diagnoses = reportDiagnoses(conditions);
+  const unconfirmed = new Set(
+    (patient.identifier ?? []).flatMap((i) => {
+      const link = i.extension?.find((e) => e.url === IDENTIFIER_LINK_EXTENSION);
+      if (!link || link.extension?.find((e) => e.url === 'reviewStatus')?.valueCode === 'confirmed') return [];
+      const endpointRef = link.extension?.find((e) => e.url === 'endpoint')?.valueReference?.reference;
+      return endpointRef?.startsWith('Endpoint/') ? [endpointRef.slice('Endpoint/'.length)] : [];
+    }),
+  );
+  const diagnoses = reportDiagnoses(conditions, unconfirmed);
   const sessions = encounters.filter((e) => e.status !== 'entered-in-error');
-  const session = a.kind === 'session-summary' ? sessionDetails(a.encounter as string, encounters, observations, procedures) : undefined;
+  // The session's own resources by their encounter, not by date: a session late in the evening is
+  // already the next day in UTC, which is how a date without a zone is searched.
+  const session = a.session
+    ? sessionDetails(
+        a.session,
+        await search<Observation>(ctx, 'Observation', { encounter: [a.encounter as string] }),
+        await search<Procedure>(ctx, 'Procedure', { encounter: [a.encounter as string] }),
+      )
+    : undefined;
   const plan = carePlans.sort((x, y) => (y.period?.start ?? '').localeCompare(x.period?.start ?? ''))[0];
   const input: ReportInput = {
     ...(session ? { kind: 'session-summary' as const, session } : { kind: 'progress-report' as const }),
@@ -320,6 +343,7 @@ export async function sendSummary(ctx: FhirContext, req: FhirRequest): Promise<F
     const day = dayOf(encounter.period?.start);
     if (!day) throw fhirError('unprocessable-operation', `${a.encounter} has no period.start: the session summary needs the session's date`, "Parameters.parameter.where(name = 'encounter')");
     a.period = { start: day, end: dayOf(encounter.period?.end) || day };
+    a.session = encounter;
   }
   const endpoint = JSON.parse((await ctx.repo.read('Endpoint', a.endpoint.split('/')[1] as string)).json ?? '{}') as Endpoint & { id: string };
   const channel = endpoint.connectionType?.code === 'hl7-fhir-rest' ? 'fhir' : endpoint.connectionType?.code === 'hl7v2-mllp' ? 'mllp' : undefined;
@@ -336,6 +360,14 @@ export async function sendSummary(ctx: FhirContext, req: FhirRequest): Promise<F
     throw fhirError('unprocessable-operation', `${a.endpoint} asks for a Communication to the physician: $send-summary needs parameter 'recipient'`, RECIPIENT_EXPRESSION);
   }
   const identifierSystem = patientIdentifierSystemOf(endpoint);
+  if (!identifierSystem) {
+    // Without it no identifier names this patient at that EHR: a bare number could be anyone's.
+    throw fhirError(
+      'unprocessable-operation',
+      `${a.endpoint} names no patientIdentifierSystem: the system of the EHR's MRNs is needed to name the patient there`,
+      `Endpoint.extension('${EHR_ENDPOINT_EXTENSION}').extension('patientIdentifierSystem')`,
+    );
+  }
   const recipient = await resolveRecipient(ctx, a.recipient);
 
   const { input, entries, patient } = await gather(ctx, patientId, a, recipient?.name ?? 'the referring physician');
@@ -343,8 +375,8 @@ export async function sendSummary(ctx: FhirContext, req: FhirRequest): Promise<F
   if (!mrn?.value) throw fhirError('unprocessable-operation', `Patient/${patientId} is not linked to the EHR of ${a.endpoint}: it has no identifier of ${identifierSystem ?? 'the Endpoint\u2019s patientIdentifierSystem'}`);
   // A link made by a demographic match goes unused until a person has confirmed it: a report on
   // this client must not reach another person's record.
-  const link = mrn.extension?.find((e) => e.url === IDENTIFIER_LINK_EXTENSION)?.extension?.find((e) => e.url === 'reviewStatus')?.valueCode;
-  if (link !== undefined && link !== 'confirmed') {
+  const link = mrn.extension?.find((e) => e.url === IDENTIFIER_LINK_EXTENSION);
+  if (link && link.extension?.find((e) => e.url === 'reviewStatus')?.valueCode !== 'confirmed') {
     throw fhirError('unprocessable-operation', `Patient/${patientId} is linked to the EHR of ${a.endpoint} by a demographic match that awaits review (its Task \u201creview patient link\u201d): confirm it before sending reports there`);
   }
   const pdf = await renderPdf(input);

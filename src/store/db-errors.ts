@@ -22,7 +22,9 @@ export function isUnavailable(error: unknown): boolean {
   return /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(message);
 }
 
+/** A write that conflicted with a concurrent one (serialization, deadlock, unique key): worth retrying. Also once classified. */
 export function isConflict(error: unknown): boolean {
+  if (error instanceof FhirError) return error.problems.some((p) => p.code === 'write-conflict');
   const code = codeOf(error);
   return code !== undefined && CONFLICT_SQLSTATES.has(code);
 }
