@@ -430,6 +430,15 @@ describe('delivery of progress reports to EHRs', function () {
     assert.equal(await markDelivered(pool, again, 'on time'), true);
   });
 
+  it('fails at once, not as a crash retried, when an MLLP Endpoint has no address', async () => {
+    const endpointId = await endpoint({ connectionType: { system: 'http://terminology.hl7.org/CodeSystem/endpoint-connection-type', code: 'hl7v2-mllp' } });
+    const id = await queue('mllp', endpointId, { message: mdm(`NA${RUN}`) });
+    await worker().runOnce();
+    const job = await getJob(pool, id);
+    assert.deepEqual([job.status, job.attempts], ['failed', 1]);
+    assert.match(job.lastError ?? '', /address undefined is not mllp:\/\/host:port/);
+  });
+
   it('MLLP: AA delivers, AR fails with the receiver\'s text, AE is retried', async () => {
     const endpointId = await mllpEndpoint(mllp.port);
     mllpMode = 'AA';

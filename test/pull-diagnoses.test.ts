@@ -12,7 +12,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import type { Bundle, Condition, Endpoint, Extension, OperationOutcome, Parameters } from 'fhir/r4.js';
+import type { Bundle, Condition, Endpoint, Extension, OperationOutcome, Parameters, Provenance } from 'fhir/r4.js';
 import supertest from 'supertest';
 import { EHR_ENDPOINT_EXTENSION } from '../src/ehr/endpoint.js';
 import { EhrSecrets } from '../src/ehr/secrets.js';
@@ -109,6 +109,10 @@ describe('$pull-diagnoses from an EHR over FHIR', function () {
     assert.ok(knee?.identifier?.some((i) => i.system === `${ehrBase}/Condition` && i.value === remote.knee));
     const provenance = await http.get(`/fhir/Provenance?target=Condition/${knee?.id}`).expect(200);
     assert.equal((provenance.body as Bundle).entry?.length, 1);
+    // R4: agent.who may not refer to an Endpoint; the EHR is named there, and its Endpoint is a source.
+    const record = (provenance.body as Bundle).entry?.[0]?.resource as Provenance;
+    assert.deepEqual(record.agent.map((a) => a.who), [{ display: 'Riverside EHR' }]);
+    assert.ok(record.entity?.some((e) => e.role === 'source' && e.what.reference?.startsWith('Endpoint/')));
 
     const again = await pull(localPatient);
     assert.deepEqual(again.outcomes.map((o) => o.action), ['unchanged', 'unchanged', 'unchanged']);

@@ -210,8 +210,9 @@ export class MllpDocumentTransport implements MllpTransport {
   constructor(private readonly options: MllpTransportOptions = {}) {}
 
   async deliver(payload: MllpDeliveryPayload, address: string): Promise<DeliveryOutcome> {
-    const peer = parseMllpAddress(address);
-    if (!peer) return { kind: 'permanent', reason: `the Endpoint's address ${JSON.stringify(address.slice(0, 200))} is not mllp://host:port` };
+    // An Endpoint without an address (it may come from any writer) fails at once, not as a crash retried.
+    const peer = typeof address === 'string' ? parseMllpAddress(address) : undefined;
+    if (!peer) return { kind: 'permanent', reason: `the Endpoint's address ${JSON.stringify(typeof address === 'string' ? address.slice(0, 200) : address)} is not mllp://host:port` };
     const message = typeof payload?.message === 'string' ? payload.message : '';
     const controlId = controlIdOf(message);
     if (!controlId) return { kind: 'permanent', reason: 'the job holds no HL7 v2 message with a control id (MSH-10)' };

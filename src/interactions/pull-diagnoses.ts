@@ -380,8 +380,13 @@ async function storeConditions(
           target: touched.map((reference) => ({ reference })),
           recorded: new Date().toISOString(),
           activity: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-DataOperation', code: 'UPDATE' }] },
-          agent: [{ type: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/provenance-participant-type', code: 'author' }] }, who: { reference: `Endpoint/${endpoint.id}`, display: endpoint.name ?? connection.baseUrl } }],
-          entity: [{ role: 'source', what: { reference: `${base}/Patient/${remotePatientId}` } }],
+          // The EHR as the author, by name (R4's Provenance.agent.who cannot refer to an Endpoint); the
+          // Endpoint, with the EHR's Patient, among the sources.
+          agent: [{ type: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/provenance-participant-type', code: 'author' }] }, who: { display: endpoint.name ?? connection.baseUrl } }],
+          entity: [
+            { role: 'source', what: { reference: `${base}/Patient/${remotePatientId}` } },
+            { role: 'source', what: { reference: `Endpoint/${endpoint.id}` } },
+          ],
         },
         'Provenance',
       ),
