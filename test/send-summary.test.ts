@@ -173,6 +173,18 @@ describe('$send-summary: a progress report delivered to the physician', function
       ),
     );
 
+  /** An Endpoint of the MLLP peer; `system` is its patientIdentifierSystem (none: left out). */
+  const mllpEndpoint = (system: string | undefined, name?: string): Promise<string> =>
+    endpoint({
+      resourceType: 'Endpoint',
+      status: 'active',
+      ...(name ? { name } : {}),
+      connectionType: { system: CONNECTION_TYPE, code: 'hl7v2-mllp' },
+      payloadType: [{ text: 'HL7 v2 MDM' }],
+      address: `mllp://127.0.0.1:${mllp.port}`,
+      ...(system ? { extension: [{ url: EHR_ENDPOINT_EXTENSION, extension: [{ url: 'patientIdentifierSystem', valueUri: system }] }] } : {}),
+    });
+
   const taskCount = async (): Promise<number | undefined> => ((await (await http()).get(`/fhir/Task?patient=Patient/${patientId}&_summary=count`)).body as Bundle).total;
 
   /** Runs the worker until nothing is due; returns the Task. */
@@ -330,15 +342,7 @@ describe('$send-summary: a progress report delivered to the physician', function
   });
 
   it('over HL7 v2: delivers an MDM^T02 whose OBX carries the PDF, acknowledged AA', async () => {
-    const id = await endpoint({
-      resourceType: 'Endpoint',
-      status: 'active',
-      name: 'Riverside interface engine',
-      connectionType: { system: CONNECTION_TYPE, code: 'hl7v2-mllp' },
-      payloadType: [{ text: 'HL7 v2 MDM' }],
-      address: `mllp://127.0.0.1:${mllp.port}`,
-      extension: [{ url: EHR_ENDPOINT_EXTENSION, extension: [{ url: 'patientIdentifierSystem', valueUri: MRN_SYSTEM }] }],
-    });
+    const id = await mllpEndpoint(MRN_SYSTEM, 'Riverside interface engine');
     const res = await (await http()).post(`/fhir/Patient/${patientId}/$send-summary`).set('Content-Type', FHIR_JSON).send(parameters(id));
     assert.equal(res.status, 201, res.text);
     const before = received.length;
@@ -395,14 +399,7 @@ describe('$send-summary: a progress report delivered to the physician', function
     });
     await post(vital('8867-4', 'Heart rate', 96, 'beats/minute', 'Measured after exercise'));
     await post(vital('8867-4', 'Heart rate', 72, 'beats/minute', 'Measured before exercise'));
-    const mllpId = await endpoint({
-      resourceType: 'Endpoint',
-      status: 'active',
-      connectionType: { system: CONNECTION_TYPE, code: 'hl7v2-mllp' },
-      payloadType: [{ text: 'HL7 v2 MDM' }],
-      address: `mllp://127.0.0.1:${mllp.port}`,
-      extension: [{ url: EHR_ENDPOINT_EXTENSION, extension: [{ url: 'patientIdentifierSystem', valueUri: MRN_SYSTEM }] }],
-    });
+    const mllpId = await mllpEndpoint(MRN_SYSTEM);
     const session = (extra: object[]): object => {
       const base = parameters(mllpId) as { parameter: object[] };
       return { ...base, parameter: [...base.parameter.filter((p) => (p as { name: string }).name !== 'period'), ...extra] };
@@ -448,13 +445,7 @@ describe('$send-summary: a progress report delivered to the physician', function
   });
 
   it('refuses an Endpoint that names no patientIdentifierSystem: a bare number could be anyone\'s', async () => {
-    const id = await endpoint({
-      resourceType: 'Endpoint',
-      status: 'active',
-      connectionType: { system: CONNECTION_TYPE, code: 'hl7v2-mllp' },
-      payloadType: [{ text: 'HL7 v2 MDM' }],
-      address: `mllp://127.0.0.1:${mllp.port}`,
-    });
+    const id = await mllpEndpoint(undefined);
     const tasksBefore = await taskCount();
     const res = await (await http()).post(`/fhir/Patient/${patientId}/$send-summary`).set('Content-Type', FHIR_JSON).send(parameters(id));
     assert.equal(res.status, 422, res.text);
@@ -470,14 +461,7 @@ describe('$send-summary: a progress report delivered to the physician', function
   });
 
   it('refuses a report for a Patient not linked to the Endpoint\'s EHR, writing nothing', async () => {
-    const id = await endpoint({
-      resourceType: 'Endpoint',
-      status: 'active',
-      connectionType: { system: CONNECTION_TYPE, code: 'hl7v2-mllp' },
-      payloadType: [{ text: 'HL7 v2 MDM' }],
-      address: `mllp://127.0.0.1:${mllp.port}`,
-      extension: [{ url: EHR_ENDPOINT_EXTENSION, extension: [{ url: 'patientIdentifierSystem', valueUri: 'http://elsewhere.example.org/mrn' }] }],
-    });
+    const id = await mllpEndpoint('http://elsewhere.example.org/mrn');
     const tasksBefore = await taskCount();
     const res = await (await http()).post(`/fhir/Patient/${patientId}/$send-summary`).set('Content-Type', FHIR_JSON).send(parameters(id));
     assert.equal(res.status, 422, res.text);

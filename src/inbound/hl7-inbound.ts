@@ -23,7 +23,7 @@ import { conditionOf } from '../interactions/conditions.js';
 import type { FhirContext } from '../interactions/types.js';
 import { parseSearch } from '../search/parse.js';
 import type { Hl7Routes, StoredMessage } from '../store/hl7-store.js';
-import type { Repository } from '../store/repository.js';
+import { conditionLock, type Repository } from '../store/repository.js';
 import type { Tenants } from '../store/tenants.js';
 import { isConflict } from '../store/db-errors.js';
 
@@ -194,7 +194,7 @@ export class Hl7Inbound {
    */
   private lockKeysOf(adt: AdtOk): string[] {
     const key = (type: string, system: string | undefined, value: string | undefined): string[] =>
-      system && value ? [`create:${conditionOf(this.ctx, type, { identifier: [tokenSearchValue(system, value)] }, type).lockKey}`] : [];
+      system && value ? [conditionLock(conditionOf(this.ctx, type, { identifier: [tokenSearchValue(system, value)] }, type))] : [];
     return [...key('Patient', adt.mrn.system, adt.mrn.value), ...adt.conditions.flatMap((c) => key('Condition', c.identifier?.[0]?.system, c.identifier?.[0]?.value))];
   }
 

@@ -63,7 +63,7 @@ import {
 import { FhirError, fhirError, type Problem } from '../fhir/errors.js';
 import { tokenSearchValue } from '../fhir/search-value.js';
 import { parseSearch } from '../search/parse.js';
-import type { Repository } from '../store/repository.js';
+import { conditionLock, type Repository } from '../store/repository.js';
 import { conditionOf } from './conditions.js';
 import type { FhirContext, FhirRequest, FhirResponse, Interaction } from './types.js';
 
@@ -296,10 +296,10 @@ async function matchAndPull(ctx: FhirContext, state: PatientState, ehr: MatchEhr
     if (current.versionId !== state.versionId) {
       throw fhirError('write-conflict', `Patient/${state.id} changed while it was being matched with the Patients of the EHR of Endpoint/${endpointId}; pull again`);
     }
-    await tx.lockKey(`create:${taskMatch.lockKey}`);
+    await tx.lockKey(conditionLock(taskMatch));
     const task = await reviewTaskOf(tx, taskMatch.query);
     if (task && REJECTED_TASK_STATUSES.includes(task.status)) return { kind: 'turned-down' as const, task };
-    await tx.lockKey(`create:${holders.lockKey}`);
+    await tx.lockKey(conditionLock(holders));
     const holder = await holderOf(tx);
     if (holder) return { kind: 'taken' as const, holder };
     const now = new Date().toISOString();
@@ -360,8 +360,7 @@ async function storeConditions(
     const local = toLocalCondition(remote, { endpointId: endpoint.id, baseUrl: connection.baseUrl }, `Patient/${id}`);
     const key = local.identifier?.find((i) => i.system === `${base}/Condition`);
     const match = conditionOf(ctx, 'Condition', { identifier: [tokenSearchValue(key?.system ?? '', key?.value ?? '')] }, 'Condition.identifier');
-    // The key a conditional create or update of that identifier takes too.
-    await tx.lockKey(`create:${match.lockKey}`);
+    await tx.lockKey(conditionLock(match));
     const existing = (await tx.search(match.query)).rows[0];
     if (existing && isDeepStrictEqual(withoutServerMeta(JSON.parse(existing.json) as Condition), withoutServerMeta(local))) {
       results.push({ action: 'unchanged', reference: `Condition/${existing.id}` });

@@ -188,7 +188,7 @@ export class Repository {
     }
     return this.write(async (client) => {
       if (condition) {
-        await lock(client, `create:${condition.lockKey}`);
+        await lock(client, conditionLock(condition));
         const found = await this.matches(client, condition.query, 2);
         if (found.length > 1) {
           throw fhirError('multiple-matches', `If-None-Exist matched more than one ${resource.resourceType}`, 'If-None-Exist');
@@ -265,7 +265,7 @@ export class Repository {
    */
   async conditionalUpdate(resource: JsonResource, condition: Condition): Promise<{ created: boolean; version: StoredVersion }> {
     return this.write(async (client) => {
-      await lock(client, `create:${condition.lockKey}`);
+      await lock(client, conditionLock(condition));
       const found = await this.matches(client, condition.query, 2);
       if (found.length > 1) throw fhirError('multiple-matches', `The conditional update matched more than one ${resource.resourceType}`);
       const match = found[0];
@@ -707,6 +707,14 @@ function stamp(resource: JsonResource, id: string, versionId: number, method: 'P
   const { resourceType, id: _ignored, meta, ...rest } = resource;
   const content = { resourceType, id, meta: { ...meta, versionId: String(versionId), lastUpdated }, ...rest } as JsonResource;
   return { stored: { resourceType, id, versionId: String(versionId), lastUpdated, deleted: false, method, json: JSON.stringify(content) }, content };
+}
+
+/**
+ * The advisory-lock key every writer of the resources matching `condition` takes (conditional
+ * create, update and delete, $pull-diagnoses, inbound HL7), so that they serialise.
+ */
+export function conditionLock(condition: Condition): string {
+  return `create:${condition.lockKey}`;
 }
 
 async function lock(client: SqlClient, key: string): Promise<void> {
