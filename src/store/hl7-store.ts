@@ -78,19 +78,7 @@ export class Hl7Routes {
   }
 }
 
-/** Stores a tenant's message with its status (on the transaction that applied it, or alone). */
-export async function storeMessage(db: SqlQueryable, m: StoredMessage): Promise<void> {
-  await db.query('INSERT INTO hl7_message (sending_facility, control_id, message_type, status, detail, raw) VALUES ($1, $2, $3, $4, $5, $6)', [
-    m.sendingFacility ?? null,
-    m.controlId ?? null,
-    m.messageType ?? null,
-    m.status,
-    m.detail ?? null,
-    m.raw,
-  ]);
-}
-
-/** Stores several of a tenant's messages, in order, with one statement. */
+/** Stores a tenant's messages with their status, in order, with one statement (on the transaction that applied them, or alone). */
 export async function storeMessages(db: SqlQueryable, messages: StoredMessage[]): Promise<void> {
   if (messages.length === 0) return;
   await db.query(

@@ -13,7 +13,7 @@ import { extractIndex } from '../search/extract.js';
 import type { SearchQuery } from '../search/query.js';
 import { indexCtes, indexCtesMany, indexValues, indexValuesMany } from './search-index.js';
 import { GroupCommit, type Outcome } from './group-commit.js';
-import { storeMessage, storeMessages, type StoredMessage } from './hl7-store.js';
+import { storeMessages, type StoredMessage } from './hl7-store.js';
 import { insertJob, type NewDeliveryJob } from './delivery-jobs.js';
 import { countSql, estimateSql, pageSql, whereSql, Params } from './search-sql.js';
 
@@ -437,7 +437,7 @@ export class Repository {
 
   /** Records an HL7 v2 message with its status (inside the transaction that applied it, or alone). */
   async recordHl7Message(message: StoredMessage): Promise<void> {
-    await this.write((client) => storeMessage(client, message));
+    await this.recordHl7Messages([message]);
   }
 
   /** Several HL7 v2 messages with their status, in order, with one statement. */
