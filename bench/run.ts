@@ -544,13 +544,13 @@ async function dropBenchDatabase(name: string): Promise<void> {
 
 /**
  * The physician's EHR of the delivery phase: a second server (`node dist/main.js`, DELIVERY=off,
- * no MLLP listener) on its own PostgreSQL database `database`. The measured server at `metUrl` is
- * registered there as a SMART Backend Services client with its JWKS URL (private_key_jwt), as
+ * no MLLP listener) on its own PostgreSQL database `database`. The measured server's practice is
+ * registered there as a SMART Backend Services client with its JWKS URL `metJwksUrl` (private_key_jwt), as
  * README "EHR integration" says; a staff client (system/*.*) seeds it and counts what arrives.
  * NODE_ENV=development: a server fetches a client's JWKS over plain http (here, on loopback) only
  * outside production. The measured server stays in production mode.
  */
-async function startEhrPeer(database: string, metUrl: string, logPath: string): Promise<{ server: ServerProcess; peer: EhrPeer }> {
+async function startEhrPeer(database: string, metJwksUrl: string, logPath: string): Promise<{ server: ServerProcess; peer: EhrPeer }> {
   const dataDir = mkdtempSync(join(os.tmpdir(), 'bench-ehr-keys-'));
   cleanups.push({ name: `remove ${dataDir}`, run: () => rm(dataDir, { recursive: true, force: true }) });
   const databaseUrl = new URL(PG_ADMIN_URL);
@@ -558,7 +558,7 @@ async function startEhrPeer(database: string, metUrl: string, logPath: string): 
   const env = { DATABASE_URL: databaseUrl.toString(), DATA_DIR: dataDir, NODE_ENV: 'development', DELIVERY: 'off' };
   runAdmin(ROOT, env, ['tenant', 'create', EHR_TENANT]);
   const staff = JSON.parse(runAdmin(ROOT, env, ['client', 'create', '--tenant', EHR_TENANT, '--name', 'ehr-staff', '--scopes', 'system/*.*'])) as BenchClient;
-  const met = JSON.parse(runAdmin(ROOT, env, ['client', 'create', '--tenant', EHR_TENANT, '--name', 'met-fhir-server', '--scopes', EHR_SCOPES, '--jwks-url', `${metUrl}/auth/jwks`])) as { client_id: string };
+  const met = JSON.parse(runAdmin(ROOT, env, ['client', 'create', '--tenant', EHR_TENANT, '--name', 'met-fhir-server', '--scopes', EHR_SCOPES, '--jwks-url', metJwksUrl])) as { client_id: string };
   const server = await startServerProcess('EHR', env, logPath);
   // Its BASE_URL is unset, so http://localhost:<port>: its token URL is the audience our assertions must name.
   const base = `http://localhost:${new URL(server.url).port}`;
@@ -992,7 +992,9 @@ async function main(): Promise<number> {
       if (process.env.BENCH_KEEP_DB !== '1') cleanups.push({ name: `drop database ${ehrDb}`, run: () => dropBenchDatabase(ehrDb) });
       const ehrLog = join(RESULTS_DIR, `server-${stamp}-ehr.log`);
       report.files.serverLogs.push(relative(ROOT, ehrLog));
-      const ehr = await startEhrPeer(ehrDb, pgServer.url, ehrLog);
+      // The measured server's practice signs its client assertions with a key of its own, at this JWKS URL.
+      const jwksPath = new URL((JSON.parse(runAdmin(ROOT, pgEnv, ['tenant', 'ehr-jwks', 'bench'])) as { ehr_jwks_url: string }).ehr_jwks_url).pathname;
+      const ehr = await startEhrPeer(ehrDb, `${pgServer.url}${jwksPath}`, ehrLog);
       report.delivery = await runDeliveryPhase({
         metUrl: pgServer.url,
         ehr: ehr.peer,

@@ -62,30 +62,36 @@ token() { # token BASE CLIENT_ID SECRET SCOPE
 
 npm run build --silent
 
-step "1. The physician's EHR: register this server as its SMART Backend Services client (our JWKS URL), and a staff client"
+step "1. This server's practice (tenant default, the development client's) and the JWKS URL of its key for EHRs"
+met_admin() { PORT=$MET_PORT DATA_DIR="$WORK/met" node dist/admin.js "$@"; }
+met_admin tenant create default >"$WORK/met-tenant.json"
+OUR_JWKS_URL=$(json v.ehr_jwks_url <"$WORK/met-tenant.json")
+echo "our JWKS URL for EHRs: $OUR_JWKS_URL"
+
+step "2. The physician's EHR: register this practice as its SMART Backend Services client (that JWKS URL), and a staff client"
 ehr_admin() { DATA_DIR="$WORK/ehr" NODE_ENV=development node dist/admin.js "$@"; }
 ehr_admin tenant create northlake >/dev/null
 ehr_admin client create --tenant northlake --name met-server \
   --scopes "system/Patient.rs system/Condition.rs system/Practitioner.rs system/DocumentReference.cruds system/Communication.cruds" \
-  --jwks-url "$MET/auth/jwks" >"$WORK/ehr-met-client.json"
+  --jwks-url "$OUR_JWKS_URL" >"$WORK/ehr-met-client.json"
 ehr_admin client create --tenant northlake --name ehr-staff --scopes "system/*.*" >"$WORK/ehr-staff.json"
 OUR_CLIENT_ID=$(json v.client_id <"$WORK/ehr-met-client.json")
 echo "our client id at the EHR: $OUR_CLIENT_ID"
 
-step "2. Start the EHR on :$EHR_PORT, and the HL7 v2 peer on :$PEER_PORT"
+step "3. Start the EHR on :$EHR_PORT, and the HL7 v2 peer on :$PEER_PORT"
 PORT=$EHR_PORT HL7_PORT=0 DELIVERY=off DATA_DIR="$WORK/ehr" node dist/main.js >"$WORK/ehr.log" 2>&1 &
 PIDS+=($!)
 node --import tsx scripts/hl7-peer.ts --port "$PEER_PORT" --out "$WORK/hl7-received" >"$WORK/peer.log" 2>&1 &
 PIDS+=($!)
 ready "$EHR"
 
-step "3. The EHR holds the patient (MRN $MRN) and her diagnoses (hypertension, right knee replacement) and her physician"
+step "4. The EHR holds the patient (MRN $MRN) and her diagnoses (hypertension, right knee replacement) and her physician"
 EHR_TOKEN=$(token "$EHR" "$(json v.client_id <"$WORK/ehr-staff.json")" "$(json v.client_secret <"$WORK/ehr-staff.json")" 'system/*.*')
 curl -sf -X POST "$EHR/fhir" -H "Authorization: Bearer $EHR_TOKEN" -H "Content-Type: $FHIR_JSON" -d @docs/loop/ehr-patient.json |
   json 'v.entry.map((e) => e.response.status + " " + e.response.location).join("\n")'
 echo
 
-step "4. Start this server on :$MET_PORT (first start: a development client in $WORK/met/dev-credentials.json)"
+step "5. Start this server on :$MET_PORT (first start: a development client in $WORK/met/dev-credentials.json)"
 PORT=$MET_PORT HL7_PORT=$MET_HL7_PORT DATA_DIR="$WORK/met" node dist/main.js >"$WORK/met.log" 2>&1 &
 PIDS+=($!)
 ready "$MET"
@@ -93,7 +99,7 @@ CREDS="$WORK/met/dev-credentials.json"
 TOKEN=$(token "$MET" "$(json v.client_id <"$CREDS")" "$(json v.client_secret <"$CREDS")" 'system/*.*')
 auth=(-H "Authorization: Bearer $TOKEN")
 
-step "5. The MET's documentation of a first month arrives (test/fixtures/met/knee-replacement)"
+step "6. The MET's documentation of a first month arrives (test/fixtures/met/knee-replacement)"
 post() {
   curl -sf -X POST "$MET/met/v1/$1" "${auth[@]}" -H 'Content-Type: application/json' -H 'X-MET-Software: AcmeTrainer 4.2' -d @"$2" |
     json '(v.status ?? "") + " " + (v.resources ?? []).length + " resources"' || fail "POST /met/v1/$1 $2 was refused"
@@ -109,7 +115,7 @@ post assessments $fixtures/assessment-reassessment.json
 PATIENT=$(curl -sf "$MET/fhir/Patient?identifier=$MRN_SYSTEM|$MRN" "${auth[@]}" | json 'v.entry[0].resource.id')
 echo "the client is Patient/$PATIENT here"
 
-step "6. The EHR connections, as Endpoints: the EHR over FHIR (SMART Backend Services), the peer over MLLP"
+step "7. The EHR connections, as Endpoints: the EHR over FHIR (SMART Backend Services), the peer over MLLP"
 FHIR_ENDPOINT=$(curl -sf -X POST "$MET/fhir/Endpoint" "${auth[@]}" -H "Content-Type: $FHIR_JSON" -d '{
   "resourceType": "Endpoint", "status": "active", "name": "Northlake EHR",
   "connectionType": { "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type", "code": "hl7-fhir-rest" },
@@ -129,7 +135,7 @@ MLLP_ENDPOINT=$(curl -sf -X POST "$MET/fhir/Endpoint" "${auth[@]}" -H "Content-T
     { "url": "patientIdentifierSystem", "valueUri": "'"$MRN_SYSTEM"'" } ] }] }' | json v.id)
 echo "Endpoint/$FHIR_ENDPOINT (FHIR), Endpoint/$MLLP_ENDPOINT (MLLP)"
 
-step "7. Pull the diagnoses from the EHR"
+step "8. Pull the diagnoses from the EHR"
 curl -sf -X POST "$MET/fhir/Patient/$PATIENT/\$pull-diagnoses" "${auth[@]}" -H "Content-Type: $FHIR_JSON" |
   json 'v.parameter.map((p) => p.name + ": " + (p.part ?? []).map((x) => x.valueReference?.reference ?? x.valueCode ?? x.valueString ?? "").join(" ")).join("\n")' ||
   fail '$pull-diagnoses failed'
@@ -138,7 +144,7 @@ curl -sf "$MET/fhir/Condition?subject=Patient/$PATIENT&_elements=code,category" 
   json '(v.entry ?? []).map((e) => "  " + e.resource.code.coding[0].code + " " + e.resource.code.coding[0].display).join("\n")'
 echo
 
-step "8. A progress report for the physician, to the EHR over FHIR and to the peer over MLLP"
+step "9. A progress report for the physician, to the EHR over FHIR and to the peer over MLLP"
 AUTHOR=$(curl -sf -X POST "$MET/fhir/Practitioner" "${auth[@]}" -H "Content-Type: $FHIR_JSON" \
   -d '{"resourceType":"Practitioner","name":[{"given":["Jordan"],"family":"Lee","suffix":["MES"]}]}' | json v.id)
 summary() {
@@ -155,7 +161,7 @@ FHIR_TASK=$(summary "$FHIR_ENDPOINT")
 MLLP_TASK=$(summary "$MLLP_ENDPOINT")
 echo "Task/$FHIR_TASK (FHIR), Task/$MLLP_TASK (MLLP)"
 
-step "9. The delivery worker sends them; the Tasks tell how it went"
+step "10. The delivery worker sends them; the Tasks tell how it went"
 for task in "$FHIR_TASK" "$MLLP_TASK"; do
   status=requested
   for _ in $(seq 1 100); do
@@ -167,7 +173,7 @@ for task in "$FHIR_TASK" "$MLLP_TASK"; do
   [ "$status" = completed ] || fail "Task/$task ended $status: $(curl -sf "$MET/fhir/Task/$task" "${auth[@]}")"
 done
 
-step "10. What the physicians received"
+step "11. What the physicians received"
 EHR_PATIENT=$(curl -sf "$EHR/fhir/Patient?identifier=$MRN_SYSTEM|$MRN" -H "Authorization: Bearer $EHR_TOKEN" | json 'v.entry[0].resource.id')
 curl -sf "$EHR/fhir/DocumentReference?subject=Patient/$EHR_PATIENT" -H "Authorization: Bearer $EHR_TOKEN" >"$WORK/ehr-documents.json"
 json '"EHR: " + v.entry.length + " DocumentReference: " + v.entry.map((e) => e.resource.type.coding[0].code + " " + e.resource.description).join(", ")' <"$WORK/ehr-documents.json"

@@ -2,6 +2,8 @@
  * `npm run admin -- <command>`: operator commands against the configured database (DATABASE_URL,
  * or the embedded one in DATA_DIR). INTERFACE.md:
  *   tenant create <name>
+ *   tenant ehr-jwks <name>   (the JWKS URL an EHR registers for the tenant's SMART Backend Services
+ *                             client: the tenant's own key for client assertions, ehr/outbound-keys.ts)
  *   client create --tenant <name> --name <name> --scopes "<scopes>" [--jwks-url <url>]
  *   audit unattributed [--since <instant>]   (AuditEvents of callers no tenant could be named for)
  *   hl7 route --facility <MSH-4> --tenant <name>   (inbound HL7 v2 from that facility goes to the tenant)
@@ -17,6 +19,7 @@ import { openDatabase } from './store/database.js';
 import { createTenant } from './store/tenants.js';
 import { AuditStore } from './store/audit-store.js';
 import { Hl7Routes } from './store/hl7-store.js';
+import { OutboundKeys } from './ehr/outbound-keys.js';
 import { fhirContext, prepareDatabase } from './server.js';
 
 /** Logs (a reindex after an upgrade, say) go to stderr: stdout carries the command's JSON. */
@@ -25,7 +28,7 @@ const logger = pino({ level: 'info' }, destination(2));
 class UsageError extends Error {}
 
 const USAGE =
-  'usage: npm run admin -- tenant create <name> | client create --tenant <name> --name <name> --scopes "<scopes>" [--jwks-url <url>] | audit unattributed [--since <instant>] | hl7 route --facility <MSH-4> --tenant <name>';
+  'usage: npm run admin -- tenant create <name> | tenant ehr-jwks <name> | client create --tenant <name> --name <name> --scopes "<scopes>" [--jwks-url <url>] | audit unattributed [--since <instant>] | hl7 route --facility <MSH-4> --tenant <name>';
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 function options(args: string[]): Map<string, string> {
@@ -65,7 +68,14 @@ async function run(args: string[]): Promise<unknown> {
       if (!NAME.test(name)) throw new UsageError(`tenant name must be 1-64 letters, digits, '.', '_' or '-': ${name}`);
       if (await clients.tenantExists(name)) throw new UsageError(`tenant ${name} exists already`);
       await createTenant(db, name);
-      return { tenant: name };
+      const key = await new OutboundKeys(db.pool, config.baseUrl).forTenant(name);
+      return { tenant: name, ehr_jwks_url: key.jwksUrl };
+    }
+    if (noun === 'tenant' && verb === 'ehr-jwks' && rest.length === 1) {
+      const name = rest[0] as string;
+      if (!(await clients.tenantExists(name))) throw new UsageError(`no tenant ${name}; create it first with: npm run admin -- tenant create ${name}`);
+      const key = await new OutboundKeys(db.pool, config.baseUrl).forTenant(name);
+      return { tenant: name, ehr_jwks_url: key.jwksUrl, jwks: key.jwks };
     }
     if (noun === 'client' && verb === 'create') {
       const opts = options(rest);

@@ -10,18 +10,20 @@ import type { Logger } from 'pino';
 import { generateSigningJwk, hashSecret, JwksFetcher, loadOrCreateSigningKey, newClientId, newClientSecret, signingKeyFromJwk } from './auth/index.js';
 import type { Config } from './config.js';
 import type { AuthOptions } from './http/auth.js';
+import { OutboundKeys } from './ehr/outbound-keys.js';
 import { ClientStore } from './store/clients.js';
 import type { Database } from './store/database.js';
 
 export const DEV_CREDENTIALS_FILE = 'dev-credentials.json';
 export const DEFAULT_TENANT = 'default';
 
-export async function loadAuth(config: Readonly<Config>, db: Database, logger: Logger): Promise<AuthOptions> {
+export async function loadAuth(config: Readonly<Config>, db: Database, logger: Logger): Promise<AuthOptions & { outboundKeys: OutboundKeys }> {
   const clients = new ClientStore(db.pool);
   if (config.dataDir.startsWith('memory://')) {
     // A database in memory (tests): a key in memory too, and no credentials file.
     return {
       signingKey: await signingKeyFromJwk(await generateSigningJwk('ES384')),
+      outboundKeys: new OutboundKeys(db.pool, config.baseUrl),
       clients,
       baseUrl: config.baseUrl,
       jwksFetcher: new JwksFetcher({ requireHttps: config.production }),
@@ -34,7 +36,7 @@ export async function loadAuth(config: Readonly<Config>, db: Database, logger: L
     logger.warn({ file }, 'development: created a client with scope system/*.* and wrote its credentials (never in production)');
   }
   // Clients' JWKS URLs must be https in production; outside it, http (a local test IdP) is accepted.
-  return { signingKey: key, clients, baseUrl: config.baseUrl, jwksFetcher: new JwksFetcher({ requireHttps: config.production }) };
+  return { signingKey: key, outboundKeys: new OutboundKeys(db.pool, config.baseUrl), clients, baseUrl: config.baseUrl, jwksFetcher: new JwksFetcher({ requireHttps: config.production }) };
 }
 
 async function createDevClient(clients: ClientStore, config: Readonly<Config>): Promise<string> {

@@ -117,8 +117,8 @@ export async function startServer(given: Readonly<Config>, logger: Logger, extra
     await db.close();
     throw error;
   }
-  // Our client assertions to EHRs are signed with the server's own key (published at /auth/jwks).
-  ctx.outboundKey = { privateKey: auth.signingKey.privateKey, kid: auth.signingKey.kid, alg: auth.signingKey.alg };
+  // Each tenant signs its client assertions to EHRs with a key of its own (published at /auth/jwks/<id>).
+  ctx.outboundKeys = auth.outboundKeys;
   ctx.allowHttpEhr = !config.production;
   // Static bearer tokens for EHRs, named by Endpoints (tokenRef), never stored in one.
   // Each is bound to one tenant (EHR_TOKEN_<NAME>=<tenant>:<token>), usable by its Endpoints only.
@@ -156,7 +156,7 @@ export async function startServer(given: Readonly<Config>, logger: Logger, extra
       tenants: () => tenants.stores(),
       transports: { fhir: new FhirDocumentTransport(), mllp: new MllpDocumentTransport() },
       validator: ctx.validator,
-      ...(ctx.outboundKey ? { outboundKey: ctx.outboundKey } : {}),
+      ...(ctx.outboundKeys ? { outboundKeys: ctx.outboundKeys } : {}),
       ehrSecrets: ctx.ehrSecrets,
       allowHttp: ctx.allowHttpEhr ?? false,
       leaseMs: config.deliveryLeaseSeconds * 1000,

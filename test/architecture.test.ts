@@ -21,7 +21,7 @@ const ALLOWED: Record<string, string[]> = {
   audit: [],
   hl7: ['fhir'],
   summary: ['fhir'],
-  ehr: ['fhir'],
+  ehr: ['fhir', 'auth', 'store'],
   delivery: ['fhir', 'store', 'ehr', 'hl7', 'interactions', 'validation'],
   inbound: ['fhir', 'hl7', 'interactions', 'store', 'validation', 'search'],
   http: ['fhir', 'interactions', 'met', 'auth', 'store', 'audit'],

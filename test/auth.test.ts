@@ -13,7 +13,9 @@ import { exportJWK, generateKeyPair, SignJWT, type JWK } from 'jose';
 import supertest from 'supertest';
 import { generateSigningJwk, hashSecret, issueAccessToken, newClientId, newClientSecret, signingKeyFromJwk } from '../src/auth/index.js';
 import { ClientStore } from '../src/store/clients.js';
-import { BASE_URL, FHIR_JSON, testContext, tokenFor } from './helpers.js';
+import { OutboundKeys } from '../src/ehr/outbound-keys.js';
+import { createTenant } from '../src/store/tenants.js';
+import { BASE_URL, FHIR_JSON, TEST_TENANT, testContext, tokenFor } from './helpers.js';
 
 const RUN = randomUUID().slice(0, 8);
 const TOKEN_URL = `${BASE_URL}/auth/token`;
@@ -143,6 +145,42 @@ describe('authentication and scopes over HTTP', function () {
       const keys = (JSON.parse(jwks.text) as { keys: Record<string, unknown>[] }).keys;
       assert.equal(keys.length, 1);
       assert.equal(keys[0]?.d, undefined, 'no private part');
+    });
+  });
+
+  describe("tenants' keys for client assertions to EHRs", () => {
+    it('publishes each tenant\'s public key at an unguessable JWKS URL of its own, and nothing at any other', async () => {
+      const { db, ctx } = await testContext();
+      const other = `keys-${RUN}`;
+      await createTenant(db, other);
+      const keys = ctx.outboundKeys as OutboundKeys;
+      const mine = await keys.forTenant(TEST_TENANT);
+      const theirs = await keys.forTenant(other);
+      assert.notEqual(mine.kid, theirs.kid);
+      assert.notEqual(mine.jwksUrl, theirs.jwksUrl);
+      for (const key of [mine, theirs]) {
+        assert.match(key.jwksUrl, new RegExp(`^${BASE_URL}/auth/jwks/[A-Za-z0-9_-]{22}$`));
+        const id = key.jwksUrl.slice(`${BASE_URL}/auth/jwks/`.length);
+        assert.ok(!id.includes(TEST_TENANT) && !id.includes(other), 'the URL names no tenant');
+        const res = await (await app()).get(key.jwksUrl.slice(BASE_URL.length)).expect(200);
+        const published = JSON.parse(res.text) as { keys: JWK[] };
+        assert.equal(published.keys.length, 1);
+        assert.equal(published.keys[0]?.kid, key.kid);
+        assert.equal(published.keys[0]?.d, undefined, 'no private part');
+        assert.deepEqual(published, key.jwks);
+      }
+      // The same key again, from the database, for a fresh reader (another process, a restart).
+      const again = await new OutboundKeys(db.pool, BASE_URL).forTenant(other);
+      assert.equal(again.kid, theirs.kid);
+      assert.equal(again.jwksUrl, theirs.jwksUrl);
+      // Not the server's own key, which signs access tokens.
+      const server = JSON.parse((await (await app()).get('/auth/jwks').expect(200)).text) as { keys: JWK[] };
+      assert.ok(!server.keys.some((k) => k.kid === mine.kid || k.kid === theirs.kid));
+      for (const path of ['/auth/jwks/AAAAAAAAAAAAAAAAAAAAAA', '/auth/jwks/not-an-id', `/auth/jwks/${other}`]) {
+        const missing = await (await app()).get(path);
+        assert.equal(missing.status, 404, path);
+        assert.equal((missing.body as { resourceType?: string }).resourceType, 'OperationOutcome');
+      }
     });
   });
 

@@ -74,7 +74,7 @@ describe('delivery of progress reports to EHRs', function () {
   let pool: SqlPool;
   let repo: Repository;
   let validator: ResourceValidator;
-  let options: Pick<DeliveryWorkerOptions, 'outboundKey' | 'ehrSecrets'>;
+  let options: Pick<DeliveryWorkerOptions, 'outboundKeys' | 'ehrSecrets'>;
   let peer: EhrPeer;
   let ehrBase: string;
   let tokenUrl: string;
@@ -162,7 +162,7 @@ describe('delivery of progress reports to EHRs', function () {
     tokens[ECHOED_TOKEN_VAR] = ECHOED_TOKEN;
     // Each bound to the tests' tenant, the worker's tenant below (EHR_TOKEN_…=<tenant>:<token>).
     const bound = Object.fromEntries(Object.entries(tokens).map(([name, token]) => [name, `${TEST_TENANT}:${token}`]));
-    options = { ...(ctx.outboundKey ? { outboundKey: ctx.outboundKey } : {}), ehrSecrets: new EhrSecrets(bound) };
+    options = { ...(ctx.outboundKeys ? { outboundKeys: ctx.outboundKeys } : {}), ehrSecrets: new EhrSecrets(bound) };
 
     mllp = await startMllpServer(
       async (message) => {

@@ -20,7 +20,7 @@ import { loadConfig } from '../src/config.js';
 import { startServer, type RunningServer } from '../src/server.js';
 import { ClientStore } from '../src/store/clients.js';
 import { createTenant } from '../src/store/tenants.js';
-import { FHIR_JSON, silentLogger, testSigningKey } from './helpers.js';
+import { FHIR_JSON, silentLogger, testOutboundJwk } from './helpers.js';
 
 /**
  * An active hl7-fhir-rest Endpoint at `address` whose ehr-connection extension holds `settings`
@@ -153,7 +153,7 @@ export async function startEhrPeer(options: { prefix?: string } = {}): Promise<E
     requests,
     staffToken,
     async registerBackendClient(scopes, publicJwk) {
-      const jwk = publicJwk ?? (await testSigningKey()).publicJwk;
+      const jwk = publicJwk ?? (await testOutboundJwk());
       if (!keys.some((k) => k.kid === jwk.kid)) keys.push(jwk);
       const clientId = newClientId();
       await clients.createClient({ clientId, tenant, name: `met-server-${clientId.slice(0, 6)}`, jwksUrl, scopes });

@@ -17,6 +17,8 @@ import { migrate } from '../src/store/migrations.js';
 import type { FhirContext } from '../src/interactions/index.js';
 import { ProfileValidator } from '../src/validation/profiles.js';
 import { ERROR_CODE_SYSTEM } from '../src/fhir/errors.js';
+import type { JWK } from 'jose';
+import { OutboundKeys } from '../src/ehr/outbound-keys.js';
 import { generateSigningJwk, issueAccessToken, JwksFetcher, signingKeyFromJwk, type SigningKey } from '../src/auth/index.js';
 import type { AuthOptions } from '../src/http/auth.js';
 import { ClientStore } from '../src/store/clients.js';
@@ -58,8 +60,8 @@ export async function tokenFor(scope: string, options: { tenant?: string; client
 }
 
 /** The auth options of an app over `db` (its client registry) with the run's signing key. */
-export async function testAuth(db: Database): Promise<AuthOptions> {
-  return { signingKey: await testSigningKey(), clients: new ClientStore(db.pool), baseUrl: BASE_URL, jwksFetcher: new JwksFetcher({ requireHttps: false }) };
+export async function testAuth(db: Database): Promise<AuthOptions & { outboundKeys: OutboundKeys }> {
+  return { signingKey: await testSigningKey(), outboundKeys: new OutboundKeys(db.pool, BASE_URL), clients: new ClientStore(db.pool), baseUrl: BASE_URL, jwksFetcher: new JwksFetcher({ requireHttps: false }) };
 }
 
 let shared: Promise<TestContext> | undefined;
@@ -99,7 +101,7 @@ export function testContext(): Promise<TestContext> {
     // The MET API as the server runs it: every mapped resource checked against its profiles too.
     const met = new MetApi(ctx.validator, await profileValidator());
     const auth = await testAuth(db);
-    ctx.outboundKey = { privateKey: auth.signingKey.privateKey, kid: auth.signingKey.kid, alg: auth.signingKey.alg };
+    ctx.outboundKeys = auth.outboundKeys;
     ctx.allowHttpEhr = true;
     // Every request of the suite is audited, as in the server.
     const audit = auditLogFor(db, ctx, silentLogger);
@@ -107,6 +109,17 @@ export function testContext(): Promise<TestContext> {
     return { db, ctx, app, met, auth, audit, token: await tokenFor('system/*.*') };
   })();
   return shared;
+}
+
+/**
+ * The public key the test tenant signs its client assertions to EHRs with (what an EHR registers
+ * for it at /auth/jwks/<id>).
+ */
+export async function testOutboundJwk(tenant: string = TEST_TENANT): Promise<JWK> {
+  const { ctx } = await testContext();
+  if (!ctx.outboundKeys) throw new Error('the test context has no outbound keys');
+  const key = await (ctx.outboundKeys as OutboundKeys).forTenant(tenant);
+  return key.jwks.keys[0] as JWK;
 }
 
 export async function closeTestContext(): Promise<void> {

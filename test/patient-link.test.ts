@@ -19,7 +19,7 @@ import { demographicsOf, IDENTIFIER_LINK_EXTENSION, PATIENT_LINK_SYSTEM, sameDem
 import { ClientStore } from '../src/store/clients.js';
 import { createTenant } from '../src/store/tenants.js';
 import { fhirEndpoint, smartSettings, startEhrPeer, type EhrPeer } from './ehr-peer.js';
-import { assertOutcome, FHIR_JSON, testContext, tokenFor } from './helpers.js';
+import { assertOutcome, FHIR_JSON, testContext, testOutboundJwk, tokenFor } from './helpers.js';
 
 const RUN = randomUUID().slice(0, 8);
 const TENANT = `linking-${RUN}`;
@@ -83,7 +83,10 @@ describe('$pull-diagnoses linking a Patient to an EHR by demographic match', fun
   before(async () => {
     peer = await startEhrPeer({ prefix: 'northgate' });
     ehrBase = peer.fhirBase;
-    remote.clientId = await peer.registerBackendClient('system/Patient.rs system/Condition.rs');
+    const { db, app } = await testContext();
+    if (!(await new ClientStore(db.pool).tenantExists(TENANT))) await createTenant(db, TENANT);
+    // The EHR knows this tenant's own key for client assertions (what it serves at /auth/jwks/<id>).
+    remote.clientId = await peer.registerBackendClient('system/Patient.rs system/Condition.rs', await testOutboundJwk(TENANT));
     // The one match, with two diagnoses; it carries the other Endpoint's identifier too.
     remote.castellano = await peer.create(ehrPatient('Castellano', 'Inés', '1968-04-23', 'female', 'M-1001', 'P-1001'));
     remote.castellanoKnee = await peer.create(condition(remote.castellano, 'M17.11', 'problem-list-item'));
@@ -103,8 +106,6 @@ describe('$pull-diagnoses linking a Patient to an EHR by demographic match', fun
     remote.noMrn = await peer.create(ehrPatient('Varga', 'Zsofia', '1959-06-30', 'female', undefined, 'P-5001'));
     remote.vargaCopd = await peer.create(condition(remote.noMrn, 'J44.9', 'problem-list-item'));
 
-    const { db, app } = await testContext();
-    if (!(await new ClientStore(db.pool).tenantExists(TENANT))) await createTenant(db, TENANT);
     http = supertest.agent(app).auth(await tokenFor('system/*.*', { tenant: TENANT }), { type: 'bearer' });
     const created = await http.post('/fhir/Endpoint').set('Content-Type', FHIR_JSON).send(endpoint(undefined, MRN_SYSTEM, [{ url: 'matchByDemographics', valueBoolean: true }]));
     assert.equal(created.status, 201, created.text);

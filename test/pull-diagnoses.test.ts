@@ -182,6 +182,40 @@ describe('$pull-diagnoses from an EHR over FHIR', function () {
     }
   });
 
+  it("gets another tenant's Endpoint naming this tenant's SMART client id no token: each tenant signs with a key of its own", async () => {
+    // The attacker: a client of another tenant, whose Endpoint names the EHR's token URL and the
+    // client id the EHR registered for the tests' tenant (client ids are not secrets).
+    const { db, app, ctx } = await testContext();
+    const attacker = `smart-attacker-${RUN}`;
+    if (!(await new ClientStore(db.pool).tenantExists(attacker))) await createTenant(db, attacker);
+    const mine = await ctx.outboundKeys!.forTenant(TEST_TENANT);
+    const theirs = await ctx.outboundKeys!.forTenant(attacker);
+    assert.notEqual(theirs.kid, mine.kid);
+    const http = supertest.agent(app).auth(await tokenFor('system/*.*', { tenant: attacker }), { type: 'bearer' });
+    const endpoint = await http
+      .post('/fhir/Endpoint')
+      .set('Content-Type', FHIR_JSON)
+      .send(fhirEndpoint(ehrBase, [...smartSettings(peer.tokenUrl, remote.clientId as string, 'system/Patient.rs system/Condition.rs'), { url: 'patientIdentifierSystem', valueUri: MRN_SYSTEM }], { name: 'Riverside EHR' }));
+    assert.equal(endpoint.status, 201, endpoint.text);
+    const patient = await http.post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', identifier: [{ system: MRN_SYSTEM, value: 'E4471023' }] });
+    const patientId = (patient.body as { id: string }).id;
+    const seen: string[] = [];
+    const record = (req: IncomingMessage): void => void seen.push((req.url ?? '').split('?')[0] as string);
+    peer.server.server.prependListener('request', record);
+    try {
+      const refused = await http.post(`/fhir/Patient/${patientId}/$pull-diagnoses`);
+      assert.equal(refused.status, 422, refused.text);
+      assertOutcome(refused.body, [{ code: 'processing', detail: 'ehr-refused', diagnostics: /token endpoint .* refused the token request with HTTP 401: invalid_client/ }]);
+    } finally {
+      peer.server.server.removeListener('request', record);
+    }
+    assert.deepEqual(seen, ['/auth/token'], 'the EHR was asked for a token, refused it, and was read from not at all');
+    const conditions = await http.get(`/fhir/Condition?subject=Patient/${patientId}`).expect(200);
+    assert.equal((conditions.body as Bundle).entry?.length ?? 0, 0, 'nothing was pulled into the attacker\'s tenant');
+    // The tests' own tenant still pulls with its key.
+    assert.equal((await pull(localPatient)).status, 200);
+  });
+
   it("refuses another tenant's Endpoint naming this tenant's token variable exactly as a variable not set, sending nothing", async () => {
     // The attacker: a client of another tenant, with an Endpoint of its own whose address is a host
     // of its choosing (here the peer, which records what it is sent) and whose tokenRef names the

@@ -123,7 +123,7 @@ describe('$send-summary: a progress report delivered to the physician', function
       tenants: () => Promise.resolve([{ tenant: TEST_TENANT, pool, repo }]),
       transports: { fhir: new FhirDocumentTransport(), mllp: new MllpDocumentTransport() },
       validator: ctx.validator,
-      ...(ctx.outboundKey ? { outboundKey: ctx.outboundKey } : {}),
+      ...(ctx.outboundKeys ? { outboundKeys: ctx.outboundKeys } : {}),
       ehrSecrets: secrets,
       allowHttp: true,
       logger: silentLogger,

@@ -32,7 +32,7 @@ import type { Logger } from 'pino';
 import { FhirError } from '../fhir/errors.js';
 import { isEndpointProblem, readFhirEndpoint } from '../ehr/endpoint.js';
 import type { EhrSecrets } from '../ehr/secrets.js';
-import type { OutboundKey } from '../interactions/types.js';
+import { outboundKeyOf, type OutboundKeySource } from '../interactions/types.js';
 import { inTransaction } from '../store/database.js';
 import { claimDue, markDelivered, markFailed, markRetry, type DeliveryJob } from '../store/delivery-jobs.js';
 import { Repository } from '../store/repository.js';
@@ -60,8 +60,8 @@ export interface DeliveryWorkerOptions {
   transports: { fhir: FhirTransport; mllp: MllpTransport };
   /** Checks each Task before it is written. */
   validator: ResourceValidator;
-  /** Our key for SMART Backend Services at EHRs (the server's signing key). */
-  outboundKey?: OutboundKey;
+  /** Each tenant's key for SMART Backend Services at EHRs (src/ehr/outbound-keys.ts). */
+  outboundKeys?: OutboundKeySource;
   /** Static bearer tokens for EHRs (EHR_TOKEN_… variables, each bound to one tenant), named by Endpoints' tokenRef. */
   ehrSecrets?: EhrSecrets;
   /** EHRs over plain http (development and tests). */
@@ -86,7 +86,7 @@ export interface DeliveryWorkerOptions {
   logger?: Logger;
 }
 
-type Settings = Required<Omit<DeliveryWorkerOptions, 'outboundKey' | 'ehrSecrets' | 'logger'>> & Pick<DeliveryWorkerOptions, 'outboundKey' | 'ehrSecrets' | 'logger'>;
+type Settings = Required<Omit<DeliveryWorkerOptions, 'outboundKeys' | 'ehrSecrets' | 'logger'>> & Pick<DeliveryWorkerOptions, 'outboundKeys' | 'ehrSecrets' | 'logger'>;
 
 /** The wait before the attempt after attempt `attempt` (1-based), in ms. */
 export function backoffMs(attempt: number, options: { baseBackoffMs: number; maxBackoffMs: number; jitter: number }, random: () => number = Math.random): number {
@@ -250,7 +250,7 @@ export class DeliveryWorker {
     switch (job.channel) {
       case 'fhir': {
         // The job's tenant's Endpoint: only a token bound to that tenant is used.
-        const found = readFhirEndpoint(endpoint, { key: this.settings.outboundKey, secrets: this.settings.ehrSecrets, tenant: store.tenant, allowHttp: this.settings.allowHttp });
+        const found = readFhirEndpoint(endpoint, { key: await outboundKeyOf(this.settings.outboundKeys, store.tenant, endpoint), secrets: this.settings.ehrSecrets, tenant: store.tenant, allowHttp: this.settings.allowHttp });
         if (isEndpointProblem(found)) return { kind: 'permanent', reason: `Endpoint/${job.endpointId} ${found.problem} (${found.expression})` };
         return this.settings.transports.fhir.deliver(job.payload as FhirDeliveryPayload, found.connection);
       }

@@ -8,7 +8,8 @@
  *                                                 to the EHR by an identifier of it
  *   auth (valueCode)      smart-backend | bearer | none (default none)
  *     smart-backend: tokenUrl (valueUrl), clientId (valueString), scope (valueString, optional);
- *                    our private key is the server's own signing key (public half at /auth/jwks)
+ *                    our private key is the tenant's own (src/ehr/outbound-keys.ts; public half at
+ *                    /auth/jwks/<id>, the JWKS URL the EHR registers for the practice)
  *     bearer:        tokenRef (valueString) = `env:EHR_TOKEN_<NAME>`: the server's environment
  *                    variable holding the token, bound to one tenant (./secrets.ts): usable only
  *                    by that tenant's Endpoints. Never the token itself.
@@ -38,7 +39,7 @@ const DEFAULT_SCOPE = 'system/Patient.rs system/Condition.rs';
 /** Sub-extensions that would hold a secret in the Endpoint itself: refused, never used. */
 const SECRET_HOLDERS = ['token', 'accessToken', 'bearerToken', 'clientSecret', 'privateKey', 'password'];
 
-/** The key our client assertions are signed with (the server's signing key). */
+/** The key our client assertions are signed with (the tenant's own: src/ehr/outbound-keys.ts). */
 export interface AssertionKey {
   privateKey: CryptoKey | KeyObject | JWK;
   kid: string;
@@ -46,7 +47,7 @@ export interface AssertionKey {
 }
 
 export interface EhrEndpointOptions {
-  /** For `smart-backend`. */
+  /** For `smart-backend`: the tenant's key (fetch it only for an Endpoint that usesSmartBackend). */
   key?: AssertionKey | undefined;
   /** For `bearer`: the server's EHR_TOKEN_… variables. */
   secrets?: EhrSecrets | undefined;
@@ -86,6 +87,11 @@ function connectionExtension(endpoint: Endpoint): Extension | undefined {
 /** The system of the EHR's MRNs, if the Endpoint names one (any connection type). */
 export function patientIdentifierSystemOf(endpoint: Endpoint): string | undefined {
   return sub(connectionExtension(endpoint), 'patientIdentifierSystem')?.valueUri;
+}
+
+/** Whether the Endpoint connects with SMART Backend Services (and so needs the tenant's key). */
+export function usesSmartBackend(endpoint: Endpoint): boolean {
+  return sub(connectionExtension(endpoint), 'auth')?.valueCode === 'smart-backend';
 }
 
 /**
@@ -130,7 +136,7 @@ export function readFhirEndpoint(endpoint: Endpoint, options: EhrEndpointOptions
       const clientId = sub(extension, 'clientId')?.valueString;
       if (!tokenUrl) return { problem: "has auth smart-backend but no 'tokenUrl' (valueUrl): the EHR's token endpoint", expression: at('tokenUrl') };
       if (!clientId) return { problem: "has auth smart-backend but no 'clientId' (valueString): our client id at the EHR", expression: at('clientId') };
-      if (!options.key) return { problem: 'has auth smart-backend, but this server has no signing key to sign client assertions with', expression: at('auth') };
+      if (!options.key) return { problem: 'has auth smart-backend, but this server has no key for this tenant to sign client assertions with', expression: at('auth') };
       const scope = sub(extension, 'scope')?.valueString ?? DEFAULT_SCOPE;
       const { privateKey, kid, alg } = options.key;
       return { connection: { ...base, auth: { kind: 'smart-backend', tokenUrl, clientId, privateKey, kid, alg, scope } }, identifierSystem, sendCommunication };

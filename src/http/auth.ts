@@ -3,6 +3,8 @@
  *  - POST /auth/token: OAuth 2.0 client_credentials (client_secret_basic, client_secret_post,
  *    private_key_jwt), answered as RFC 6749 JSON;
  *  - GET /auth/jwks: the public keys our access tokens are signed with;
+ *  - GET /auth/jwks/<id>: one tenant's public key for its client assertions to EHRs
+ *    (src/ehr/outbound-keys.ts), the JWKS URL an EHR registers for that practice;
  *  - GET /fhir/.well-known/smart-configuration: where those are and what we support;
  *  - requireToken: passport's bearer strategy in front of the API, answering 401 with an
  *    OperationOutcome and `WWW-Authenticate: Bearer` (RFC 6750 §3).
@@ -11,6 +13,7 @@
 import express, { type NextFunction, type Request, type Response, type Router } from 'express';
 import passport from 'passport';
 import { Strategy as BearerStrategy } from 'passport-http-bearer';
+import type { JSONWebKeySet } from 'jose';
 import type { Logger } from 'pino';
 import {
   handleTokenRequest,
@@ -32,12 +35,19 @@ import type { FhirContext } from '../interactions/index.js';
 
 export interface AuthOptions {
   signingKey: SigningKey;
+  /** Each tenant's key for client assertions to EHRs (src/ehr/outbound-keys.ts), published at /auth/jwks/<id>. */
+  outboundKeys: TenantJwks;
   clients: ClientStore;
   /** The server's public base (BASE_URL): tokens are issued by it, for `${baseUrl}/fhir`. */
   baseUrl: string;
   /** Fetches clients' JWKS URLs (https only unless told otherwise, for tests on loopback). */
   jwksFetcher?: JwksFetcher;
   tokenLifetimeSeconds?: number;
+}
+
+/** The public JWK Sets of tenants' keys for client assertions to EHRs, by the opaque id of their URL. */
+export interface TenantJwks {
+  jwks(id: string): Promise<JSONWebKeySet | undefined>;
 }
 
 /** Who is calling, from a verified access token. */
@@ -107,7 +117,7 @@ export function smartConfiguration(baseUrl: string): Record<string, unknown> {
   };
 }
 
-/** /auth/token and /auth/jwks. */
+/** /auth/token, /auth/jwks and /auth/jwks/<id>. */
 export function authRoutes(options: AuthOptions, logger: Logger): Router {
   const router = express.Router();
   const jwksFetcher = options.jwksFetcher ?? new JwksFetcher();
@@ -148,6 +158,17 @@ export function authRoutes(options: AuthOptions, logger: Logger): Router {
   });
   router.get('/jwks', (_req: Request, res: Response) => {
     res.type('application/json').set('Cache-Control', 'public, max-age=300').send(JSON.stringify(publicJwks(options.signingKey)));
+  });
+  router.get('/jwks/:id', async (req: Request, res: Response) => {
+    let jwks;
+    try {
+      jwks = await options.outboundKeys.jwks(String(req.params.id));
+    } catch (error) {
+      logger.error({ requestId: res.locals.requestId, err: error }, 'tenant JWKS lookup failed');
+      throw fhirError('database-unavailable', 'The JWK Set cannot be read from the database');
+    }
+    if (!jwks) throw fhirError('unknown-path', 'No JWK Set is published at this address');
+    res.type('application/json').set('Cache-Control', 'public, max-age=300').send(JSON.stringify(jwks));
   });
   return router;
 }

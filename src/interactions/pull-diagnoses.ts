@@ -65,7 +65,7 @@ import { tokenSearchValue } from '../fhir/search-value.js';
 import { parseSearch } from '../search/parse.js';
 import { conditionLock, type Repository } from '../store/repository.js';
 import { conditionOf } from './conditions.js';
-import type { FhirContext, FhirRequest, FhirResponse, Interaction } from './types.js';
+import { outboundKeyOf, type FhirContext, type FhirRequest, type FhirResponse, type Interaction } from './types.js';
 
 /** Where the Endpoint format lives now; exported here too for existing importers. */
 export { EHR_ENDPOINT_EXTENSION } from '../ehr/endpoint.js';
@@ -112,7 +112,7 @@ async function plan(ctx: FhirContext, patientId: string, patient: Patient): Prom
     const endpoint = JSON.parse(row.json) as StoredEndpoint;
     const system = patientIdentifierSystemOf(endpoint);
     if (!system) continue;
-    const options = { key: ctx.outboundKey, secrets: ctx.ehrSecrets, tenant: ctx.tenant, allowHttp: ctx.allowHttpEhr ?? false };
+    const options = { key: await outboundKeyOf(ctx.outboundKeys, ctx.tenant, endpoint), secrets: ctx.ehrSecrets, tenant: ctx.tenant, allowHttp: ctx.allowHttpEhr ?? false };
     const mrn = patient.identifier?.find((i) => i.system === system && i.value);
     if (mrn?.value) {
       const found = readFhirEndpoint(endpoint, options);

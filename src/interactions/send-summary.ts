@@ -50,7 +50,7 @@ import { fhirError } from '../fhir/errors.js';
 import { parseSearch } from '../search/parse.js';
 import { buildMdmT02 } from '../summary/mdm.js';
 import { buildComposition, renderPdf, type GoalAchievementCode, type OutcomeMeasure, type ReportInput, type SessionDetails } from '../summary/report.js';
-import type { FhirContext, FhirRequest, FhirResponse, Interaction } from './types.js';
+import { outboundKeyOf, type FhirContext, type FhirRequest, type FhirResponse, type Interaction } from './types.js';
 
 /** Stable identifiers of the documents we send: the EHR finds a retried document by it. */
 export const DOCUMENT_ID_SYSTEM = 'https://met-fhir-server.dev/fhir/document-id';
@@ -352,7 +352,7 @@ export async function sendSummary(ctx: FhirContext, req: FhirRequest): Promise<F
   // than failing at delivery. Checked again by the worker, which may run in another process.
   let sendCommunication = false;
   if (channel === 'fhir') {
-    const settings = readFhirEndpoint(endpoint, { key: ctx.outboundKey, secrets: ctx.ehrSecrets, tenant: ctx.tenant, allowHttp: ctx.allowHttpEhr ?? false });
+    const settings = readFhirEndpoint(endpoint, { key: await outboundKeyOf(ctx.outboundKeys, ctx.tenant, endpoint), secrets: ctx.ehrSecrets, tenant: ctx.tenant, allowHttp: ctx.allowHttpEhr ?? false });
     if (isEndpointProblem(settings)) throw fhirError('unprocessable-operation', `${a.endpoint} ${settings.problem}`, settings.expression);
     sendCommunication = settings.sendCommunication;
   }

@@ -2,6 +2,8 @@
  * The transport-independent shape of a FHIR request and response. The HTTP adapter (src/http)
  * turns Express requests into these and these into HTTP responses; nothing here knows Express.
  */
+import type { Endpoint } from 'fhir/r4.js';
+import { usesSmartBackend, type AssertionKey } from '../ehr/endpoint.js';
 import type { EhrSecrets } from '../ehr/secrets.js';
 import type { Repository, StoredVersion } from '../store/repository.js';
 import type { Tenants } from '../store/tenants.js';
@@ -24,8 +26,11 @@ export interface FhirContext {
    * checks (the store's own callers, tests of the interactions themselves).
    */
   authorize?: Authorize;
-  /** The key our client assertions to EHRs are signed with (the server's signing key). */
-  outboundKey?: OutboundKey;
+  /**
+   * The keys our client assertions to EHRs are signed with: each tenant's own (src/ehr/outbound-keys.ts).
+   * Unset, or `tenant` unset: no SMART Backend Services connection can be made.
+   */
+  outboundKeys?: OutboundKeySource;
   /** EHRs over plain http (outside production, for EHRs on loopback in development and tests). */
   allowHttpEhr?: boolean;
   /** Static bearer tokens for EHRs (EHR_TOKEN_… variables, each bound to one tenant), named by Endpoints' tokenRef. */
@@ -39,11 +44,18 @@ export interface FhirContext {
   tenant?: string;
 }
 
-/** The key this server signs its client assertions to EHRs with (its own signing key). */
-export interface OutboundKey {
-  privateKey: CryptoKey;
-  kid: string;
-  alg: 'ES384' | 'RS384';
+/** Each tenant's key for client assertions to EHRs. */
+export interface OutboundKeySource {
+  forTenant(tenant: string): Promise<AssertionKey>;
+}
+
+/**
+ * The key `tenant` signs its client assertions to the EHR of `endpoint` with: only for an Endpoint
+ * with auth smart-backend (the key is made on first use); undefined otherwise, or when there is
+ * no tenant or no key source.
+ */
+export function outboundKeyOf(keys: OutboundKeySource | undefined, tenant: string | undefined, endpoint: Endpoint): Promise<AssertionKey | undefined> {
+  return keys && tenant !== undefined && usesSmartBackend(endpoint) ? keys.forTenant(tenant) : Promise.resolve(undefined);
 }
 
 /** What an interaction does to a resource type, in SMART v2's terms (c r u d s). */

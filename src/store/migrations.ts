@@ -8,6 +8,7 @@ import { AUDIT_MIGRATION } from './audit-store.js';
 import { HL7_MESSAGE_MIGRATION, HL7_ROUTE_MIGRATION } from './hl7-store.js';
 import { DELIVERY_MIGRATION } from './delivery-jobs.js';
 import { CLIENTS_MIGRATION, TENANT_SCHEMA_MIGRATION } from './clients.js';
+import { OUTBOUND_KEY_MIGRATION } from './outbound-keys.js';
 import { INDEX_MIGRATION, TOKEN_QUANTITY_MIGRATION } from './search-index.js';
 
 const MIGRATION_LOCK = 7_310_001;
@@ -159,6 +160,12 @@ export const MIGRATIONS: readonly Migration[] = [
     name: 'delivery: documents queued for physicians\' EHRs',
     scope: 'tenant',
     sql: DELIVERY_MIGRATION,
+  },
+  {
+    version: 13,
+    name: 'EHR connections: each tenant signs its client assertions with a key of its own',
+    scope: 'global',
+    sql: OUTBOUND_KEY_MIGRATION,
   },
 ];
 
