@@ -4,6 +4,7 @@
  * The public ones are in ../shared/INTERFACE.md; all are documented in the README.
  */
 import { ehrTokensOf } from './ehr/secrets.js';
+import { parseAllowedHost } from './ehr/egress.js';
 
 export interface Config {
   port: number;
@@ -39,6 +40,12 @@ export interface Config {
    * (tokenRef `env:EHR_TOKEN_<NAME>`) and never holds the token (src/ehr/secrets.ts). Absent: none.
    */
   ehrTokens?: Readonly<Record<string, string>>;
+  /**
+   * EHR_ALLOWED_HOSTS: host names, IP addresses and CIDR ranges the server may connect to for EHRs
+   * though they are not public (an EHR on the practice's own network). In production every other
+   * non-public address is refused (src/ehr/egress.ts); outside production none is.
+   */
+  ehrAllowedHosts: readonly string[];
 }
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -83,6 +90,11 @@ export function loadConfig(env: Record<string, string | undefined>): Readonly<Co
   if (delivery !== 'on' && delivery !== 'off') problems.push(`DELIVERY=${delivery} is invalid: expected on or off`);
   const ehr = ehrTokensOf(env);
   problems.push(...ehr.problems);
+  const ehrAllowedHosts = (env.EHR_ALLOWED_HOSTS ?? '').split(',').map((h) => h.trim()).filter((h) => h !== '');
+  for (const entry of ehrAllowedHosts) {
+    const parsed = parseAllowedHost(entry);
+    if ('problem' in parsed) problems.push(`EHR_ALLOWED_HOSTS is invalid: ${parsed.problem}`);
+  }
   const config: Config = {
     port,
     host,
@@ -104,6 +116,7 @@ export function loadConfig(env: Record<string, string | undefined>): Readonly<Co
     shutdownTimeoutMs: int('SHUTDOWN_TIMEOUT_MS', 10_000, 0, 600_000),
     deliveryLeaseSeconds: int('DELIVERY_LEASE_SECONDS', 300, 1, 86_400),
     ...(Object.keys(ehr.tokens).length > 0 ? { ehrTokens: Object.freeze(ehr.tokens) } : {}),
+    ehrAllowedHosts: Object.freeze(ehrAllowedHosts),
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);

@@ -21,6 +21,7 @@ import { Hl7Inbound } from './inbound/hl7-inbound.js';
 import { DeliveryWorker } from './delivery/worker.js';
 import { FhirDocumentTransport, MllpDocumentTransport } from './delivery/transports.js';
 import { EhrSecrets } from './ehr/secrets.js';
+import { EgressGuard } from './ehr/egress.js';
 import { Hl7Routes } from './store/hl7-store.js';
 import { ProfileValidator } from './validation/profiles.js';
 import { ResourceValidator } from './validation/validator.js';
@@ -120,6 +121,9 @@ export async function startServer(given: Readonly<Config>, logger: Logger, extra
   // Each tenant signs its client assertions to EHRs with a key of its own (published at /auth/jwks/<id>).
   ctx.outboundKeys = auth.outboundKeys;
   ctx.allowHttpEhr = !config.production;
+  // In production, EHR connections reach public addresses only, and the hosts the operator lists.
+  const egress = new EgressGuard(config.production, config.ehrAllowedHosts);
+  ctx.ehrEgress = egress;
   // Static bearer tokens for EHRs, named by Endpoints (tokenRef), never stored in one.
   // Each is bound to one tenant (EHR_TOKEN_<NAME>=<tenant>:<token>), usable by its Endpoints only.
   ctx.ehrSecrets = new EhrSecrets(config.ehrTokens ?? {});
@@ -154,11 +158,12 @@ export async function startServer(given: Readonly<Config>, logger: Logger, extra
     const tenants = ctx.tenants;
     worker = new DeliveryWorker({
       tenants: () => tenants.stores(),
-      transports: { fhir: new FhirDocumentTransport(), mllp: new MllpDocumentTransport() },
+      transports: { fhir: new FhirDocumentTransport(), mllp: new MllpDocumentTransport({ egress }) },
       validator: ctx.validator,
       ...(ctx.outboundKeys ? { outboundKeys: ctx.outboundKeys } : {}),
       ehrSecrets: ctx.ehrSecrets,
       allowHttp: ctx.allowHttpEhr ?? false,
+      egress,
       leaseMs: config.deliveryLeaseSeconds * 1000,
       logger,
     });

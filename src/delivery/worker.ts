@@ -33,6 +33,7 @@ import { FhirError } from '../fhir/errors.js';
 import { isEndpointProblem, readFhirEndpoint } from '../ehr/endpoint.js';
 import type { EhrSecrets } from '../ehr/secrets.js';
 import { outboundKeyOf, type OutboundKeySource } from '../interactions/types.js';
+import type { EgressGuard } from '../ehr/egress.js';
 import { inTransaction } from '../store/database.js';
 import { claimDue, markDelivered, markFailed, markRetry, type DeliveryJob } from '../store/delivery-jobs.js';
 import { Repository } from '../store/repository.js';
@@ -66,6 +67,8 @@ export interface DeliveryWorkerOptions {
   ehrSecrets?: EhrSecrets;
   /** EHRs over plain http (development and tests). */
   allowHttp?: boolean;
+  /** Which addresses EHR connections may reach (src/ehr/egress.ts); unset: as EhrConnection says. */
+  egress?: EgressGuard;
   /** Between looks for due jobs when idle; default 1 s. */
   pollIntervalMs?: number;
   /** Jobs sent at once (each to its own connection); default 4. */
@@ -86,7 +89,7 @@ export interface DeliveryWorkerOptions {
   logger?: Logger;
 }
 
-type Settings = Required<Omit<DeliveryWorkerOptions, 'outboundKeys' | 'ehrSecrets' | 'logger'>> & Pick<DeliveryWorkerOptions, 'outboundKeys' | 'ehrSecrets' | 'logger'>;
+type Settings = Required<Omit<DeliveryWorkerOptions, 'outboundKeys' | 'ehrSecrets' | 'logger' | 'egress'>> & Pick<DeliveryWorkerOptions, 'outboundKeys' | 'ehrSecrets' | 'logger' | 'egress'>;
 
 /** The wait before the attempt after attempt `attempt` (1-based), in ms. */
 export function backoffMs(attempt: number, options: { baseBackoffMs: number; maxBackoffMs: number; jitter: number }, random: () => number = Math.random): number {
@@ -250,7 +253,7 @@ export class DeliveryWorker {
     switch (job.channel) {
       case 'fhir': {
         // The job's tenant's Endpoint: only a token bound to that tenant is used.
-        const found = readFhirEndpoint(endpoint, { key: await outboundKeyOf(this.settings.outboundKeys, store.tenant, endpoint), secrets: this.settings.ehrSecrets, tenant: store.tenant, allowHttp: this.settings.allowHttp });
+        const found = readFhirEndpoint(endpoint, { key: await outboundKeyOf(this.settings.outboundKeys, store.tenant, endpoint), secrets: this.settings.ehrSecrets, tenant: store.tenant, allowHttp: this.settings.allowHttp, egress: this.settings.egress });
         if (isEndpointProblem(found)) return { kind: 'permanent', reason: `Endpoint/${job.endpointId} ${found.problem} (${found.expression})` };
         return this.settings.transports.fhir.deliver(job.payload as FhirDeliveryPayload, found.connection);
       }

@@ -31,6 +31,7 @@ import type { Endpoint, Extension } from 'fhir/r4.js';
 import type { CryptoKey, JWK, KeyObject } from 'jose';
 import type { EhrConnection } from './fhir-ehr.js';
 import { TOKEN_REF_PATTERN, type EhrSecrets } from './secrets.js';
+import type { EgressGuard } from './egress.js';
 
 export const EHR_ENDPOINT_EXTENSION = 'https://met-fhir-server.dev/fhir/StructureDefinition/ehr-connection';
 export const EHR_AUTH_METHODS = ['smart-backend', 'bearer', 'none'] as const;
@@ -58,6 +59,8 @@ export interface EhrEndpointOptions {
   tenant?: string | undefined;
   /** Plain http to any host (development and tests). */
   allowHttp: boolean;
+  /** Which addresses may be connected to (./egress.ts); unset: as EhrConnection says. */
+  egress?: EgressGuard | undefined;
 }
 
 export interface EhrEndpoint {
@@ -124,7 +127,9 @@ export function readFhirEndpoint(endpoint: Endpoint, options: EhrEndpointOptions
   const flag = sub(extension, 'sendCommunication');
   if (flag && typeof flag.valueBoolean !== 'boolean') return { problem: "has a 'sendCommunication' that is not a valueBoolean", expression: at('sendCommunication') };
   const sendCommunication = flag?.valueBoolean === true;
-  const base = { baseUrl: endpoint.address, timeoutMs: 20_000, allowHttp: options.allowHttp };
+  const refused = addressRefusal(endpoint.address, options.egress);
+  if (refused) return { problem: refused, expression: 'Endpoint.address' };
+  const base = { baseUrl: endpoint.address, timeoutMs: 20_000, allowHttp: options.allowHttp, ...(options.egress ? { egress: options.egress } : {}) };
   const authExtension = sub(extension, 'auth');
   const method = authExtension ? authExtension.valueCode : 'none';
   if (method === undefined) return { problem: `has an 'auth' without a valueCode: expected one of ${EHR_AUTH_METHODS.join(', ')}`, expression: at('auth') };
@@ -136,6 +141,8 @@ export function readFhirEndpoint(endpoint: Endpoint, options: EhrEndpointOptions
       const clientId = sub(extension, 'clientId')?.valueString;
       if (!tokenUrl) return { problem: "has auth smart-backend but no 'tokenUrl' (valueUrl): the EHR's token endpoint", expression: at('tokenUrl') };
       if (!clientId) return { problem: "has auth smart-backend but no 'clientId' (valueString): our client id at the EHR", expression: at('clientId') };
+      const tokenRefused = addressRefusal(tokenUrl, options.egress);
+      if (tokenRefused) return { problem: tokenRefused, expression: at('tokenUrl') };
       if (!options.key) return { problem: 'has auth smart-backend, but this server has no key for this tenant to sign client assertions with', expression: at('auth') };
       const scope = sub(extension, 'scope')?.valueString ?? DEFAULT_SCOPE;
       const { privateKey, kid, alg } = options.key;
@@ -157,6 +164,22 @@ export function readFhirEndpoint(endpoint: Endpoint, options: EhrEndpointOptions
     default:
       return { problem: `has auth ${JSON.stringify(method.slice(0, 40))}: expected one of ${EHR_AUTH_METHODS.join(', ')} (valueCode)`, expression: at('auth') };
   }
+}
+
+/**
+ * Why the server will not connect to the host of `address` (a URL or mllp://host:port) when that
+ * host is an IP address `egress` refuses; host names are checked when connecting (./egress.ts).
+ */
+export function addressRefusal(address: string, egress: EgressGuard | undefined): string | undefined {
+  if (!egress) return undefined;
+  let host: string;
+  try {
+    host = new URL(address).hostname;
+  } catch {
+    return undefined;
+  }
+  const refused = egress.literalRefusal(host);
+  return refused && `has an address whose host ${refused}`;
 }
 
 export function isEndpointProblem(value: EhrEndpoint | EndpointProblem): value is EndpointProblem {

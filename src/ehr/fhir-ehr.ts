@@ -20,6 +20,17 @@ import type { Annotation, Bundle, Condition, Identifier, OperationOutcome, Patie
 import { parseReference } from '../fhir/reference.js';
 import { stringSearchValue, tokenSearchValue } from '../fhir/search-value.js';
 import { sameDemographics, type Demographics } from './patient-link.js';
+import { EgressRefused, OPEN_EGRESS, type EgressGuard } from './egress.js';
+
+function egressOf(conn: EhrConnection): EgressGuard {
+  return conn.egress ?? OPEN_EGRESS;
+}
+
+/** fetch's options that route its connections through the connection's egress guard. */
+function viaGuard(conn: EhrConnection): { dispatcher?: NonNullable<ReturnType<EgressGuard['dispatcher']>> } {
+  const dispatcher = egressOf(conn).dispatcher();
+  return dispatcher ? { dispatcher } : {};
+}
 
 export const CLIENT_ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
 export const CONDITION_CATEGORY_SYSTEM = 'http://terminology.hl7.org/CodeSystem/condition-category';
@@ -63,6 +74,11 @@ export interface EhrConnection {
   tokenLifetimeSlackSeconds?: number;
   /** Plain http to a host other than loopback (SMART requires TLS: development only). */
   allowHttp?: boolean;
+  /**
+   * Which addresses may be connected to (./egress.ts). Unset: none is restricted; the server
+   * always sets it from NODE_ENV and EHR_ALLOWED_HOSTS (src/server.ts).
+   */
+  egress?: EgressGuard;
   /** Where access tokens are kept between calls; the process-wide cache by default. */
   tokenCache?: TokenCache;
 }
@@ -86,6 +102,7 @@ export type EhrErrorCode =
   | 'redirected'
   | 'not-fhir'
   | 'insecure-url'
+  | 'address-refused'
   | 'ambiguous-patient'
   | 'identifier-mismatch'
   | 'subject-mismatch'
@@ -223,6 +240,7 @@ async function requestToken(conn: EhrConnection, auth: SmartBackendAuth, cache: 
   let retryAfter: string | null;
   try {
     const response = await fetch(auth.tokenUrl, {
+      ...viaGuard(conn),
       method: 'POST',
       headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json' },
       body,
@@ -287,7 +305,7 @@ async function call<T>(conn: EhrConnection, what: string, run: (options: Request
 function clientFor(conn: EhrConnection): Client {
   const base = baseOf(conn);
   checkUrl(conn, base);
-  return new Client({ baseUrl: base });
+  return new Client({ baseUrl: base, requestOptions: viaGuard(conn) });
 }
 
 /** Every resource of `resourceType` a search matches, following `next` links to the end. */
@@ -575,6 +593,7 @@ function classify(error: unknown, what: string, timeoutMs: number, retried: bool
 function networkError(error: unknown, what: string, timeoutMs: number): EhrError {
   const e = error as { name?: string; message?: string; cause?: { code?: string; message?: string } } | null;
   if (e?.name === 'TimeoutError' || e?.name === 'AbortError') return new EhrError('transient', 'timeout', `${what}: no answer within ${timeoutMs} ms`);
+  if (e?.cause instanceof EgressRefused) return new EhrError('permanent', 'address-refused', `${what}: ${e.cause.message}`);
   if (error instanceof TypeError && (e?.cause !== undefined || e?.message === 'fetch failed' || e?.message === 'terminated')) {
     const reason = e?.cause?.code ?? e?.cause?.message ?? e?.message ?? 'network error';
     return new EhrError('transient', 'unreachable', `${what}: could not reach the EHR (${reason})`);
@@ -620,8 +639,11 @@ function checkUrl(conn: EhrConnection, url: string): void {
     throw new EhrError('permanent', 'insecure-url', `${JSON.stringify(url.slice(0, 200))} is not a URL`);
   }
   const loopback = ['localhost', '127.0.0.1', '[::1]'].includes(parsed.hostname) || parsed.hostname.startsWith('127.');
-  if (parsed.protocol === 'https:' || (parsed.protocol === 'http:' && (loopback || conn.allowHttp === true))) return;
-  throw new EhrError('permanent', 'insecure-url', `${describeUrl(url)} is not https; SMART requires TLS for every exchange with the EHR`);
+  if (!(parsed.protocol === 'https:' || (parsed.protocol === 'http:' && (loopback || conn.allowHttp === true)))) {
+    throw new EhrError('permanent', 'insecure-url', `${describeUrl(url)} is not https; SMART requires TLS for every exchange with the EHR`);
+  }
+  const refused = egressOf(conn).literalRefusal(parsed.hostname);
+  if (refused) throw new EhrError('permanent', 'address-refused', `${describeUrl(url)}: ${refused}`);
 }
 
 /** Origin and path only: query strings can carry identifiers. */

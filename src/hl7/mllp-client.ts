@@ -12,7 +12,7 @@
  * - `MllpError` code `MLLP_BUSY`     : send() while a message is in flight (a caller bug).
  * The ACK's content (MSA-1, MSA-2 against the sent MSH-10) is the caller's to check.
  */
-import { connect, type Socket } from 'node:net';
+import { connect, type LookupFunction, type Socket } from 'node:net';
 import { frame, MllpDecoder } from './mllp.js';
 
 export type MllpErrorCode = 'MLLP_CONNECT' | 'MLLP_TIMEOUT' | 'MLLP_CLOSED' | 'MLLP_BUSY' | 'MLLP_PROTOCOL';
@@ -35,6 +35,8 @@ export interface MllpClientOptions {
   /** How long send() waits for the reply frame (default 30 s). */
   timeoutMs?: number;
   maxFrameBytes?: number;
+  /** Resolves `host` (net's lookup option): the caller's check of where it may connect. */
+  lookup?: LookupFunction;
 }
 
 interface Pending {
@@ -61,7 +63,7 @@ export class MllpClient {
 
   static connect(options: MllpClientOptions): Promise<MllpClient> {
     return new Promise((resolve, reject) => {
-      const socket = connect({ host: options.host, port: options.port });
+      const socket = connect({ host: options.host, port: options.port, ...(options.lookup ? { lookup: options.lookup } : {}) });
       const timer = setTimeout(() => {
         socket.destroy();
         reject(new MllpError('MLLP_CONNECT', `No MLLP connection to ${options.host}:${options.port} within ${options.connectTimeoutMs ?? 10_000} ms`));

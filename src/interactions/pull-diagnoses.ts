@@ -112,7 +112,7 @@ async function plan(ctx: FhirContext, patientId: string, patient: Patient): Prom
     const endpoint = JSON.parse(row.json) as StoredEndpoint;
     const system = patientIdentifierSystemOf(endpoint);
     if (!system) continue;
-    const options = { key: await outboundKeyOf(ctx.outboundKeys, ctx.tenant, endpoint), secrets: ctx.ehrSecrets, tenant: ctx.tenant, allowHttp: ctx.allowHttpEhr ?? false };
+    const options = { key: await outboundKeyOf(ctx.outboundKeys, ctx.tenant, endpoint), secrets: ctx.ehrSecrets, tenant: ctx.tenant, allowHttp: ctx.allowHttpEhr ?? false, egress: ctx.ehrEgress };
     const mrn = patient.identifier?.find((i) => i.system === system && i.value);
     if (mrn?.value) {
       const found = readFhirEndpoint(endpoint, options);

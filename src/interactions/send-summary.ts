@@ -43,7 +43,7 @@ import type {
   Reference,
   Task,
 } from 'fhir/r4.js';
-import { EHR_ENDPOINT_EXTENSION, isEndpointProblem, patientIdentifierSystemOf, readFhirEndpoint } from '../ehr/endpoint.js';
+import { addressRefusal, EHR_ENDPOINT_EXTENSION, isEndpointProblem, patientIdentifierSystemOf, readFhirEndpoint } from '../ehr/endpoint.js';
 import { EHR_ENDPOINT_TAG_SYSTEM } from '../ehr/fhir-ehr.js';
 import { IDENTIFIER_LINK_EXTENSION } from '../ehr/patient-link.js';
 import { fhirError } from '../fhir/errors.js';
@@ -351,8 +351,10 @@ export async function sendSummary(ctx: FhirContext, req: FhirRequest): Promise<F
   // A FHIR Endpoint must be usable now (auth settings, the token it names): refused here rather
   // than failing at delivery. Checked again by the worker, which may run in another process.
   let sendCommunication = false;
+  const refused = addressRefusal(endpoint.address ?? '', ctx.ehrEgress);
+  if (refused) throw fhirError('unprocessable-operation', `${a.endpoint} ${refused}`, 'Endpoint.address');
   if (channel === 'fhir') {
-    const settings = readFhirEndpoint(endpoint, { key: await outboundKeyOf(ctx.outboundKeys, ctx.tenant, endpoint), secrets: ctx.ehrSecrets, tenant: ctx.tenant, allowHttp: ctx.allowHttpEhr ?? false });
+    const settings = readFhirEndpoint(endpoint, { key: await outboundKeyOf(ctx.outboundKeys, ctx.tenant, endpoint), secrets: ctx.ehrSecrets, tenant: ctx.tenant, allowHttp: ctx.allowHttpEhr ?? false, egress: ctx.ehrEgress });
     if (isEndpointProblem(settings)) throw fhirError('unprocessable-operation', `${a.endpoint} ${settings.problem}`, settings.expression);
     sendCommunication = settings.sendCommunication;
   }

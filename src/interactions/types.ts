@@ -4,6 +4,7 @@
  */
 import type { Endpoint } from 'fhir/r4.js';
 import { usesSmartBackend, type AssertionKey } from '../ehr/endpoint.js';
+import type { EgressGuard } from '../ehr/egress.js';
 import type { EhrSecrets } from '../ehr/secrets.js';
 import type { Repository, StoredVersion } from '../store/repository.js';
 import type { Tenants } from '../store/tenants.js';
@@ -33,6 +34,8 @@ export interface FhirContext {
   outboundKeys?: OutboundKeySource;
   /** EHRs over plain http (outside production, for EHRs on loopback in development and tests). */
   allowHttpEhr?: boolean;
+  /** Which addresses EHR connections may reach (src/ehr/egress.ts); unset: as EhrConnection says. */
+  ehrEgress?: EgressGuard;
   /** Static bearer tokens for EHRs (EHR_TOKEN_… variables, each bound to one tenant), named by Endpoints' tokenRef. */
   ehrSecrets?: EhrSecrets;
   /** Called after a transaction that queued a delivery job commits: wakes the delivery worker. */
