@@ -182,6 +182,29 @@ describe('$pull-diagnoses from an EHR over FHIR', function () {
     }
   });
 
+  it('moves no diagnosis between two local Patients carrying the same MRN: 409 duplicate-patient-link, nothing written', async () => {
+    const http = await ours();
+    // A second local Patient with the MRN localPatient already carries (entered twice by hand).
+    const twin = await http.post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', identifier: [{ system: MRN_SYSTEM, value: 'E4471023' }], name: [{ family: 'Delacroix-Twin' }] });
+    const twinId = (twin.body as { id: string }).id;
+    const before = await http.get(`/fhir/Condition?subject=Patient/${localPatient}`).expect(200);
+    const refused = await http.post(`/fhir/Patient/${twinId}/$pull-diagnoses`);
+    assert.equal(refused.status, 409, refused.text);
+    assertOutcome(refused.body, [
+      {
+        code: 'conflict',
+        detail: 'duplicate-patient-link',
+        expression: 'Patient.identifier',
+        diagnostics: new RegExp(`^The EHR's Condition \\S+ of Endpoint/\\S+ is already stored as Condition/\\S+ of Patient/${localPatient}, and Patient/${twinId} is linked to the same EHR Patient ${remote.patient}: two Patients here carry that EHR's identifier of one person; merge or correct them, then pull again$`),
+      },
+    ]);
+    const after = await http.get(`/fhir/Condition?subject=Patient/${localPatient}`).expect(200);
+    assert.deepEqual(after.body.entry, before.body.entry, 'the first Patient keeps its diagnoses, unchanged');
+    const twins = await http.get(`/fhir/Condition?subject=Patient/${twinId}`).expect(200);
+    assert.equal((twins.body as Bundle).entry?.length ?? 0, 0);
+    await http.delete(`/fhir/Patient/${twinId}`).expect(204);
+  });
+
   it("gets another tenant's Endpoint naming this tenant's SMART client id no token: each tenant signs with a key of its own", async () => {
     // The attacker: a client of another tenant, whose Endpoint names the EHR's token URL and the
     // client id the EHR registered for the tests' tenant (client ids are not secrets).

@@ -8,7 +8,9 @@
  * Batching: events wait at most `flushMs` (default 100 ms) and are written `maxBatch` at a time
  * with one statement. A batch that fails stays queued and is tried again; close() (at shutdown,
  * after the last request) writes everything still queued. What a crash of the process loses is
- * the last `flushMs` of events, never a request's own data.
+ * the last `flushMs` of events, never a request's own data. Tenants' events are committed without
+ * waiting for the WAL flush (Repository.appendLog): a crash of PostgreSQL itself may lose the
+ * events of its last fraction of a second (at most three wal_writer_delay, 600 ms by default).
  */
 import type { AuditEvent } from 'fhir/r4.js';
 import type { Logger } from 'pino';

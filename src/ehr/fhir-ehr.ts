@@ -297,7 +297,9 @@ async function call<T>(conn: EhrConnection, what: string, run: (options: Request
         (conn.tokenCache ?? sharedTokenCache).drop(tokenCacheKey(conn.auth), token);
         continue;
       }
-      throw classify(error, what, timeoutMs, attempt > 1, conn.auth.kind === 'bearer' ? [conn.auth.token] : []);
+      // The token of this call, static or from the EHR's token endpoint (opaque tokens are not
+      // JWTs, which are cut out anyway), never reaches a message should the EHR echo it.
+      throw classify(error, what, timeoutMs, attempt > 1, token !== undefined ? [token] : []);
     }
   }
 }
@@ -567,7 +569,7 @@ function statusOf(error: unknown): number | undefined {
 
 /**
  * A failed FHIR call as an EhrError (fhir-kit-client throws `{ response: { status, data }, config: { headers } }`).
- * `secrets` (a static bearer token) are cut out of whatever the EHR said, should it echo them.
+ * `secrets` (the call's access token) are cut out of whatever the EHR said, should it echo them.
  */
 function classify(error: unknown, what: string, timeoutMs: number, retried: boolean, secrets: readonly string[] = []): EhrError {
   if (error instanceof EhrError) return error;

@@ -41,6 +41,7 @@ export const ERROR_CODES = {
   'format-not-supported': 'notAcceptable',
   // 409, 410, 412, 413, 415
   'write-conflict': 'conflict',
+  'duplicate-patient-link': 'conflict',
   'resource-deleted': 'gone',
   'version-mismatch': 'preconditionFailed',
   'multiple-matches': 'preconditionFailed',

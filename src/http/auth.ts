@@ -201,6 +201,18 @@ export function requireToken(options: AuthOptions, logger: Logger) {
     }),
   );
   return (req: Request, res: Response, next: NextFunction): void => {
+    // The common case without passport (a strategy and several closures per request): a Bearer
+    // header with a token verified before and not expired, and no access_token in the URL.
+    // Anything else (no token, a new one, one in the URL) takes passport's way below.
+    const header = req.headers.authorization;
+    if (header?.startsWith('Bearer ') && !req.originalUrl.includes('access_token')) {
+      const known = verified.get(header.slice(7).trim());
+      if (known && known.exp > Date.now() / 1000) {
+        res.locals.caller = known.caller;
+        next();
+        return;
+      }
+    }
     // passport-http-bearer also reads ?access_token= (RFC 6750 §2.3): a token in a URL ends up in
     // logs, caches and links (our own paging links included), so it is refused, never used.
     if (new URL(req.originalUrl, 'http://x').searchParams.has('access_token')) {

@@ -362,6 +362,16 @@ async function storeConditions(
     const match = conditionOf(ctx, 'Condition', { identifier: [tokenSearchValue(key?.system ?? '', key?.value ?? '')] }, 'Condition.identifier');
     await tx.lockKey(conditionLock(match));
     const existing = (await tx.search(match.query)).rows[0];
+    const holder = existing && (JSON.parse(existing.json) as Condition).subject?.reference;
+    if (existing && holder !== `Patient/${id}`) {
+      // Two local Patients linked to one EHR patient (the same MRN entered twice): the EHR's
+      // diagnosis is not moved from one to the other; a person must merge or correct them.
+      throw fhirError(
+        'duplicate-patient-link',
+        `The EHR's Condition ${key?.value ?? ''} of Endpoint/${endpoint.id} is already stored as Condition/${existing.id} of ${holder ?? 'no Patient'}, and Patient/${id} is linked to the same EHR Patient ${remotePatientId}: two Patients here carry that EHR's identifier of one person; merge or correct them, then pull again`,
+        'Patient.identifier',
+      );
+    }
     if (existing && isDeepStrictEqual(withoutServerMeta(JSON.parse(existing.json) as Condition), withoutServerMeta(local))) {
       results.push({ action: 'unchanged', reference: `Condition/${existing.id}` });
       continue;

@@ -32,7 +32,7 @@ export class AuditStore {
   async writeTenant(tenant: string, events: object[]): Promise<boolean> {
     const repo = await this.repositoryOf(tenant);
     if (!repo) return false;
-    await repo.createMany(events.map((event) => ({ resource: event as JsonResource, id: randomUUID() })));
+    await repo.appendLog(events.map((event) => ({ resource: event as JsonResource, id: randomUUID() })));
     return true;
   }
 

@@ -219,6 +219,23 @@ export class Repository {
   }
 
   /**
+   * Appends entries of an append-only log (the audit log: resources never updated, written after
+   * the requests they record were answered): like createMany, but each chunk is one autocommit
+   * statement whose commit does not wait for the WAL flush, and the writes do not count towards
+   * the statistics upkeep. A crash of PostgreSQL itself may lose the last few hundred milliseconds
+   * of entries (never part of one, never anything else); a crash of this process already loses
+   * the entries still buffered (src/audit/log.ts).
+   */
+  async appendLog(items: { resource: JsonResource; id: string }[]): Promise<void> {
+    if (this.client) throw new Error('appendLog runs outside any transaction');
+    for (let i = 0; i < items.length; i += CREATE_BATCH) {
+      const chunk = items.slice(i, i + CREATE_BATCH).map(({ resource, id }) => stamp(resource, id, 1, 'POST'));
+      const values = manyValues(chunk, this.fhirBase);
+      await this.run(() => this.pool.query({ name: 'insert-many-log', text: INSERT_MANY_LOG, values }));
+    }
+  }
+
+  /**
    * Writes a group of plain creates in one autocommit statement (atomic by itself). Should that
    * statement fail, each create is tried alone, so that one bad write fails only its own request.
    */
@@ -657,8 +674,15 @@ const CREATE_BATCH = 500;
 /** Groups of plain creates in flight at once; more creates wait and go together in the next group. */
 const GROUP_SLOTS = Number(process.env.GROUP_SLOTS ?? 1);
 
-const INSERT_MANY = `
-  WITH v AS (
+/**
+ * Many first versions in one statement: history, index and current rows. `log`: for an
+ * append-only log (the audit log), the statement's own implicit transaction commits without
+ * waiting for the WAL flush: set_config(…, true) is local to that transaction, and the cross join
+ * makes it run before the rows are written.
+ */
+function insertMany(log: boolean): string {
+  return `
+  WITH ${log ? "async_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS off),\n  " : ''}v AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::jsonb[]) AS v(resource_type, id, last_updated, content)
   ),
   h AS (
@@ -667,7 +691,10 @@ const INSERT_MANY = `
   ),
   ${indexCtesMany(5).sql}
   INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content)
-  SELECT resource_type, id, 1, last_updated, false, content FROM v`;
+  SELECT resource_type, id, 1, last_updated, false, content FROM v${log ? ' CROSS JOIN async_commit' : ''}`;
+}
+const INSERT_MANY = insertMany(false);
+const INSERT_MANY_LOG = insertMany(true);
 
 const REINDEX = `WITH ${indexCtes(3, true).sql} SELECT 1`;
 
