@@ -128,6 +128,7 @@ describe('configuration', () => {
         dbPoolSize: 20,
         shutdownTimeoutMs: 10_000,
         deliveryLeaseSeconds: 300,
+        ehrAllowedHosts: [],
       },
     );
     assert.ok(Object.isFrozen(config));

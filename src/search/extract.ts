@@ -268,5 +268,20 @@ export function extractIndex(resource: { resourceType: string }, fhirBase: strin
     if (ENGINE_PARAMS.has(def.code)) continue;
     indexParam(builder, def, resource);
   }
-  return builder.rows;
+  // The same value reached twice (an AuditEvent naming one Patient as two entities, say) is one
+  // row: a duplicate finds nothing more and costs a write of every index of its table.
+  const rows = builder.rows;
+  for (const table of INDEX_TABLES) rows[table] = unique(rows[table] as object[]) as never;
+  return rows;
+}
+
+function unique<T extends object>(rows: T[]): T[] {
+  if (rows.length < 2) return rows;
+  const seen = new Set<string>();
+  return rows.filter((row) => {
+    const key = JSON.stringify(Object.values(row));
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
 }
