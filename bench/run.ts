@@ -276,7 +276,16 @@ function startScriptNodeFlags(): string[] {
 /** The server is started exactly as `npm start` starts it (package.json's start script). */
 const SERVER_NODE_FLAGS = startScriptNodeFlags();
 // One bench client sends far more than a client's default rate (6,000/min): the limiter still runs, with a budget it never reaches.
-const SERVER_ENV = { HOST: '127.0.0.1', LOG_LEVEL: 'warn', NODE_ENV: 'production', HL7_PORT: '0', RATE_LIMIT_PER_MINUTE: '10000000', RATE_LIMIT_BURST: '10000000' };
+// In production EHR connections reach public addresses only: the bench's EHR is on loopback.
+const SERVER_ENV = {
+  HOST: '127.0.0.1',
+  LOG_LEVEL: 'warn',
+  NODE_ENV: 'production',
+  HL7_PORT: '0',
+  RATE_LIMIT_PER_MINUTE: '10000000',
+  RATE_LIMIT_BURST: '10000000',
+  EHR_ALLOWED_HOSTS: 'localhost,127.0.0.0/8,::1',
+};
 
 /** `name`: how messages call the server (its engine, or `EHR`). */
 async function startServerProcess(name: string, dbEnv: Record<string, string>, logPath: string): Promise<ServerProcess> {

@@ -13,7 +13,7 @@
  */
 import { ConfigError, loadConfig } from './config.js';
 import { hashSecret, newClientId, newClientSecret, parseScopes } from './auth/index.js';
-import { ClientStore } from './store/clients.js';
+import { ClientStore, TENANT_NAME } from './store/clients.js';
 import { destination, pino } from 'pino';
 import { openDatabase } from './store/database.js';
 import { createTenant } from './store/tenants.js';
@@ -29,7 +29,6 @@ class UsageError extends Error {}
 
 const USAGE =
   'usage: npm run admin -- tenant create <name> | tenant ehr-jwks <name> | client create --tenant <name> --name <name> --scopes "<scopes>" [--jwks-url <url>] | audit unattributed [--since <instant>] | hl7 route --facility <MSH-4> --tenant <name>';
-const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 function options(args: string[]): Map<string, string> {
   const out = new Map<string, string>();
@@ -65,7 +64,7 @@ async function run(args: string[]): Promise<unknown> {
     const clients = new ClientStore(db.pool);
     if (noun === 'tenant' && verb === 'create' && rest.length === 1) {
       const name = rest[0] as string;
-      if (!NAME.test(name)) throw new UsageError(`tenant name must be 1-64 letters, digits, '.', '_' or '-': ${name}`);
+      if (!TENANT_NAME.test(name)) throw new UsageError(`tenant name must be 1-64 letters, digits, '.', '_' or '-': ${name}`);
       if (await clients.tenantExists(name)) throw new UsageError(`tenant ${name} exists already`);
       await createTenant(db, name);
       const key = await new OutboundKeys(db.pool, config.baseUrl).forTenant(name);

@@ -318,6 +318,9 @@ export class DeliveryWorker {
       await tx.lockResource('Task', job.id);
       task = JSON.parse((await tx.read('Task', job.id)).json ?? '{}') as Task;
     } catch (error) {
+      // Only a Task that is gone is passed over. Any other error (the database's) fails the
+      // transaction, which must not then seem to commit the job's new state: it is rethrown.
+      if (!(error instanceof FhirError && (error.category === 'notFound' || error.category === 'gone'))) throw error;
       this.settings.logger?.warn({ err: error, job: job.id }, 'delivery: no Task to update');
       return;
     }

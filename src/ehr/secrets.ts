@@ -23,13 +23,12 @@
  *
  * https://www.rfc-editor.org/rfc/rfc6750#section-2.1 (b64token)
  */
+import { TENANT_NAME } from '../store/clients.js';
 
 /** What the Endpoint's `tokenRef` must look like; group 1 is the variable's name. */
 export const TOKEN_REF_PATTERN = /^env:(EHR_TOKEN_[A-Z0-9_]{1,64})$/;
 /** The environment variables that hold EHR tokens. */
 export const EHR_TOKEN_VARIABLE = /^EHR_TOKEN_[A-Z0-9_]{1,64}$/;
-/** A tenant name, as src/admin.ts's `tenant create` accepts it (never a ':'). */
-const TENANT_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 /** RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=". */
 const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
 

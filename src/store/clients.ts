@@ -5,6 +5,9 @@
  */
 import type { SqlPool } from './sql.js';
 
+/** A tenant's name: 1 to 64 letters, digits, '.', '_' and '-', starting with a letter or digit. */
+export const TENANT_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
 export interface ClientRow {
   clientId: string;
   tenant: string;
