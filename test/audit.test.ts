@@ -26,11 +26,12 @@ async function auditor(tenant = TEST_TENANT): Promise<supertest.Agent> {
 /** The tenant's AuditEvents about one request (by its X-Request-Id), after the log is flushed. */
 async function eventsOf(requestId: string, tenant = TEST_TENANT): Promise<AuditEvent[]> {
   await (await testContext()).audit.flush();
-  const res = await (await auditor(tenant)).get(`/fhir/AuditEvent?entity-type=2&_count=1000&_sort=-_lastUpdated`);
+  // The request id is an entity of the event (BALP: transport-specific unique identifier).
+  const res = await (await auditor(tenant)).get(`/fhir/AuditEvent?entity:identifier=${encodeURIComponent(requestId)}&_count=1000&_sort=-_lastUpdated`);
   assert.equal(res.status, 200, res.text);
-  return ((res.body as Bundle).entry ?? [])
-    .map((e) => e.resource as AuditEvent)
-    .filter((e) => e.entity?.some((x) => x.what?.identifier?.value === requestId));
+  const events = ((res.body as Bundle).entry ?? []).map((e) => e.resource as AuditEvent);
+  assert.ok(events.every((e) => e.entity?.some((x) => x.what?.identifier?.value === requestId)), 'only the request\'s events');
+  return events;
 }
 
 const subtypeOf = (e: AuditEvent): string | undefined => e.subtype?.[0]?.code;
@@ -71,6 +72,41 @@ describe('audit log over HTTP', function () {
     const query = search.entity?.find((e) => e.query)?.query;
     assert.equal(Buffer.from(query ?? '', 'base64').toString('utf8'), `Patient?family=Audit-${RUN}`);
     assert.ok(Date.now() - Date.parse(search.recorded) < 60_000);
+  });
+
+  it('finds events by date, agent, entity, patient, type, subtype, action, outcome and address, and by nothing else', async () => {
+    const { app } = await testContext();
+    const clientId = `finder-${RUN}`;
+    const http = supertest.agent(app).auth(await tokenFor('system/*.*', { clientId }), { type: 'bearer' });
+    const started = new Date(Date.now() - 1000).toISOString();
+    const created = await http.post('/fhir/Patient').set('Content-Type', FHIR_JSON).set('X-Request-Id', `find-${RUN}`).send({ resourceType: 'Patient', name: [{ family: `Find-${RUN}` }] });
+    const id = (created.body as { id: string }).id;
+    await (await testContext()).audit.flush();
+    const search = async (query: string): Promise<AuditEvent[]> => {
+      const res = await (await auditor()).get(`/fhir/AuditEvent?${query}&_count=1000`);
+      assert.equal(res.status, 200, `${query}: ${res.text}`);
+      return ((res.body as Bundle).entry ?? []).map((e) => e.resource as AuditEvent);
+    };
+    const mine = (events: AuditEvent[]): AuditEvent[] => events.filter((e) => e.entity?.some((x) => x.what?.identifier?.value === `find-${RUN}`));
+    const queries = [
+      `patient=Patient/${id}`,
+      `entity=Patient/${id}/_history/1`,
+      `entity:identifier=find-${RUN}`,
+      `agent:identifier=${clientId}`,
+      `patient=Patient/${id}&subtype=http://hl7.org/fhir/restful-interaction|create&action=C&outcome=0&type=rest&date=ge${started}`,
+      `patient=Patient/${id}&address=127.0.0.1`,
+    ];
+    for (const query of queries) assert.equal(mine(await search(query)).length, 1, query);
+    assert.equal(mine(await search(`patient=Patient/${id}&subtype=read`)).length, 0);
+    // Not indexed: refused by name, with what is searchable.
+    for (const param of ['site', 'source', 'entity-type', 'entity-role', '_tag', '_profile']) {
+      const res = await (await auditor()).get(`/fhir/AuditEvent?${param}=x`);
+      assert.equal(res.status, 400, param);
+      assert.match(res.text, new RegExp(`'${param}' is not a search parameter of AuditEvent \\(AuditEvent is searchable by _id, _lastUpdated, date, agent, entity, patient, type, subtype, action, outcome, address\\)`));
+    }
+    const metadata = await supertest(app).get('/fhir/metadata').expect(200);
+    const auditResource = (metadata.body as { rest: { resource: { type: string; searchParam?: { name: string }[] }[] }[] }).rest[0]?.resource.find((r) => r.type === 'AuditEvent');
+    assert.deepEqual(auditResource?.searchParam?.map((p) => p.name).sort(), ['_id', '_lastUpdated', 'action', 'address', 'agent', 'date', 'entity', 'outcome', 'patient', 'subtype', 'type']);
   });
 
   it('records refused requests: 403 in the caller\'s tenant, 401 without a token unattributed', async () => {

@@ -60,6 +60,16 @@ export interface SearchParamDef {
 
 /** Search parameters handled by the engine itself rather than by the index. */
 export const ENGINE_PARAMS = new Set(['_id', '_lastUpdated']);
+/**
+ * Types searchable by some of their parameters only, each indexed on those alone. AuditEvent: one
+ * is written for every request, and every index row is a write of each index of its table on the
+ * hot path of every request; an auditor finds events by when, who, what, which patient, which
+ * interaction, the outcome and the address. The rest (source and site, always this server;
+ * entity-type and -role; _tag, _profile, …) are searched by none and are not indexed.
+ */
+export const INDEXED_ONLY: ReadonlyMap<string, ReadonlySet<string>> = new Map([
+  ['AuditEvent', new Set(['date', 'agent', 'entity', 'patient', 'type', 'subtype', 'action', 'outcome', 'address'])],
+]);
 /** Defined in the package but not supported: full-text search, named queries, geographic search. */
 const UNSUPPORTED = new Set(['_content', '_query', '_text', 'near']);
 
@@ -267,6 +277,7 @@ export class SearchRegistry {
       const bases = sp.base.flatMap((b) => (b === 'Resource' || b === 'DomainResource' ? RESOURCE_TYPES : [b]));
       for (const type of bases) {
         if (!isResourceType(type)) continue;
+        if (INDEXED_ONLY.get(type)?.has(sp.code) === false) continue;
         const parts = splitUnion(sp.expression).filter((p) => {
           const root = rootOf(p);
           return root === type || root === 'Resource' || root === 'DomainResource';

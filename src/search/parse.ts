@@ -6,7 +6,7 @@
  */
 import { fhirError, type FhirError } from '../fhir/errors.js';
 import { isResourceType } from '../fhir/resource-types.js';
-import { searchRegistry, type SearchParamDef, type SearchParamType } from './definitions.js';
+import { INDEXED_ONLY, searchRegistry, type SearchParamDef, type SearchParamType } from './definitions.js';
 import { isTokenQuantity, localReference } from './extract.js';
 import type { Alternative, Cursor, Filter, IncludeSpec, Prefix, SearchQuery, SearchWarning, SortKey } from './query.js';
 import { dateRange, normalizeString, numberRange, type DateRange } from './values.js';
@@ -324,7 +324,11 @@ function parseFilter(resourceType: string, name: string, raw: string, options: P
     return { kind: 'lastUpdated', alternatives: values.map((v) => parseDate(name, v)) };
   }
   const def = searchRegistry().get(resourceType, code);
-  if (!def) throw fhirError('unknown-parameter', `'${code}' is not a search parameter of ${resourceType}`, name);
+  if (!def) {
+    const only = INDEXED_ONLY.get(resourceType);
+    const which = only ? ` (${resourceType} is searchable by _id, _lastUpdated, ${[...only].join(', ')})` : '';
+    throw fhirError('unknown-parameter', `'${code}' is not a search parameter of ${resourceType}${which}`, name);
+  }
   if (modifier === 'missing') {
     if (raw !== 'true' && raw !== 'false') throw invalid(name, `${name} must be true or false`);
     if (def.type === 'composite') throw fhirError('unsupported-search-parameter', `:missing is not supported on composite parameter '${code}'`, name);
@@ -457,7 +461,11 @@ function parseChain(resourceType: string, name: string, dot: number, raw: string
   const [code, typeModifier, ...extra] = head.split(':');
   if (!code || extra.length > 0) throw fhirError('unknown-parameter', `'${name}' is not a valid chained parameter`, name);
   const def = searchRegistry().get(resourceType, code);
-  if (!def) throw fhirError('unknown-parameter', `'${code}' is not a search parameter of ${resourceType}`, name);
+  if (!def) {
+    const only = INDEXED_ONLY.get(resourceType);
+    const which = only ? ` (${resourceType} is searchable by _id, _lastUpdated, ${[...only].join(', ')})` : '';
+    throw fhirError('unknown-parameter', `'${code}' is not a search parameter of ${resourceType}${which}`, name);
+  }
   if (def.type !== 'reference') throw invalid(name, `'${code}' is not a reference parameter and cannot be chained`);
   let targets = typeModifier ? [typeModifier] : [...def.targets];
   if (typeModifier && !isResourceType(typeModifier)) throw invalid(name, `'${typeModifier}' is not a resource type`);

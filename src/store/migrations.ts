@@ -10,6 +10,15 @@ import { DELIVERY_MIGRATION } from './delivery-jobs.js';
 import { CLIENTS_MIGRATION, TENANT_SCHEMA_MIGRATION } from './clients.js';
 import { OUTBOUND_KEY_MIGRATION } from './outbound-keys.js';
 import { INDEX_MIGRATION, TOKEN_QUANTITY_MIGRATION } from './search-index.js';
+import { INDEX_TABLES } from '../search/extract.js';
+import { INDEXED_ONLY } from '../search/definitions.js';
+
+/** Index rows of parameters a type is no longer indexed on (search/definitions.ts INDEXED_ONLY), removed. */
+const UNINDEXED_ROWS = [...INDEXED_ONLY]
+  .flatMap(([type, codes]) =>
+    INDEX_TABLES.map((table) => `DELETE FROM sp_${table} WHERE resource_type = '${type}' AND param NOT IN (${[...codes].map((c) => `'${c}'`).join(', ')});`),
+  )
+  .join('\n');
 
 const MIGRATION_LOCK = 7_310_001;
 
@@ -166,6 +175,12 @@ export const MIGRATIONS: readonly Migration[] = [
     name: 'EHR connections: each tenant signs its client assertions with a key of its own',
     scope: 'global',
     sql: OUTBOUND_KEY_MIGRATION,
+  },
+  {
+    version: 14,
+    name: 'search: AuditEvents indexed on the parameters auditors search by only',
+    scope: 'tenant',
+    sql: UNINDEXED_ROWS,
   },
 ];
 
