@@ -197,6 +197,34 @@ describe('audit log over HTTP', function () {
 });
 
 describe('audit log', () => {
+  it('starts a write at flushAt events without waiting for the timer, and puts what arrives meanwhile in the next, up to maxBatch', async () => {
+    const batches: string[][] = [];
+    let release: (() => void) | undefined;
+    const sink: AuditSink = {
+      writeTenant: async (_tenant, events) => {
+        batches.push(events.map((e) => e.type.code ?? ''));
+        // The first write is held until told: events keep arriving meanwhile.
+        if (batches.length === 1) await new Promise<void>((resolve) => (release = resolve));
+        return true;
+      },
+      writeUnattributed: () => Promise.resolve(),
+    };
+    const log = new AuditLog(sink, silentLogger, { flushAt: 3, flushMs: 60_000, maxBatch: 4 });
+    const event = (n: number): AuditEvent => ({ resourceType: 'AuditEvent', type: { code: String(n) }, recorded: new Date().toISOString(), agent: [], source: { observer: {} } });
+    for (let n = 0; n < 2; n++) log.record('t', event(n));
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(batches.length, 0, 'below flushAt, and the timer is a minute away');
+    log.record('t', event(2));
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(batches, [['0', '1', '2']], 'the third event starts a write at once');
+    for (let n = 3; n < 9; n++) log.record('t', event(n));
+    assert.equal(batches.length, 1, 'one write at a time');
+    release?.();
+    await log.flush();
+    assert.deepEqual(batches, [['0', '1', '2'], ['3', '4', '5', '6'], ['7', '8']], 'what arrived meanwhile, maxBatch at a time');
+    await log.close();
+  });
+
   it('keeps a batch the database refused and writes it later; close() writes what is queued', async () => {
     const written: AuditEvent[] = [];
     let failures = 2;
