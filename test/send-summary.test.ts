@@ -14,6 +14,7 @@ import { Message } from 'node-hl7-client';
 import supertest from 'supertest';
 import { FhirDocumentTransport, MllpDocumentTransport, type FhirDeliveryPayload } from '../src/delivery/transports.js';
 import { DELIVERY_STATUS_SYSTEM, DeliveryWorker } from '../src/delivery/worker.js';
+import { EgressGuard } from '../src/ehr/egress.js';
 import { EHR_ENDPOINT_EXTENSION, readFhirEndpoint } from '../src/ehr/endpoint.js';
 import { EhrSecrets } from '../src/ehr/secrets.js';
 import { ack } from '../src/hl7/adt.js';
@@ -458,6 +459,28 @@ describe('$send-summary: a progress report delivered to the physician', function
       },
     ]);
     assert.equal(await taskCount(), tasksBefore);
+  });
+
+  it('refuses, in production, an Endpoint at an address the server does not connect to (EHR_ALLOWED_HOSTS), writing nothing', async () => {
+    const id = await mllpEndpoint(MRN_SYSTEM);
+    const { ctx } = await testContext();
+    const tasksBefore = await taskCount();
+    ctx.ehrEgress = new EgressGuard(true);
+    try {
+      const res = await (await http()).post(`/fhir/Patient/${patientId}/$send-summary`).set('Content-Type', FHIR_JSON).send(parameters(id));
+      assert.equal(res.status, 422, res.text);
+      assertOutcome(res.body, [
+        {
+          code: 'processing',
+          detail: 'unprocessable-operation',
+          expression: 'Endpoint.address',
+          diagnostics: `Endpoint/${id} has an address whose host 127.0.0.1 is a loopback address, which this server does not connect to in production; if the EHR is on the practice's own network, list its host or range in EHR_ALLOWED_HOSTS`,
+        },
+      ]);
+      assert.equal(await taskCount(), tasksBefore);
+    } finally {
+      delete ctx.ehrEgress;
+    }
   });
 
   it('refuses a report for a Patient not linked to the Endpoint\'s EHR, writing nothing', async () => {
