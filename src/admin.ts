@@ -2,8 +2,9 @@
  * `npm run admin -- <command>`: operator commands against the configured database (DATABASE_URL,
  * or the embedded one in DATA_DIR). INTERFACE.md:
  *   tenant create <name>
- *   tenant ehr-jwks <name>   (the JWKS URL an EHR registers for the tenant's SMART Backend Services
- *                             client: the tenant's own key for client assertions, ehr/outbound-keys.ts)
+ *   tenant ehr-jwks <name> [--rotate]   (the JWKS URL an EHR registers for the tenant's SMART
+ *                             Backend Services client: the tenant's own key for client assertions,
+ *                             ehr/outbound-keys.ts; --rotate replaces the key, same URL)
  *   client create --tenant <name> --name <name> --scopes "<scopes>" [--jwks-url <url>]
  *   audit unattributed [--since <instant>]   (AuditEvents of callers no tenant could be named for)
  *   hl7 route --facility <MSH-4> --tenant <name>   (inbound HL7 v2 from that facility goes to the tenant)
@@ -28,7 +29,7 @@ const logger = pino({ level: 'info' }, destination(2));
 class UsageError extends Error {}
 
 const USAGE =
-  'usage: npm run admin -- tenant create <name> | tenant ehr-jwks <name> | client create --tenant <name> --name <name> --scopes "<scopes>" [--jwks-url <url>] | audit unattributed [--since <instant>] | hl7 route --facility <MSH-4> --tenant <name>';
+  'usage: npm run admin -- tenant create <name> | tenant ehr-jwks <name> [--rotate] | client create --tenant <name> --name <name> --scopes "<scopes>" [--jwks-url <url>] | audit unattributed [--since <instant>] | hl7 route --facility <MSH-4> --tenant <name>';
 
 function options(args: string[]): Map<string, string> {
   const out = new Map<string, string>();
@@ -70,11 +71,12 @@ async function run(args: string[]): Promise<unknown> {
       const key = await new OutboundKeys(db.pool, config.baseUrl).forTenant(name);
       return { tenant: name, ehr_jwks_url: key.jwksUrl };
     }
-    if (noun === 'tenant' && verb === 'ehr-jwks' && rest.length === 1) {
+    if (noun === 'tenant' && verb === 'ehr-jwks' && (rest.length === 1 || (rest.length === 2 && rest[1] === '--rotate'))) {
       const name = rest[0] as string;
       if (!(await clients.tenantExists(name))) throw new UsageError(`no tenant ${name}; create it first with: npm run admin -- tenant create ${name}`);
-      const key = await new OutboundKeys(db.pool, config.baseUrl).forTenant(name);
-      return { tenant: name, ehr_jwks_url: key.jwksUrl, jwks: key.jwks };
+      const keys = new OutboundKeys(db.pool, config.baseUrl);
+      const key = rest[1] === '--rotate' ? await keys.rotate(name) : await keys.forTenant(name);
+      return { tenant: name, ehr_jwks_url: key.jwksUrl, jwks: key.jwks, ...(rest[1] === '--rotate' ? { rotated: true } : {}) };
     }
     if (noun === 'client' && verb === 'create') {
       const opts = options(rest);

@@ -184,6 +184,27 @@ describe('authentication and scopes over HTTP', function () {
     });
   });
 
+  describe("rotating a tenant's key for EHRs", () => {
+    it('publishes the new key at the same URL in place of the old, and every process signs with it within its key lifetime', async () => {
+      const { db } = await testContext();
+      const tenant = `rotate-${RUN}`;
+      await createTenant(db, tenant);
+      const admin = new OutboundKeys(db.pool, BASE_URL);
+      const server = new OutboundKeys(db.pool, BASE_URL, 0); // another process that reads the key on every use
+      const cached = new OutboundKeys(db.pool, BASE_URL); // one that keeps it for a minute
+      const before = await admin.forTenant(tenant);
+      assert.equal((await server.forTenant(tenant)).kid, before.kid);
+      assert.equal((await cached.forTenant(tenant)).kid, before.kid);
+      const after = await admin.rotate(tenant);
+      assert.notEqual(after.kid, before.kid);
+      assert.equal(after.jwksUrl, before.jwksUrl, 'the EHR keeps the URL it registered');
+      const published = JSON.parse((await (await app()).get(after.jwksUrl.slice(BASE_URL.length)).expect(200)).text) as { keys: JWK[] };
+      assert.deepEqual(published.keys.map((k) => k.kid), [after.kid], 'the old key is published no more');
+      assert.equal((await server.forTenant(tenant)).kid, after.kid);
+      assert.equal((await cached.forTenant(tenant)).kid, before.kid, 'until its minute is up');
+    });
+  });
+
   describe('access tokens', () => {
     it('refuses missing, expired, forged, alg:none and wrong-audience tokens with 401, and writes nothing', async () => {
       const id = `auth-${RUN}-refused`;

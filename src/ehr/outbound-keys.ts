@@ -26,26 +26,41 @@ export interface TenantKey extends AssertionKey {
   jwks: JSONWebKeySet;
 }
 
+/** How long a process uses a tenant's key before reading it again (a rotation reaches it by then). */
+const KEY_TTL_MS = 60_000;
+
 export class OutboundKeys {
   private readonly store: OutboundKeyStore;
-  private readonly byTenant = new Map<string, Promise<TenantKey>>();
+  private readonly byTenant = new Map<string, { key: Promise<TenantKey>; until: number }>();
 
   constructor(
     pool: SqlPool,
     private readonly baseUrl: string,
+    private readonly ttlMs: number = KEY_TTL_MS,
   ) {
     this.store = new OutboundKeyStore(pool);
   }
 
   /** The tenant's key, made and stored on first use. The tenant must be registered. */
   forTenant(tenant: string): Promise<TenantKey> {
-    let key = this.byTenant.get(tenant);
-    if (!key) {
-      key = this.load(tenant);
-      this.byTenant.set(tenant, key);
-      key.catch(() => this.byTenant.delete(tenant));
-    }
+    const cached = this.byTenant.get(tenant);
+    if (cached && cached.until > Date.now()) return cached.key;
+    const key = this.load(tenant);
+    this.byTenant.set(tenant, { key, until: Date.now() + this.ttlMs });
+    key.catch(() => this.byTenant.delete(tenant));
     return key;
+  }
+
+  /**
+   * Gives the tenant a new key (`npm run admin -- tenant ehr-jwks <name> --rotate`): published at
+   * the same JWKS URL at once, in place of the old one, which no EHR accepts any more once it reads
+   * the JWKS again. Servers sign with it within a minute (KEY_TTL_MS). The tenant must have a key.
+   */
+  async rotate(tenant: string): Promise<TenantKey> {
+    const replaced = await this.store.replace(tenant, await generateSigningJwk('ES384'));
+    if (!replaced) return this.forTenant(tenant);
+    this.byTenant.delete(tenant);
+    return this.fromRow(replaced);
   }
 
   /** The public JWK Set published under `id`; undefined for an id no tenant has. */

@@ -47,6 +47,15 @@ export class OutboundKeyStore {
     return found.rows[0] && row(found.rows[0]);
   }
 
+  /** Replaces a tenant's key (rotation): the JWKS URL stays, the old key is published no more. */
+  async replace(tenant: string, privateJwk: JWK): Promise<OutboundKeyRow | undefined> {
+    const found = await this.pool.query<DbRow>('UPDATE tenant_outbound_key SET private_jwk = $2, created_at = now() WHERE tenant = $1 RETURNING tenant, jwks_id, private_jwk', [
+      tenant,
+      JSON.stringify(privateJwk),
+    ]);
+    return found.rows[0] && row(found.rows[0]);
+  }
+
   /**
    * Stores a tenant's key unless it has one already, and returns the one it has: of two processes
    * creating a tenant's key at once, both end up with the same key.
