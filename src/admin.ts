@@ -2,9 +2,10 @@
  * `npm run admin -- <command>`: operator commands against the configured database (DATABASE_URL,
  * or the embedded one in DATA_DIR). INTERFACE.md:
  *   tenant create <name>
- *   tenant ehr-jwks <name> [--rotate]   (the JWKS URL an EHR registers for the tenant's SMART
- *                             Backend Services client: the tenant's own key for client assertions,
- *                             ehr/outbound-keys.ts; --rotate replaces the key, same URL)
+ *   tenant ehr-jwks <name> [--rotate [--now]]   (the JWKS URL an EHR registers for the tenant's
+ *                             SMART Backend Services client: the tenant's own key for client
+ *                             assertions, ehr/outbound-keys.ts; --rotate publishes a new key, which
+ *                             signs ten minutes later; --now replaces it at once, for a leaked key)
  *   client create --tenant <name> --name <name> --scopes "<scopes>" [--jwks-url <url>]
  *   audit unattributed [--since <instant>]   (AuditEvents of callers no tenant could be named for)
  *   hl7 route --facility <MSH-4> --tenant <name>   (inbound HL7 v2 from that facility goes to the tenant)
@@ -20,7 +21,7 @@ import { openDatabase } from './store/database.js';
 import { createTenant } from './store/tenants.js';
 import { AuditStore } from './store/audit-store.js';
 import { Hl7Routes } from './store/hl7-store.js';
-import { OutboundKeys } from './ehr/outbound-keys.js';
+import { OutboundKeys, ROTATION_DELAY_MS } from './ehr/outbound-keys.js';
 import { fhirContext, prepareDatabase } from './server.js';
 
 /** Logs (a reindex after an upgrade, say) go to stderr: stdout carries the command's JSON. */
@@ -29,7 +30,7 @@ const logger = pino({ level: 'info' }, destination(2));
 class UsageError extends Error {}
 
 const USAGE =
-  'usage: npm run admin -- tenant create <name> | tenant ehr-jwks <name> [--rotate] | client create --tenant <name> --name <name> --scopes "<scopes>" [--jwks-url <url>] | audit unattributed [--since <instant>] | hl7 route --facility <MSH-4> --tenant <name>';
+  'usage: npm run admin -- tenant create <name> | tenant ehr-jwks <name> [--rotate [--now]] | client create --tenant <name> --name <name> --scopes "<scopes>" [--jwks-url <url>] | audit unattributed [--since <instant>] | hl7 route --facility <MSH-4> --tenant <name>';
 
 function options(args: string[]): Map<string, string> {
   const out = new Map<string, string>();
@@ -71,12 +72,20 @@ async function run(args: string[]): Promise<unknown> {
       const key = await new OutboundKeys(db.pool, config.baseUrl).forTenant(name);
       return { tenant: name, ehr_jwks_url: key.jwksUrl };
     }
-    if (noun === 'tenant' && verb === 'ehr-jwks' && (rest.length === 1 || (rest.length === 2 && rest[1] === '--rotate'))) {
-      const name = rest[0] as string;
+    if (noun === 'tenant' && verb === 'ehr-jwks' && rest.length >= 1) {
+      const [name, ...flags] = rest as [string, ...string[]];
+      const rotate = flags[0] === '--rotate';
+      const now = rotate && flags[1] === '--now';
+      if (flags.length > (now ? 2 : rotate ? 1 : 0)) throw new UsageError(`tenant ehr-jwks takes a name, then --rotate [--now]; got ${flags.join(' ')}`);
       if (!(await clients.tenantExists(name))) throw new UsageError(`no tenant ${name}; create it first with: npm run admin -- tenant create ${name}`);
       const keys = new OutboundKeys(db.pool, config.baseUrl);
-      const key = rest[1] === '--rotate' ? await keys.rotate(name) : await keys.forTenant(name);
-      return { tenant: name, ehr_jwks_url: key.jwksUrl, jwks: key.jwks, ...(rest[1] === '--rotate' ? { rotated: true } : {}) };
+      const key = rotate ? await keys.rotate(name, { now }) : await keys.forTenant(name);
+      const note = !rotate
+        ? {}
+        : now
+          ? { rotated: 'the new key replaced every other at once: EHRs that cache the old JWK Set refuse assertions until they read it again' }
+          : { rotated: `the new key is published now and signs from ${new Date(Date.now() + ROTATION_DELAY_MS).toISOString()}` };
+      return { tenant: name, ehr_jwks_url: key.jwksUrl, signing_kid: key.kid, jwks: key.jwks, ...note };
     }
     if (noun === 'client' && verb === 'create') {
       const opts = options(rest);

@@ -185,23 +185,53 @@ describe('authentication and scopes over HTTP', function () {
   });
 
   describe("rotating a tenant's key for EHRs", () => {
-    it('publishes the new key at the same URL in place of the old, and every process signs with it within its key lifetime', async () => {
+    /** What /auth/jwks/<id> serves, as a server process reading it now does (no cache). */
+    const publishedKids = async (url: string): Promise<string[]> => {
+      const { db } = await testContext();
+      const jwks = await new OutboundKeys(db.pool, BASE_URL, 0).jwks(url.slice(`${BASE_URL}/auth/jwks/`.length));
+      return (jwks?.keys ?? []).map((k) => k.kid as string);
+    };
+
+    it('publishes the new key beside the old at once, signs with it once EHRs have read it, then stops publishing the old', async () => {
       const { db } = await testContext();
       const tenant = `rotate-${RUN}`;
       await createTenant(db, tenant);
-      const admin = new OutboundKeys(db.pool, BASE_URL);
-      const server = new OutboundKeys(db.pool, BASE_URL, 0); // another process that reads the key on every use
+      const admin = new OutboundKeys(db.pool, BASE_URL, 0);
+      const server = new OutboundKeys(db.pool, BASE_URL, 0); // another process, reading the key on every use
       const cached = new OutboundKeys(db.pool, BASE_URL); // one that keeps it for a minute
       const before = await admin.forTenant(tenant);
-      assert.equal((await server.forTenant(tenant)).kid, before.kid);
       assert.equal((await cached.forTenant(tenant)).kid, before.kid);
-      const after = await admin.rotate(tenant);
+
+      const during = await admin.rotate(tenant);
+      assert.equal(during.kid, before.kid, 'the old key still signs');
+      assert.equal(during.jwksUrl, before.jwksUrl, 'the EHR keeps the URL it registered');
+      const published = await publishedKids(before.jwksUrl);
+      const served = JSON.parse((await (await app()).get(before.jwksUrl.slice(BASE_URL.length)).expect(200)).text) as { keys: JWK[] };
+      assert.deepEqual(served.keys.map((k) => k.kid), published, 'as the route serves it');
+      assert.equal(published.length, 2);
+      assert.equal(published[0], before.kid);
+      const next = published[1] as string;
+      assert.notEqual(next, before.kid);
+
+      // The rotation delay passes (every EHR has read the JWK Set again by then).
+      await db.pool.query("UPDATE tenant_outbound_key SET next_from = now() - interval '1 second' WHERE tenant = $1", [tenant]);
+      assert.equal((await server.forTenant(tenant)).kid, next, 'the new key signs');
+      assert.equal((await cached.forTenant(tenant)).kid, before.kid, 'a process that read the key less than a minute ago still uses the old one…');
+      assert.deepEqual(await publishedKids(before.jwksUrl), [next, before.kid], '…which is still published');
+      await db.pool.query("UPDATE tenant_outbound_key SET previous_until = now() - interval '1 second' WHERE tenant = $1", [tenant]);
+      assert.deepEqual(await publishedKids(before.jwksUrl), [next], 'then the old key is published no more');
+    });
+
+    it('with --now, replaces every key at once (a key that may have leaked)', async () => {
+      const { db } = await testContext();
+      const tenant = `rotate-now-${RUN}`;
+      await createTenant(db, tenant);
+      const keys = new OutboundKeys(db.pool, BASE_URL, 0);
+      const before = await keys.forTenant(tenant);
+      await keys.rotate(tenant); // a rotation under way is dropped too
+      const after = await keys.rotate(tenant, { now: true });
       assert.notEqual(after.kid, before.kid);
-      assert.equal(after.jwksUrl, before.jwksUrl, 'the EHR keeps the URL it registered');
-      const published = JSON.parse((await (await app()).get(after.jwksUrl.slice(BASE_URL.length)).expect(200)).text) as { keys: JWK[] };
-      assert.deepEqual(published.keys.map((k) => k.kid), [after.kid], 'the old key is published no more');
-      assert.equal((await server.forTenant(tenant)).kid, after.kid);
-      assert.equal((await cached.forTenant(tenant)).kid, before.kid, 'until its minute is up');
+      assert.deepEqual(await publishedKids(after.jwksUrl), [after.kid]);
     });
   });
 
