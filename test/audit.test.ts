@@ -225,6 +225,31 @@ describe('audit log', () => {
     await log.close();
   });
 
+  it('never takes an event that was not written for one that was, when a full queue drops its oldest during a write', async () => {
+    const batches: string[][] = [];
+    let release: (() => void) | undefined;
+    const sink: AuditSink = {
+      writeTenant: async (_tenant, events) => {
+        batches.push(events.map((e) => e.type.code ?? ''));
+        if (batches.length === 1) await new Promise<void>((resolve) => (release = resolve));
+        return true;
+      },
+      writeUnattributed: () => Promise.resolve(),
+    };
+    const log = new AuditLog(sink, silentLogger, { flushAt: 2, flushMs: 60_000, maxBatch: 2, maxQueued: 3 });
+    const event = (n: number): AuditEvent => ({ resourceType: 'AuditEvent', type: { code: String(n) }, recorded: new Date().toISOString(), agent: [], source: { observer: {} } });
+    log.record('t', event(0));
+    log.record('t', event(1)); // a write of 0 and 1 starts, and is held
+    await new Promise((resolve) => setImmediate(resolve));
+    // Over maxQueued at 3 and 4: the oldest two go, which are the ones being written (so they
+    // would not be tried again should the write fail; here it succeeds).
+    for (let n = 2; n < 5; n++) log.record('t', event(n));
+    release?.();
+    await log.close();
+    assert.deepEqual(batches, [['0', '1'], ['2', '3'], ['4']], 'each event still queued is written, once');
+    assert.equal(log.counts.dropped, 2);
+  });
+
   it('keeps a batch the database refused and writes it later; close() writes what is queued', async () => {
     const written: AuditEvent[] = [];
     let failures = 2;

@@ -182,27 +182,44 @@ describe('$pull-diagnoses from an EHR over FHIR', function () {
     }
   });
 
-  it('moves no diagnosis between two local Patients carrying the same MRN: 409 duplicate-patient-link, nothing written', async () => {
+  it('moves no diagnosis between two local Patients carrying the same MRN (409 duplicate-patient-link, nothing written) until one is corrected', async () => {
     const http = await ours();
-    // A second local Patient with the MRN localPatient already carries (entered twice by hand).
-    const twin = await http.post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', identifier: [{ system: MRN_SYSTEM, value: 'E4471023' }], name: [{ family: 'Delacroix-Twin' }] });
-    const twinId = (twin.body as { id: string }).id;
-    const before = await http.get(`/fhir/Condition?subject=Patient/${localPatient}`).expect(200);
-    const refused = await http.post(`/fhir/Patient/${twinId}/$pull-diagnoses`);
+    // An EHR patient of its own, with one diagnosis; two local Patients carry its MRN (entered twice).
+    const ehrPatient = await peer.create({ resourceType: 'Patient', identifier: [{ system: MRN_SYSTEM, value: 'E-DUP-1' }], name: [{ family: 'Twofold' }] });
+    const ehrCondition = await peer.create(condition(ehrPatient, 'E11.9', 'Type 2 diabetes mellitus without complications', 'problem-list-item'));
+    const local = async (family: string): Promise<string> =>
+      ((await http.post('/fhir/Patient').set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', identifier: [{ system: MRN_SYSTEM, value: 'E-DUP-1' }], name: [{ family }] }).expect(201)).body as { id: string }).id;
+    const first = await local('Twofold');
+    const twin = await local('Twofold-Twin');
+    assert.deepEqual((await pull(first)).outcomes.map((o) => o.action), ['created']);
+    const conditionsOf = async (patient: string): Promise<Condition[]> =>
+      (((await http.get(`/fhir/Condition?subject=Patient/${patient}`).expect(200)).body as Bundle).entry ?? []).map((e) => e.resource as Condition);
+    const [stored] = await conditionsOf(first);
+
+    const refused = await http.post(`/fhir/Patient/${twin}/$pull-diagnoses`);
     assert.equal(refused.status, 409, refused.text);
     assertOutcome(refused.body, [
       {
         code: 'conflict',
         detail: 'duplicate-patient-link',
         expression: 'Patient.identifier',
-        diagnostics: new RegExp(`^The EHR's Condition \\S+ of Endpoint/\\S+ is already stored as Condition/\\S+ of Patient/${localPatient}, and Patient/${twinId} is linked to the same EHR Patient ${remote.patient}: two Patients here carry that EHR's identifier of one person; merge or correct them, then pull again$`),
+        diagnostics: new RegExp(
+          `^The EHR's Condition ${ehrCondition} of Endpoint/\\S+ is already stored as Condition/${stored?.id} of Patient/${first}, and Patient/${twin} is linked to the same EHR Patient ${ehrPatient}: two Patients here carry that EHR's identifier of one person; merge or correct them, then pull again$`,
+        ),
       },
     ]);
-    const after = await http.get(`/fhir/Condition?subject=Patient/${localPatient}`).expect(200);
-    assert.deepEqual(after.body.entry, before.body.entry, 'the first Patient keeps its diagnoses, unchanged');
-    const twins = await http.get(`/fhir/Condition?subject=Patient/${twinId}`).expect(200);
-    assert.equal((twins.body as Bundle).entry?.length ?? 0, 0);
-    await http.delete(`/fhir/Patient/${twinId}`).expect(204);
+    assert.deepEqual(await conditionsOf(first), [stored], 'the first Patient keeps its diagnosis, unchanged');
+    assert.deepEqual(await conditionsOf(twin), []);
+
+    // The first one is corrected (its MRN was the twin's): the diagnosis moves to the twin, with a Provenance.
+    await http.put(`/fhir/Patient/${first}`).set('Content-Type', FHIR_JSON).send({ resourceType: 'Patient', id: first, name: [{ family: 'Twofold' }] }).expect(200);
+    const moved = await pull(twin);
+    assert.equal(moved.status, 200, JSON.stringify(moved.body));
+    assert.deepEqual(moved.outcomes, [{ action: 'updated', reference: `Condition/${stored?.id}` }]);
+    assert.deepEqual(await conditionsOf(first), []);
+    assert.deepEqual((await conditionsOf(twin)).map((c) => c.id), [stored?.id]);
+    const provenance = await http.get(`/fhir/Provenance?target=Condition/${stored?.id}`).expect(200);
+    assert.equal((provenance.body as Bundle).entry?.length, 2, 'one for the pull that created it, one for the move');
   });
 
   it("gets another tenant's Endpoint naming this tenant's SMART client id no token: each tenant signs with a key of its own", async () => {

@@ -132,8 +132,13 @@ export class AuditLog {
           failed = true;
           break;
         }
-        queue.splice(0, batch.length);
-        this.queued -= batch.length;
+        // What is left of the batch at the front of the queue (a full queue may have dropped its
+        // oldest while the batch was written): never an event that was not written.
+        const written = new Set(batch);
+        let n = 0;
+        while (n < queue.length && written.has(queue[n] as AuditEvent)) n++;
+        queue.splice(0, n);
+        this.queued -= n;
         this.counts.written += batch.length;
       }
       if (queue.length === 0) this.queues.delete(key);

@@ -23,7 +23,7 @@ import type { Communication, DocumentReference, Identifier, Reference } from 'fh
 import { createResource, EhrError, findByIdentifier, findPatient, type EhrConnection } from '../ehr/fhir-ehr.js';
 import { readAck } from '../hl7/adt.js';
 import { MllpClient, MllpError } from '../hl7/mllp-client.js';
-import { EgressRefused, OPEN_EGRESS, type EgressGuard } from '../ehr/egress.js';
+import { defaultEgress, EgressRefused, type EgressGuard } from '../ehr/egress.js';
 
 export type DeliveryOutcome =
   /**
@@ -205,7 +205,7 @@ export interface MllpTransportOptions {
   connectTimeoutMs?: number;
   /** How long to wait for the ACK after sending; default 30 s. */
   ackTimeoutMs?: number;
-  /** Which addresses may be connected to (src/ehr/egress.ts); default none restricted. */
+  /** Which addresses may be connected to (src/ehr/egress.ts); default defaultEgress(). */
   egress?: EgressGuard;
 }
 
@@ -219,7 +219,7 @@ export class MllpDocumentTransport implements MllpTransport {
     const message = typeof payload?.message === 'string' ? payload.message : '';
     const controlId = controlIdOf(message);
     if (!controlId) return { kind: 'permanent', reason: 'the job holds no HL7 v2 message with a control id (MSH-10)' };
-    const egress = this.options.egress ?? OPEN_EGRESS;
+    const egress = this.options.egress ?? defaultEgress();
     const refused = egress.literalRefusal(peer.host);
     if (refused) return { kind: 'permanent', reason: `the Endpoint's address: ${refused}` };
     let client: MllpClient;

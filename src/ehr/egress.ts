@@ -120,3 +120,13 @@ export class EgressGuard {
 
 /** Nothing restricted (outside production). */
 export const OPEN_EGRESS = new EgressGuard(false);
+/** Public addresses only, nothing listed. */
+const PUBLIC_ONLY = new EgressGuard(true);
+
+/**
+ * The guard of a connection that names none: open outside production, public addresses only in
+ * it. The server always names its own (src/server.ts); this keeps a path that forgets closed.
+ */
+export function defaultEgress(): EgressGuard {
+  return process.env.NODE_ENV === 'production' ? PUBLIC_ONLY : OPEN_EGRESS;
+}

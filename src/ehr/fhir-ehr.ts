@@ -20,10 +20,10 @@ import type { Annotation, Bundle, Condition, Identifier, OperationOutcome, Patie
 import { parseReference } from '../fhir/reference.js';
 import { stringSearchValue, tokenSearchValue } from '../fhir/search-value.js';
 import { sameDemographics, type Demographics } from './patient-link.js';
-import { EgressRefused, OPEN_EGRESS, type EgressGuard } from './egress.js';
+import { defaultEgress, EgressRefused, type EgressGuard } from './egress.js';
 
 function egressOf(conn: EhrConnection): EgressGuard {
-  return conn.egress ?? OPEN_EGRESS;
+  return conn.egress ?? defaultEgress();
 }
 
 /** fetch's options that route its connections through the connection's egress guard. */
@@ -75,8 +75,8 @@ export interface EhrConnection {
   /** Plain http to a host other than loopback (SMART requires TLS: development only). */
   allowHttp?: boolean;
   /**
-   * Which addresses may be connected to (./egress.ts). Unset: none is restricted; the server
-   * always sets it from NODE_ENV and EHR_ALLOWED_HOSTS (src/server.ts).
+   * Which addresses may be connected to (./egress.ts). Unset: ./egress.ts defaultEgress (public
+   * addresses only in production); the server always sets it from EHR_ALLOWED_HOSTS.
    */
   egress?: EgressGuard;
   /** Where access tokens are kept between calls; the process-wide cache by default. */

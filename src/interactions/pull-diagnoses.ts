@@ -343,6 +343,27 @@ async function reviewTaskOf(repo: Repository, query: ReturnType<typeof condition
   return row ? (JSON.parse(row.json) as Task & { id: string }) : undefined;
 }
 
+/**
+ * Whether the Patient `holder` (a local Condition's subject) exists and carries an identifier of
+ * the Endpoint's patient system that Patient/{id} carries too: both linked to one EHR patient.
+ */
+async function linkedToo(tx: Repository, holder: string | undefined, id: string, endpoint: StoredEndpoint): Promise<boolean> {
+  const system = patientIdentifierSystemOf(endpoint);
+  const holderId = holder?.startsWith('Patient/') ? holder.slice('Patient/'.length) : undefined;
+  if (!system || !holderId) return false;
+  const read = async (patientId: string): Promise<Patient | undefined> => {
+    try {
+      return JSON.parse((await tx.read('Patient', patientId)).json ?? '{}') as Patient;
+    } catch (error) {
+      if (error instanceof FhirError && (error.category === 'notFound' || error.category === 'gone')) return undefined;
+      throw error;
+    }
+  };
+  const [mine, theirs] = [await read(id), await read(holderId)];
+  const values = new Set((mine?.identifier ?? []).filter((i) => i.system === system && i.value).map((i) => i.value));
+  return (theirs?.identifier ?? []).some((i) => i.system === system && i.value !== undefined && values.has(i.value));
+}
+
 /** Stores the EHR's Conditions as local copies of Patient/{id}, with a Provenance of those that changed. */
 async function storeConditions(
   ctx: FhirContext,
@@ -363,9 +384,10 @@ async function storeConditions(
     await tx.lockKey(conditionLock(match));
     const existing = (await tx.search(match.query)).rows[0];
     const holder = existing && (JSON.parse(existing.json) as Condition).subject?.reference;
-    if (existing && holder !== `Patient/${id}`) {
+    if (existing && holder !== `Patient/${id}` && (await linkedToo(tx, holder, id, endpoint))) {
       // Two local Patients linked to one EHR patient (the same MRN entered twice): the EHR's
-      // diagnosis is not moved from one to the other; a person must merge or correct them.
+      // diagnosis is not moved from one to the other; a person must merge or correct them. Once
+      // the other is corrected (or deleted), the diagnosis moves here, below, with a Provenance.
       throw fhirError(
         'duplicate-patient-link',
         `The EHR's Condition ${key?.value ?? ''} of Endpoint/${endpoint.id} is already stored as Condition/${existing.id} of ${holder ?? 'no Patient'}, and Patient/${id} is linked to the same EHR Patient ${remotePatientId}: two Patients here carry that EHR's identifier of one person; merge or correct them, then pull again`,
