@@ -196,21 +196,29 @@ describe('audit log over HTTP', function () {
   });
 });
 
+/** A numbered event (its type code), for the batching tests. */
+const event = (n: number): AuditEvent => ({ resourceType: 'AuditEvent', type: { code: String(n) }, recorded: new Date().toISOString(), agent: [], source: { observer: {} } });
+
+/** A sink that records each batch's events and holds the first write until release(): events keep arriving meanwhile. */
+function heldSink(): { sink: AuditSink; batches: string[][]; release: () => void } {
+  const batches: string[][] = [];
+  let release: (() => void) | undefined;
+  const sink: AuditSink = {
+    writeTenant: async (_tenant, events) => {
+      batches.push(events.map((e) => e.type.code ?? ''));
+      if (batches.length === 1) await new Promise<void>((resolve) => (release = resolve));
+      return true;
+    },
+    writeUnattributed: () => Promise.resolve(),
+  };
+  return { sink, batches, release: () => release?.() };
+}
+
 describe('audit log', () => {
   it('starts a write at flushAt events without waiting for the timer, and puts what arrives meanwhile in the next, up to maxBatch', async () => {
-    const batches: string[][] = [];
-    let release: (() => void) | undefined;
-    const sink: AuditSink = {
-      writeTenant: async (_tenant, events) => {
-        batches.push(events.map((e) => e.type.code ?? ''));
-        // The first write is held until told: events keep arriving meanwhile.
-        if (batches.length === 1) await new Promise<void>((resolve) => (release = resolve));
-        return true;
-      },
-      writeUnattributed: () => Promise.resolve(),
-    };
-    const log = new AuditLog(sink, silentLogger, { flushAt: 3, flushMs: 60_000, maxBatch: 4 });
-    const event = (n: number): AuditEvent => ({ resourceType: 'AuditEvent', type: { code: String(n) }, recorded: new Date().toISOString(), agent: [], source: { observer: {} } });
+    const held = heldSink();
+    const { batches } = held;
+    const log = new AuditLog(held.sink, silentLogger, { flushAt: 3, flushMs: 60_000, maxBatch: 4 });
     for (let n = 0; n < 2; n++) log.record('t', event(n));
     await new Promise((resolve) => setImmediate(resolve));
     assert.equal(batches.length, 0, 'below flushAt, and the timer is a minute away');
@@ -219,32 +227,23 @@ describe('audit log', () => {
     assert.deepEqual(batches, [['0', '1', '2']], 'the third event starts a write at once');
     for (let n = 3; n < 9; n++) log.record('t', event(n));
     assert.equal(batches.length, 1, 'one write at a time');
-    release?.();
+    held.release();
     await log.flush();
     assert.deepEqual(batches, [['0', '1', '2'], ['3', '4', '5', '6'], ['7', '8']], 'what arrived meanwhile, maxBatch at a time');
     await log.close();
   });
 
   it('never takes an event that was not written for one that was, when a full queue drops its oldest during a write', async () => {
-    const batches: string[][] = [];
-    let release: (() => void) | undefined;
-    const sink: AuditSink = {
-      writeTenant: async (_tenant, events) => {
-        batches.push(events.map((e) => e.type.code ?? ''));
-        if (batches.length === 1) await new Promise<void>((resolve) => (release = resolve));
-        return true;
-      },
-      writeUnattributed: () => Promise.resolve(),
-    };
-    const log = new AuditLog(sink, silentLogger, { flushAt: 2, flushMs: 60_000, maxBatch: 2, maxQueued: 3 });
-    const event = (n: number): AuditEvent => ({ resourceType: 'AuditEvent', type: { code: String(n) }, recorded: new Date().toISOString(), agent: [], source: { observer: {} } });
+    const held = heldSink();
+    const { batches } = held;
+    const log = new AuditLog(held.sink, silentLogger, { flushAt: 2, flushMs: 60_000, maxBatch: 2, maxQueued: 3 });
     log.record('t', event(0));
     log.record('t', event(1)); // a write of 0 and 1 starts, and is held
     await new Promise((resolve) => setImmediate(resolve));
     // Over maxQueued at 3 and 4: the oldest two go, which are the ones being written (so they
     // would not be tried again should the write fail; here it succeeds).
     for (let n = 2; n < 5; n++) log.record('t', event(n));
-    release?.();
+    held.release();
     await log.close();
     assert.deepEqual(batches, [['0', '1'], ['2', '3'], ['4']], 'each event still queued is written, once');
     assert.equal(log.counts.dropped, 2);
@@ -265,7 +264,6 @@ describe('audit log', () => {
       writeUnattributed: () => Promise.resolve(),
     };
     const log = new AuditLog(sink, silentLogger, { flushMs: 5 });
-    const event = (n: number): AuditEvent => ({ resourceType: 'AuditEvent', type: { code: String(n) }, recorded: new Date().toISOString(), agent: [], source: { observer: {} } });
     for (let n = 0; n < 3; n++) log.record('t', event(n));
     await log.flush();
     assert.equal(written.length, 0, 'the first attempt failed');
