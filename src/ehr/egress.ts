@@ -33,12 +33,17 @@ export function parseAllowedHost(entry: string): { host: string } | { range: Cid
   if (value.includes('/')) {
     try {
       const [address, bits] = ipaddr.parseCIDR(value);
-      return { range: [normal(address), address.kind() === 'ipv6' && normal(address).kind() === 'ipv4' ? bits - 96 : bits] };
+      const ip = normal(address);
+      // ::ffff:10.0.0.0/104 is 10.0.0.0/8.
+      return { range: [ip, ip.kind() !== address.kind() ? bits - 96 : bits] };
     } catch {
       return { problem: `${JSON.stringify(entry)} is not a CIDR range (such as 10.20.0.0/16)` };
     }
   }
-  if (ipaddr.isValid(value) && isIP(value) !== 0) return { range: [normal(ipaddr.parse(value)), normal(ipaddr.parse(value)).kind() === 'ipv4' ? 32 : 128] };
+  if (isIP(value) !== 0) {
+    const ip = normal(ipaddr.parse(value));
+    return { range: [ip, ip.kind() === 'ipv4' ? 32 : 128] };
+  }
   if (/^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/.test(value)) return { host: value };
   return { problem: `${JSON.stringify(entry)} is not a host name, an IP address or a CIDR range` };
 }
