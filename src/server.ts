@@ -68,6 +68,8 @@ export async function prepareDatabase(db: Database, ctx: FhirContext, logger: Lo
     const indexed = await ctx.repo.reindex();
     if (indexed > 0) logger.info({ indexed }, 'search index built for existing resources');
   }
+  const moved = await ctx.repo.moveAuditEvents();
+  if (moved > 0) logger.info({ moved }, 'AuditEvents moved into the audit store');
   await ctx.tenants?.openAll(logger);
   return applied;
 }

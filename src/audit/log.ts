@@ -1,6 +1,6 @@
 /**
  * The audit log: every AuditEvent (events.ts) the HTTP layer records is written, off the request's
- * path, in batches: each tenant's to its own data as an ordinary AuditEvent resource (searchable
+ * path, in batches: each tenant's to its own data, in the audit store (src/store/audit-events.ts; searchable
  * at /fhir/AuditEvent by a client registered for AuditEvent; the API never writes, changes or
  * deletes one), and those of callers no tenant can be named for (a missing or forged token, a
  * refused token request) to the global table `audit_unattributed`, which the admin command lists.
@@ -12,7 +12,7 @@
  * 4.6 ms against batches of 25 every 100 ms) and grow with the load, which they keep up with. A batch that fails stays queued and is tried again; close() (at shutdown,
  * after the last request) writes everything still queued. What a crash of the process loses is
  * the last `flushMs` of events, never a request's own data. Tenants' events are committed without
- * waiting for the WAL flush (Repository.appendLog): a crash of PostgreSQL itself may lose the
+ * waiting for the WAL flush (Repository.appendAuditEvents): a crash of PostgreSQL itself may lose the
  * events of its last fraction of a second (at most three wal_writer_delay, 600 ms by default).
  */
 import type { AuditEvent } from 'fhir/r4.js';

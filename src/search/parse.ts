@@ -92,6 +92,7 @@ export function parseSearch(resourceType: string, params: Record<string, string[
   }
   if (options.combine !== false) query.filters = combineRootedComposites(resourceType, query.filters);
   if (query.cursor) checkCursorValues(query);
+  checkAuditQuery(query);
   return { query, warnings };
 }
 
@@ -489,4 +490,60 @@ function parseHas(resourceType: string, name: string, raw: string, options: Pars
   if (!def || def.type !== 'reference') throw fhirError('unknown-parameter', `'${param}' is not a reference parameter of ${sourceType}`, name);
   if (def.targets.length > 0 && !def.targets.includes(resourceType)) throw invalid(name, `${sourceType}.${param} cannot refer to ${resourceType}`);
   return { kind: 'has', sourceType, param, filter: parseFilter(sourceType, inner, raw, options, depth + 1) };
+}
+
+/**
+ * AuditEvents are kept in a store of their own (src/store/audit-events.ts), searched by the
+ * parameter types they are indexed on.
+ */
+const AUDIT_TABLES = new Set(['token', 'reference', 'string', 'date']);
+
+/**
+ * Refuses, naming the parameter, what the audit store does not search: composites, `_has` with
+ * AuditEvent as the target, sorting on anything but date, _lastUpdated and _id, and chains into
+ * AuditEvent from another type. Called on every parsed search.
+ */
+export function checkAuditQuery(query: SearchQuery): void {
+  const audit = query.resourceType === 'AuditEvent';
+  if (audit) {
+    for (const f of query.filters) checkAuditFilter(f);
+    for (const s of query.sort) {
+      if (!(s.param === '_id' || s.param === '_lastUpdated' || s.param === 'date')) {
+        throw fhirError('unknown-parameter', `_sort: AuditEvents are sorted by date, _lastUpdated or _id, not '${s.param}'`, '_sort');
+      }
+    }
+  } else {
+    for (const f of query.filters) checkOtherFilter(f);
+  }
+}
+
+function checkAuditFilter(f: Filter): void {
+  switch (f.kind) {
+    case 'id':
+    case 'lastUpdated':
+      return;
+    case 'param':
+    case 'missing':
+      if (!AUDIT_TABLES.has(f.table)) throw fhirError('unsupported-search-parameter', `AuditEvent: '${f.param}' cannot be searched`, f.param);
+      return;
+    case 'chain':
+      for (const inner of f.filters.values()) checkOtherFilter(inner);
+      return;
+    case 'has':
+      throw fhirError('unsupported-search-parameter', `_has: nothing is searched by what refers to an AuditEvent`, `_has:${f.sourceType}:${f.param}`);
+    case 'composite':
+      throw fhirError('unsupported-search-parameter', `AuditEvent: '${f.param}' cannot be searched`, f.param);
+  }
+}
+
+function checkOtherFilter(f: Filter): void {
+  if (f.kind === 'chain') {
+    if (f.targetTypes.includes('AuditEvent')) {
+      throw fhirError('unsupported-search-parameter', `${f.param}: a chain into AuditEvent is not supported; search AuditEvent itself`, f.param);
+    }
+    for (const inner of f.filters.values()) checkOtherFilter(inner);
+  } else if (f.kind === 'has') {
+    if (f.sourceType === 'AuditEvent') checkAuditFilter(f.filter);
+    else checkOtherFilter(f.filter);
+  }
 }

@@ -1,10 +1,9 @@
 /**
- * Where the audit log (src/audit/log.ts) writes: each tenant's AuditEvents into its own data, as
- * ordinary resources (so that they are searchable like any other, by a client with a scope naming
- * AuditEvent), and events no tenant can be named for into `audit_unattributed`, a global table
+ * Where the audit log (src/audit/log.ts) writes: each tenant's AuditEvents into its own data, in
+ * the audit store (audit-events.ts; read and searched at /fhir/AuditEvent, by a client with a
+ * scope naming AuditEvent), and events no tenant can be named for into `audit_unattributed`, a global table
  * the API does not serve (the admin command lists it). Neither is ever updated or deleted here.
  */
-import { randomUUID } from 'node:crypto';
 import type { JsonResource } from '../fhir/resource.js';
 import type { SqlPool } from './sql.js';
 import type { Repository } from './repository.js';
@@ -32,7 +31,7 @@ export class AuditStore {
   async writeTenant(tenant: string, events: object[]): Promise<boolean> {
     const repo = await this.repositoryOf(tenant);
     if (!repo) return false;
-    await repo.appendLog(events.map((event) => ({ resource: event as JsonResource, id: randomUUID() })));
+    await repo.appendAuditEvents(events as JsonResource[]);
     return true;
   }
 

@@ -10,6 +10,7 @@ import { DELIVERY_MIGRATION } from './delivery-jobs.js';
 import { CLIENTS_MIGRATION, TENANT_SCHEMA_MIGRATION } from './clients.js';
 import { OUTBOUND_KEY_MIGRATION } from './outbound-keys.js';
 import { INDEX_MIGRATION, TOKEN_QUANTITY_MIGRATION } from './search-index.js';
+import { AUDIT_EVENT_MIGRATION } from './audit-events.js';
 import { INDEX_TABLES } from '../search/extract.js';
 import { INDEXED_ONLY } from '../search/definitions.js';
 
@@ -181,6 +182,13 @@ export const MIGRATIONS: readonly Migration[] = [
     name: 'search: AuditEvents indexed on the parameters auditors search by only',
     scope: 'tenant',
     sql: UNINDEXED_ROWS,
+  },
+  {
+    version: 15,
+    // AuditEvents stored before it are moved by the server at start (Repository.moveAuditEvents).
+    name: 'audit: AuditEvents in an append-only store of their own',
+    scope: 'tenant',
+    sql: AUDIT_EVENT_MIGRATION,
   },
 ];
 

@@ -9,13 +9,14 @@ import { fhirError } from '../fhir/errors.js';
 import type { JsonResource } from '../fhir/resource.js';
 import { inTransaction } from './database.js';
 import { classifyDatabaseError, isConflict } from './db-errors.js';
-import { extractIndex } from '../search/extract.js';
+import { extractIndex, INDEX_TABLES } from '../search/extract.js';
 import type { SearchQuery } from '../search/query.js';
 import { indexCtes, indexCtesMany, indexValues, indexValuesMany } from './search-index.js';
 import { GroupCommit, type Outcome } from './group-commit.js';
 import { storeMessages, type StoredMessage } from './hl7-store.js';
 import { insertJob, type NewDeliveryJob } from './delivery-jobs.js';
 import { countSql, estimateSql, pageSql, whereSql, Params } from './search-sql.js';
+import { AUDIT_EVENT_TYPE, auditReferencesFromSql, auditReferencesToSql, auditRowOf } from './audit-events.js';
 
 
 /** One stored version; `json` is the resource as stored (absent for deletions). */
@@ -231,17 +232,75 @@ export class Repository {
    * of entries (never part of one, never anything else); a crash of this process already loses
    * the entries still buffered (src/audit/log.ts).
    */
-  async appendLog(items: { resource: JsonResource; id: string }[]): Promise<void> {
-    if (this.client) throw new Error('appendLog runs outside any transaction');
-    for (let i = 0; i < items.length; i += CREATE_BATCH) {
-      const chunk = items.slice(i, i + CREATE_BATCH).map(({ resource, id }) => stamp(resource, id, 1, 'POST'));
-      const values = manyValues(chunk, this.fhirBase);
-      await this.run(() => this.pool.query({ name: 'insert-many-log', text: INSERT_MANY_LOG, values }));
+  async appendAuditEvents(events: JsonResource[]): Promise<void> {
+    if (this.client) throw new Error('appendAuditEvents runs outside any transaction');
+    for (let i = 0; i < events.length; i += CREATE_BATCH) {
+      const chunk = events.slice(i, i + CREATE_BATCH).map((event) => {
+        if (event.resourceType !== AUDIT_EVENT_TYPE) throw new Error(`appendAuditEvents takes AuditEvents, not ${event.resourceType}`);
+        const lastUpdated = new Date().toISOString();
+        const { resourceType, id: _ignored, meta, ...rest } = event;
+        const id = randomUUID();
+        const content = { resourceType, id, meta: { ...meta, versionId: '1', lastUpdated }, ...rest } as JsonResource;
+        return { id, lastUpdated, content, row: auditRowOf(content, this.fhirBase) };
+      });
+      const values = [
+        chunk.map((c) => c.id),
+        chunk.map((c) => c.lastUpdated),
+        chunk.map((c) => c.row.dateLo),
+        chunk.map((c) => c.row.dateHi),
+        chunk.map((c) => JSON.stringify(c.row.keys)),
+        chunk.map((c) => JSON.stringify(c.content)),
+      ];
+      await this.run(() => this.pool.query({ name: 'insert-audit-events', text: INSERT_AUDIT_EVENTS, values }));
       // A tenth of a write each towards ANALYZE: PGlite has no autovacuum, and a read-mostly
       // tenant's tables are soon mostly audit rows.
       this.stats.written += Math.ceil(chunk.length / 10);
     }
     await this.afterWrite();
+  }
+
+  /**
+   * Moves AuditEvents stored as ordinary resources (before migration 15) into the audit store,
+   * in batches, each in one transaction; a no-op once none is left. Returns the number moved.
+   */
+  async moveAuditEvents(batchSize = 500): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const batch = await this.run(() =>
+        this.pool.query<{ id: string; json: string | null; last_updated: Date; seq: string | null }>(
+          `SELECT r.id, r.content::text AS json, r.last_updated,
+             (SELECT min(h.seq) FROM resource_history h WHERE h.resource_type = r.resource_type AND h.id = r.id) AS seq
+           FROM resource r WHERE r.resource_type = $1 ORDER BY r.id LIMIT $2`,
+          [AUDIT_EVENT_TYPE, batchSize],
+        ),
+      );
+      if (batch.rows.length === 0) return total;
+      const live = batch.rows.filter((r) => r.json !== null);
+      const rows = live.map((r) => auditRowOf(JSON.parse(r.json as string) as JsonResource, this.fhirBase));
+      const ids = batch.rows.map((r) => r.id);
+      await this.write(async (client) => {
+        await client.query(
+          `INSERT INTO audit_event (id, seq, last_updated, date_lo, date_hi, keys, content)
+           SELECT u.id, COALESCE(u.seq, nextval('resource_history_seq_seq')), u.last_updated, u.date_lo, u.date_hi, ARRAY(SELECT jsonb_array_elements_text(u.keys)), u.content
+           FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[], $6::jsonb[], $7::jsonb[])
+             AS u(id, seq, last_updated, date_lo, date_hi, keys, content)
+           ON CONFLICT (id) DO NOTHING`,
+          [
+            live.map((r) => r.id),
+            live.map((r) => r.seq),
+            live.map((r) => r.last_updated.toISOString()),
+            rows.map((r) => r.dateLo),
+            rows.map((r) => r.dateHi),
+            rows.map((r) => JSON.stringify(r.keys)),
+            live.map((r) => r.json),
+          ],
+        );
+        for (const table of ['resource', 'resource_history', ...INDEX_TABLES.map((t) => `sp_${t}`)]) {
+          await client.query(`DELETE FROM ${table} WHERE resource_type = $1 AND id = ANY($2::text[])`, [AUDIT_EVENT_TYPE, ids]);
+        }
+      });
+      total += live.length;
+    }
   }
 
   /**
@@ -368,6 +427,11 @@ export class Repository {
   /** The references held by resources of `sourceType` (ids given) through `param` ('*': any). */
   async referencesFrom(sourceType: string, ids: string[], param: string, targetType?: string): Promise<{ type: string; id: string }[]> {
     if (ids.length === 0) return [];
+    if (sourceType === AUDIT_EVENT_TYPE) {
+      const sql = auditReferencesFromSql(ids, param, targetType);
+      const found = await this.run(() => this.db.query<{ target_type: string; target_id: string }>(sql.text, sql.values));
+      return found.rows.map((r) => ({ type: r.target_type, id: r.target_id }));
+    }
     const p = new Params();
     const conditions = [`resource_type = ${p.add(sourceType)}`, `id = ANY(${p.add(ids)}::text[])`, 'target_id IS NOT NULL', 'target_type IS NOT NULL'];
     if (param !== '*') conditions.push(`param = ${p.add(param)}`);
@@ -382,6 +446,10 @@ export class Repository {
   async referencesTo(sourceType: string, param: string, targets: { type: string; id: string }[], targetType?: string): Promise<string[]> {
     const wanted = targetType ? targets.filter((t) => t.type === targetType) : targets;
     if (wanted.length === 0) return [];
+    if (sourceType === AUDIT_EVENT_TYPE) {
+      const sql = auditReferencesToSql(param, wanted);
+      return (await this.run(() => this.db.query<{ id: string }>(sql.text, sql.values))).rows.map((r) => r.id);
+    }
     const p = new Params();
     const result = await this.run(() =>
       this.db.query<{ id: string }>(
@@ -476,6 +544,10 @@ export class Repository {
    * `withDeleted` also those whose current version is a deletion (to tell "never existed" apart).
    */
   async readMany(keys: { type: string; id: string }[], options: { withDeleted?: boolean } = {}): Promise<StoredVersion[]> {
+    if (keys.some((k) => k.type === AUDIT_EVENT_TYPE)) {
+      const events = await this.auditEvents(keys.filter((k) => k.type === AUDIT_EVENT_TYPE).map((k) => k.id));
+      return [...(await this.readMany(keys.filter((k) => k.type !== AUDIT_EVENT_TYPE), options)), ...events];
+    }
     if (keys.length === 0) return [];
     const p = new Params();
     const result = await this.run(() =>
@@ -490,7 +562,19 @@ export class Repository {
     return result.rows.map(fromRow);
   }
 
+  /** AuditEvents by id, from the audit store (one version each). */
+  private async auditEvents(ids: string[]): Promise<StoredVersion[]> {
+    if (ids.length === 0) return [];
+    const result = await this.run(() => this.db.query<Row>(`SELECT ${AUDIT_VERSION_COLUMNS} FROM audit_event a WHERE a.id = ANY($1::text[])`, [ids]));
+    return result.rows.map(fromRow);
+  }
+
   async read(resourceType: string, id: string): Promise<StoredVersion> {
+    if (resourceType === AUDIT_EVENT_TYPE) {
+      const found = await this.auditEvents([id]);
+      if (!found[0]) throw notFound(resourceType, id);
+      return found[0];
+    }
     const result = await this.run(() =>
       this.db.query<Row>(
         'SELECT resource_type, id, version_id, last_updated, deleted, content::text AS json FROM resource WHERE resource_type = $1 AND id = $2',
@@ -506,6 +590,11 @@ export class Repository {
   async vread(resourceType: string, id: string, versionId: string): Promise<StoredVersion> {
     const version = Number(versionId);
     if (!Number.isSafeInteger(version) || version < 1) throw versionNotFound(resourceType, id, versionId);
+    if (resourceType === AUDIT_EVENT_TYPE) {
+      const found = await this.auditEvents([id]);
+      if (!found[0] || version !== 1) throw versionNotFound(resourceType, id, versionId);
+      return found[0];
+    }
     const result = await this.run(() =>
       this.db.query<Row>(
         `SELECT h.resource_type, h.id, h.version_id, h.last_updated, h.deleted, h.method, ${HISTORY_CONTENT} AS json
@@ -583,23 +672,42 @@ export class Repository {
     }
   }
 
-  /** History at system, type or instance level, newest first, in pages. */
+  /**
+   * History at system, type or instance level, newest first, in pages. AuditEvents (one version
+   * each, in the audit store) take part by the same sequence numbers.
+   */
   async history(query: HistoryQuery): Promise<HistoryPage> {
-    const where: string[] = [];
     const values: unknown[] = [];
-    const add = (clause: string, value: unknown): void => {
+    const bind = (value: unknown): string => {
       values.push(value);
-      where.push(clause.replace('?', `$${values.length}`));
+      return `$${values.length}`;
     };
-    if (query.resourceType) add('h.resource_type = ?', query.resourceType);
-    if (query.id) add('h.id = ?', query.id);
-    if (query.excludeTypes?.length) add('h.resource_type <> ALL(?::text[])', query.excludeTypes);
-    if (query.since) add('h.last_updated > ?', query.since);
-    if (query.before) add('h.seq < ?', query.before);
-    values.push(query.count + 1);
-    const sql = `SELECT h.seq, h.resource_type, h.id, h.version_id, h.last_updated, h.deleted, h.method, ${HISTORY_CONTENT} AS json
-      FROM ${HISTORY_FROM} ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
-      ORDER BY h.seq DESC LIMIT $${values.length}`;
+    const resourceWhere: string[] = [];
+    const auditWhere: string[] = [];
+    const audit = query.resourceType === AUDIT_EVENT_TYPE;
+    const withAudit = audit || (!query.resourceType && !query.excludeTypes?.includes(AUDIT_EVENT_TYPE));
+    // Each value is bound once, and used by both sides (a value bound but unused has no type).
+    const both = (column: string, op: string, value: unknown): void => {
+      const ref = bind(value);
+      resourceWhere.push(`h.${column} ${op} ${ref}`);
+      auditWhere.push(`a.${column} ${op} ${ref}`);
+    };
+    if (query.resourceType && !audit) resourceWhere.push(`h.resource_type = ${bind(query.resourceType)}`);
+    if (query.id) both('id', '=', query.id);
+    if (query.excludeTypes?.length && !audit) resourceWhere.push(`h.resource_type <> ALL(${bind(query.excludeTypes)}::text[])`);
+    if (query.since) both('last_updated', '>', query.since);
+    if (query.before) both('seq', '<', query.before);
+    if (!query.resourceType) resourceWhere.push(`h.resource_type <> '${AUDIT_EVENT_TYPE}'`);
+    const limit = bind(query.count + 1);
+    const fromResources = `SELECT h.seq, h.resource_type, h.id, h.version_id, h.last_updated, h.deleted, h.method, ${HISTORY_CONTENT} AS json
+      FROM ${HISTORY_FROM} ${resourceWhere.length ? `WHERE ${resourceWhere.join(' AND ')}` : ''} ORDER BY h.seq DESC LIMIT ${limit}`;
+    const fromAudit = `SELECT ${AUDIT_VERSION_COLUMNS} FROM audit_event a ${auditWhere.length ? `WHERE ${auditWhere.join(' AND ')}` : ''} ORDER BY a.seq DESC LIMIT ${limit}`;
+    const sql =
+      audit
+        ? fromAudit
+        : withAudit
+          ? `SELECT * FROM ((${fromResources}) UNION ALL (${fromAudit})) v ORDER BY v.seq DESC LIMIT ${limit}`
+          : fromResources;
     const result = await this.run(() => this.db.query<Row>(sql, values));
     if (query.id && query.resourceType && result.rows.length === 0 && !query.before && !query.since) {
       await this.assertExists(query.resourceType, query.id);
@@ -613,6 +721,10 @@ export class Repository {
   }
 
   private async assertExists(resourceType: string, id: string): Promise<void> {
+    if (resourceType === AUDIT_EVENT_TYPE) {
+      await this.read(resourceType, id);
+      return;
+    }
     const found = await this.run(() => this.db.query('SELECT 1 FROM resource WHERE resource_type = $1 AND id = $2', [resourceType, id]));
     if (found.rowCount === 0) throw notFound(resourceType, id);
   }
@@ -683,15 +795,9 @@ const CREATE_BATCH = 500;
 /** Groups of plain creates in flight at once; more creates wait and go together in the next group. */
 const GROUP_SLOTS = Number(process.env.GROUP_SLOTS ?? 1);
 
-/**
- * Many first versions in one statement: history, index and current rows. `log`: for an
- * append-only log (the audit log), the statement's own implicit transaction commits without
- * waiting for the WAL flush: set_config(…, true) is local to that transaction, and the cross join
- * makes it run before the rows are written.
- */
-function insertMany(log: boolean): string {
-  return `
-  WITH ${log ? "async_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS off),\n  " : ''}v AS (
+/** Many first versions in one statement: history, index and current rows. */
+const INSERT_MANY = `
+  WITH v AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::jsonb[]) AS v(resource_type, id, last_updated, content)
   ),
   h AS (
@@ -700,10 +806,24 @@ function insertMany(log: boolean): string {
   ),
   ${indexCtesMany(5).sql}
   INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content)
-  SELECT resource_type, id, 1, last_updated, false, content FROM v${log ? ' CROSS JOIN async_commit' : ''}`;
-}
-const INSERT_MANY = insertMany(false);
-const INSERT_MANY_LOG = insertMany(true);
+  SELECT resource_type, id, 1, last_updated, false, content FROM v`;
+
+/**
+ * AuditEvents into the audit store (audit-events.ts), many in one statement whose implicit
+ * transaction commits without waiting for the WAL flush (set_config(…, true) is local to it; the
+ * cross join makes it run before the rows are written): the audit log is append-only, written off
+ * the requests' path, and a crash of PostgreSQL itself may lose its last few milliseconds.
+ */
+const INSERT_AUDIT_EVENTS = `
+  WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS off)
+  INSERT INTO audit_event (id, last_updated, date_lo, date_hi, keys, content)
+  SELECT u.id, u.last_updated, u.date_lo, u.date_hi, ARRAY(SELECT jsonb_array_elements_text(u.keys)), u.content
+  FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[], $5::jsonb[], $6::jsonb[])
+    AS u(id, last_updated, date_lo, date_hi, keys, content)
+  CROSS JOIN async_commit`;
+
+/** The columns of a history row, for an AuditEvent (one version, never changed). */
+const AUDIT_VERSION_COLUMNS = `a.seq, '${AUDIT_EVENT_TYPE}'::text AS resource_type, a.id, 1 AS version_id, a.last_updated, false AS deleted, 'POST'::text AS method, a.content::text AS json`;
 
 const REINDEX = `WITH ${indexCtes(3, true).sql} SELECT 1`;
 
@@ -739,6 +859,8 @@ function insertValues(v: StoredVersion): unknown[] {
 
 /** The resource as stored: server-assigned id, versionId and lastUpdated; `resourceType` first. */
 function stamp(resource: JsonResource, id: string, versionId: number, method: 'POST' | 'PUT'): { stored: StoredVersion; content: JsonResource } {
+  // AuditEvents live in the audit store (appendAuditEvents); nothing else writes them.
+  if (resource.resourceType === AUDIT_EVENT_TYPE) throw new Error('AuditEvents are written by the audit log only');
   const lastUpdated = new Date().toISOString();
   const { resourceType, id: _ignored, meta, ...rest } = resource;
   const content = { resourceType, id, meta: { ...meta, versionId: String(versionId), lastUpdated }, ...rest } as JsonResource;

@@ -1,5 +1,6 @@
 /**
- * Compiles a parsed search (src/search/query.ts) to SQL over `resource` and the index tables.
+ * Compiles a parsed search (src/search/query.ts) to SQL over `resource` and the index tables, or,
+ * for AuditEvents, over the audit store's table (audit-events.ts: keys and dates of each event).
  * Every value is a bound parameter; only names from fixed tables (table and column names, sort
  * directions) are ever written into the SQL text.
  *
@@ -9,6 +10,9 @@
  */
 import type { Alternative, Cursor, Filter, SearchQuery, SortKey } from '../search/query.js';
 import { escapeLike } from '../search/values.js';
+import { fhirError } from '../fhir/errors.js';
+import { alternativeKeys, AUDIT_EVENT_TYPE, K, key } from './audit-events.js';
+import { Params } from './sql.js';
 
 type Table = 'string' | 'token' | 'date' | 'number' | 'quantity' | 'reference' | 'uri';
 
@@ -23,13 +27,7 @@ function tokenQuantitySql(alt: Alternative, x: string, p: Params): string {
   return parts.map((c) => `(${c})`).join(' AND ');
 }
 
-export class Params {
-  readonly values: unknown[] = [];
-  add(value: unknown): string {
-    this.values.push(value);
-    return `$${this.values.length}`;
-  }
-}
+export { Params };
 
 
 /** Numbers compared as numeric; bounds from the parser are exact decimal text. */
@@ -229,6 +227,7 @@ export function filterSql(filter: Filter, r: string, resourceType: string, p: Pa
       return `${r}.id IN (SELECT ${x}.id FROM sp_reference ${x} WHERE ${x}.resource_type = ${p.add(resourceType)} AND ${x}.param = ${p.add(filter.param)} AND (${perType.join(' OR ')}))`;
     }
     case 'has': {
+      if (filter.sourceType === AUDIT_EVENT_TYPE) return `${r}.id IN (${auditHasSql(resourceType, filter.param, filter.filter, p)})`;
       const x = alias('x');
       const r2 = alias('r');
       return `${r}.id IN (SELECT ${x}.target_id FROM sp_reference ${x} WHERE ${x}.resource_type = ${p.add(filter.sourceType)} AND ${x}.param = ${p.add(filter.param)} AND ${x}.target_type = ${p.add(resourceType)} AND ${x}.id IN (SELECT ${r2}.id FROM resource ${r2} WHERE ${r2}.resource_type = ${p.add(filter.sourceType)} AND NOT ${r2}.deleted AND ${filterSql(filter.filter, r2, filter.sourceType, p)}))`;
@@ -335,6 +334,7 @@ export interface PageSql {
 
 /** One page of matches, `limit` rows, in the sort order, from the cursor on. */
 export function pageSql(query: SearchQuery, limit: number): PageSql {
+  if (query.resourceType === AUDIT_EVENT_TYPE) return auditPageSql(query, limit);
   const p = new Params();
   // The id always ends the order (ascending), so `_id` ascending needs no column of its own.
   const columns = query.sort.filter((k) => !(k.param === '_id' && !k.descending)).map((k) => sortColumn(k, p));
@@ -361,13 +361,126 @@ export function pageSql(query: SearchQuery, limit: number): PageSql {
 }
 
 export function countSql(query: SearchQuery): { text: string; values: unknown[] } {
+  if (query.resourceType === AUDIT_EVENT_TYPE) return auditCountSql(query);
   const p = new Params();
   const source = sourceSql(query, p);
   return { text: `SELECT count(${source.distinct ? 'DISTINCT r.id' : '*'})::int AS total FROM ${source.from} WHERE ${source.where}`, values: p.values };
 }
 
 export function estimateSql(query: SearchQuery): { text: string; values: unknown[] } {
+  if (query.resourceType === AUDIT_EVENT_TYPE) return auditEstimateSql(query);
   const p = new Params();
   const where = whereSql(query, p);
   return { text: `EXPLAIN (FORMAT JSON) SELECT 1 FROM resource r WHERE ${where}`, values: p.values };
+}
+
+// AuditEvents: searches over the audit store's one table (audit-events.ts), with the same filters,
+// sort keys, paging and result columns as over the resource table.
+
+let chainCounter = 0;
+
+/** A boolean SQL condition on the audit row `a` for one filter. */
+function auditFilterSql(filter: Filter, a: string, p: Params): string {
+  switch (filter.kind) {
+    case 'id':
+      return `${a}.id = ANY(${p.add(filter.ids)}::text[])`;
+    case 'lastUpdated':
+      return `(${filter.alternatives
+        .map((alt) => {
+          if (alt.type !== 'date') throw new Error('lastUpdated takes dates');
+          return rangeSql(alt.prefix, `${a}.last_updated`, `(${a}.last_updated + interval '1 microsecond')`, p, alt.range, alt.approx);
+        })
+        .join(' OR ')})`;
+    case 'param': {
+      let condition: string;
+      if (filter.table === 'date') {
+        condition = filter.alternatives
+          .map((alt) => {
+            if (alt.type !== 'date') throw new Error('a date parameter takes dates');
+            return `(${rangeSql(alt.prefix, `${a}.date_lo`, `${a}.date_hi`, p, alt.range, alt.approx)})`;
+          })
+          .join(' OR ');
+      } else {
+        const keys: string[] = [];
+        const patterns: string[] = [];
+        for (const alt of filter.alternatives) {
+          const k = alternativeKeys(filter.param, alt);
+          keys.push(...k.keys);
+          patterns.push(...k.patterns);
+        }
+        const parts: string[] = [];
+        if (keys.length > 0) parts.push(`${a}.keys && ${p.add(keys)}::text[]`);
+        if (patterns.length > 0) parts.push(`EXISTS (SELECT 1 FROM unnest(${a}.keys) AS k WHERE k LIKE ANY(${p.add(patterns)}::text[]))`);
+        condition = parts.join(' OR ');
+      }
+      return filter.negate ? `NOT (${condition})` : `(${condition})`;
+    }
+    case 'missing': {
+      const has = filter.table === 'date' ? `${a}.date_lo IS NOT NULL` : `${a}.keys @> ARRAY[${p.add(key(filter.param, K.present))}::text]`;
+      return filter.missing ? `NOT (${has})` : has;
+    }
+    case 'chain': {
+      // The targets matching the chained search, as the keys an event referring to them has.
+      const perType = filter.targetTypes.map((t) => {
+        chainCounter = (chainCounter + 1) % 1_000_000;
+        const r = `ra${chainCounter}`;
+        const inner = filter.filters.get(t) as Filter;
+        const prefix = p.add(key(filter.param, K.ref, `${t}/`));
+        return `${a}.keys && ARRAY(SELECT ${prefix}::text || ${r}.id FROM resource ${r} WHERE ${r}.resource_type = ${p.add(t)} AND NOT ${r}.deleted AND ${filterSql(inner, r, t, p)})`;
+      });
+      return `(${perType.join(' OR ')})`;
+    }
+    case 'has':
+    case 'composite':
+      throw fhirError('unsupported-search-parameter', 'AuditEvent: this search is not supported', filter.kind === 'has' ? '_has' : filter.param);
+  }
+}
+
+/** The WHERE clause of an AuditEvent search over `audit_event a`. */
+function auditWhere(query: SearchQuery, p: Params): string {
+  const parts = query.filters.map((f) => auditFilterSql(f, 'a', p));
+  return parts.length > 0 ? parts.join(' AND ') : 'TRUE';
+}
+
+/**
+ * `_has:AuditEvent:param:…` on another type: the ids of `resourceType` that matching events
+ * refer to through `param`.
+ */
+function auditHasSql(resourceType: string, param: string, inner: Filter, p: Params): string {
+  const prefix = key(param, K.ref, `${resourceType}/`);
+  return `SELECT substr(k, ${prefix.length + 1}) FROM audit_event a, unnest(a.keys) AS k WHERE k LIKE ${p.add(`${escapeLike(prefix)}%`)} AND ${auditFilterSql(inner, 'a', p)}`;
+}
+
+function auditSortColumn(k: SortKey): SortColumn {
+  if (k.param === '_id') return { expression: 'a.id', sqlType: 'text', descending: k.descending };
+  if (k.param === '_lastUpdated') return { expression: 'a.last_updated', sqlType: 'timestamptz', descending: k.descending };
+  return { expression: k.descending ? 'a.date_hi' : 'a.date_lo', sqlType: 'timestamptz', descending: k.descending };
+}
+
+/** One page of an AuditEvent search: the same columns and paging as search-sql.ts's pageSql. */
+function auditPageSql(query: SearchQuery, limit: number): PageSql {
+  const p = new Params();
+  const columns = query.sort.filter((k) => !(k.param === '_id' && !k.descending)).map(auditSortColumn);
+  const reversed = query.cursor?.direction === 'previous';
+  const order = (c: { descending: boolean }, ref: string): string => {
+    const desc = reversed ? !c.descending : c.descending;
+    return `${ref} ${desc ? 'DESC' : 'ASC'} NULLS ${reversed ? 'FIRST' : 'LAST'}`;
+  };
+  const select = columns.map((c, i) => `, ${c.expression} AS k${i}`).join('');
+  const inner = `SELECT a.id, a.content${select} FROM audit_event a WHERE ${auditWhere(query, p)}`;
+  const keyset = query.cursor ? `WHERE ${keysetSql(columns, query.cursor, p)}` : '';
+  const orderBy = [...columns.map((c, i) => order(c, `q.k${i}`)), order({ descending: false }, 'q.id')].join(', ');
+  const sortText = columns.map((_, i) => `, q.k${i}::text AS s${i}`).join('');
+  const text = `SELECT q.id, q.content::text AS json${sortText} FROM (${inner}) q ${keyset} ORDER BY ${orderBy} LIMIT ${p.add(limit)}`;
+  return { text, values: p.values, sortColumns: columns.length, reversed };
+}
+
+function auditCountSql(query: SearchQuery): { text: string; values: unknown[] } {
+  const p = new Params();
+  return { text: `SELECT count(*)::int AS total FROM audit_event a WHERE ${auditWhere(query, p)}`, values: p.values };
+}
+
+function auditEstimateSql(query: SearchQuery): { text: string; values: unknown[] } {
+  const p = new Params();
+  return { text: `EXPLAIN (FORMAT JSON) SELECT 1 FROM audit_event a WHERE ${auditWhere(query, p)}`, values: p.values };
 }

@@ -33,3 +33,12 @@ export interface SqlPool extends SqlQueryable {
   connect(): Promise<SqlClient>;
   end(): Promise<void>;
 }
+
+/** The bound parameters of a statement being built: add() binds a value and returns its `$n`. */
+export class Params {
+  readonly values: unknown[] = [];
+  add(value: unknown): string {
+    this.values.push(value);
+    return `$${this.values.length}`;
+  }
+}

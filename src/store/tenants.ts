@@ -91,6 +91,8 @@ export class Tenants {
       const indexed = await repo.reindex();
       if (indexed > 0) logger?.info({ schema, indexed }, 'search index built for existing resources');
     }
+    const moved = await repo.moveAuditEvents();
+    if (moved > 0) logger?.info({ schema, moved }, 'AuditEvents moved into the audit store');
     return repo;
   }
 }

@@ -1,0 +1,195 @@
+/**
+ * The audit log's own store: each tenant's AuditEvents in an append-only table, `audit_event`,
+ * one row per event, instead of as ordinary resources (a current row, a history row and about a
+ * dozen index rows in six tables, some 30 index entries per event: a third of the server's create
+ * throughput went to the audit log).
+ *
+ * An event's search values are the index rows the generic extraction gives it (extract.ts, on the
+ * parameters INDEXED_ONLY keeps for AuditEvent), written as `keys`, a text array under one GIN
+ * index, and its `date` as two columns under a B-tree. A search compiles to conditions on that one
+ * row (search-sql.ts): an exact value is one array overlap (`keys && …`), a prefix or `:contains` a LIKE over the
+ * row's own keys; so every parameter, prefix and modifier the generic search offers on these
+ * parameter types means the same here. The row takes its `seq` from the history's sequence, so
+ * that `_history` (type and system level) interleaves AuditEvents with the record's versions in
+ * write order. AuditEvents have one version and are never changed or deleted.
+ *
+ * A key is `param US kind US value` (US = U+001F): param and kind never contain U+001F, so the
+ * prefix of a key is unambiguous whatever its value holds.
+ */
+import { extractIndex, type IndexRows } from '../search/extract.js';
+import type { Alternative } from '../search/query.js';
+import { escapeLike } from '../search/values.js';
+import { fhirError } from '../fhir/errors.js';
+import { Params } from './sql.js';
+
+export const AUDIT_EVENT_TYPE = 'AuditEvent';
+
+export const AUDIT_EVENT_MIGRATION = `
+  CREATE TABLE audit_event (
+    id text PRIMARY KEY,
+    seq bigint NOT NULL DEFAULT nextval('resource_history_seq_seq'),
+    last_updated timestamptz NOT NULL,
+    date_lo timestamptz,
+    date_hi timestamptz,
+    keys text[] NOT NULL,
+    content jsonb NOT NULL
+  );
+  CREATE INDEX audit_event_seq ON audit_event (seq);
+  CREATE INDEX audit_event_date ON audit_event (date_lo, date_hi);
+  CREATE INDEX audit_event_keys ON audit_event USING gin (keys);
+`;
+
+const US = '\u001f';
+
+/** Kinds of key, one letter each. */
+export const K = {
+  /** token: system US code (system empty when the coding has none) */
+  token: 't',
+  /** token: code, whatever the system */
+  code: 'c',
+  /** token: system, whatever the code */
+  system: 's',
+  /** token: the display or text, normalised (for :text) */
+  text: 'x',
+  /** reference: Type/id */
+  ref: 'r',
+  /** reference: id, whatever the type */
+  refId: 'i',
+  /** reference: an absolute URL that is not ours */
+  url: 'u',
+  /** reference: identifier system|value (system empty when none) */
+  ident: 'v',
+  /** reference: identifier value, whatever the system */
+  identValue: 'w',
+  /** reference: identifier system, whatever the value */
+  identSystem: 'y',
+  /** string: normalised */
+  string: 'n',
+  /** string: exact */
+  exact: 'e',
+  /** the parameter has a value (for :missing) */
+  present: 'p',
+} as const;
+
+export function key(param: string, kind: string, value = ''): string {
+  return `${param}${US}${kind}${US}${value}`;
+}
+
+/** The prefix every key of `param` and `kind` starts with, for LIKE. */
+export function likePrefix(param: string, kind: string): string {
+  return escapeLike(key(param, kind));
+}
+
+export interface AuditRow {
+  keys: string[];
+  dateLo: string | null;
+  dateHi: string | null;
+}
+
+/** The search values of a stored AuditEvent. */
+export function auditRowOf(event: { resourceType: string }, fhirBase: string): AuditRow {
+  return auditRowFromIndex(extractIndex(event, fhirBase));
+}
+
+export function auditRowFromIndex(rows: IndexRows): AuditRow {
+  const keys = new Set<string>();
+  const present = (param: string) => keys.add(key(param, K.present));
+  for (const t of rows.token) {
+    present(t.param);
+    if (t.code !== null) {
+      keys.add(key(t.param, K.token, `${t.system ?? ''}${US}${t.code}`));
+      keys.add(key(t.param, K.code, t.code));
+    }
+    if (t.system !== null) keys.add(key(t.param, K.system, t.system));
+    if (t.text !== null) keys.add(key(t.param, K.text, t.text));
+  }
+  for (const r of rows.reference) {
+    present(r.param);
+    if (r.targetId !== null) {
+      keys.add(key(r.param, K.refId, r.targetId));
+      if (r.targetType !== null) keys.add(key(r.param, K.ref, `${r.targetType}/${r.targetId}`));
+    }
+    if (r.url !== null) keys.add(key(r.param, K.url, r.url));
+    if (r.identValue !== null) {
+      keys.add(key(r.param, K.ident, `${r.identSystem ?? ''}|${r.identValue}`));
+      keys.add(key(r.param, K.identValue, r.identValue));
+      if (r.identSystem !== null) keys.add(key(r.param, K.identSystem, r.identSystem));
+    }
+  }
+  for (const s of rows.string) {
+    present(s.param);
+    keys.add(key(s.param, K.string, s.value));
+    keys.add(key(s.param, K.exact, s.exact));
+  }
+  let dateLo: string | null = null;
+  let dateHi: string | null = null;
+  for (const d of rows.date) {
+    if (d.param !== 'date') throw new Error(`AuditEvent date parameter '${d.param}' has no column`);
+    dateLo = d.lo;
+    dateHi = d.hi;
+  }
+  for (const table of ['number', 'quantity', 'uri', 'token_quantity'] as const) {
+    if (rows[table].length > 0) throw new Error(`AuditEvent: no ${table} parameter is searchable`);
+  }
+  return { keys: [...keys], dateLo, dateHi };
+}
+
+/** Conditions for one alternative: exact keys (any of them matches) or LIKE patterns on the row's keys. */
+export function alternativeKeys(param: string, alt: Alternative): { keys: string[]; patterns: string[] } {
+  switch (alt.type) {
+    case 'token': {
+      if (alt.text !== undefined) return { keys: [], patterns: [`${likePrefix(param, K.text)}${escapeLike(alt.text)}%`] };
+      if (alt.code !== undefined) {
+        if (alt.system === undefined) return { keys: [key(param, K.code, alt.code)], patterns: [] };
+        return { keys: [key(param, K.token, `${alt.system ?? ''}${US}${alt.code}`)], patterns: [] };
+      }
+      if (typeof alt.system === 'string') return { keys: [key(param, K.system, alt.system)], patterns: [] };
+      return { keys: [key(param, K.present)], patterns: [] };
+    }
+    case 'reference':
+      if (alt.url !== undefined) return { keys: [key(param, K.url, alt.url)], patterns: [] };
+      if (alt.id === undefined) return { keys: [key(param, K.present)], patterns: [] };
+      return { keys: [alt.targetType !== undefined ? key(param, K.ref, `${alt.targetType}/${alt.id}`) : key(param, K.refId, alt.id)], patterns: [] };
+    case 'identifier':
+      if (alt.value !== undefined) {
+        if (alt.system === undefined) return { keys: [key(param, K.identValue, alt.value)], patterns: [] };
+        return { keys: [key(param, K.ident, `${alt.system ?? ''}|${alt.value}`)], patterns: [] };
+      }
+      if (typeof alt.system === 'string') return { keys: [key(param, K.identSystem, alt.system)], patterns: [] };
+      return { keys: [], patterns: [`${likePrefix(param, K.identValue)}%`] };
+    case 'string':
+      if (alt.mode === 'exact') return { keys: [key(param, K.exact, alt.value)], patterns: [] };
+      if (alt.mode === 'contains') return { keys: [], patterns: [`${likePrefix(param, K.string)}%${escapeLike(alt.value)}%`] };
+      return { keys: [], patterns: [`${likePrefix(param, K.string)}${escapeLike(alt.value)}%`] };
+    case 'date':
+    case 'number':
+    case 'quantity':
+    case 'uri':
+    case 'composite':
+      throw fhirError('unsupported-search-parameter', `AuditEvent: '${param}' cannot be searched with a ${alt.type} value`, param);
+  }
+}
+
+/** `_include` from AuditEvents: the targets their reference keys name (`param` '*': any). */
+export function auditReferencesFromSql(ids: string[], param: string, targetType: string | undefined): { text: string; values: unknown[] } {
+  const p = new Params();
+  const us = p.add(US);
+  // A reference key's value is Type/id, neither of which can hold U+001F or '/'.
+  const conditions = [`a.id = ANY(${p.add(ids)}::text[])`, `split_part(k, ${us}, 2) = ${p.add(K.ref)}`];
+  if (param !== '*') conditions.push(`split_part(k, ${us}, 1) = ${p.add(param)}`);
+  const outer = targetType ? `WHERE split_part(v, '/', 1) = ${p.add(targetType)}` : '';
+  return {
+    text: `SELECT DISTINCT split_part(v, '/', 1) AS target_type, split_part(v, '/', 2) AS target_id FROM (
+             SELECT split_part(k, ${us}, 3) AS v FROM audit_event a, unnest(a.keys) AS k WHERE ${conditions.join(' AND ')}
+           ) refs ${outer}`,
+    values: p.values,
+  };
+}
+
+/** `_revinclude` of AuditEvents: the events that refer to any of the targets through `param`. */
+export function auditReferencesToSql(param: string, targets: { type: string; id: string }[]): { text: string; values: unknown[] } {
+  return {
+    text: 'SELECT a.id FROM audit_event a WHERE a.keys && $1::text[]',
+    values: [targets.map((t) => key(param, K.ref, `${t.type}/${t.id}`))],
+  };
+}
