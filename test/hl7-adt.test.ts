@@ -9,7 +9,8 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import type { Condition, Patient } from 'fhir/r4.js';
-import { ack, ackFor, hl7DateTime, parseAdt, readAck, SYSTEMS, type AdtOk, type AdtResult } from '../src/hl7/adt.js';
+import { Message } from 'node-hl7-client';
+import { ack, ackFor, hl7DateTime, parseAdt, readAck, segmentsOf, SYSTEMS, type AdtOk, type AdtResult } from '../src/hl7/adt.js';
 import type { JsonResource } from '../src/fhir/resource.js';
 import { ResourceValidator } from '../src/validation/validator.js';
 
@@ -30,7 +31,49 @@ const condition = (r: AdtOk, code: string): Condition => {
 };
 const MSH = 'MSH|^~\\&|EPICADT|RIVERSIDE|MEDEX|WELLNESSCTR|20260305093000-0500||ADT^A04^ADT_A01|CTRL1|P|2.5.1';
 
+/** A field read through the library's own nodes (field → repetitions → components → subcomponents). */
+function libraryReps(message: Message, segment: number, field: number): string[][][] {
+  const node = message.toArray()[segment];
+  if (!node) return [];
+  return node
+    .get(node.name === 'MSH' ? field - 1 : field)
+    .toArray()
+    .map((rep) => rep.toArray().map((comp) => (comp.toArray().length > 0 ? comp.toArray().map((s) => s.toString()) : [comp.toString()])));
+}
+
 describe('hl7 adt', () => {
+  describe('segment reading equals the library\'s node walk', () => {
+    const crafted = [
+      `${MSH}\rPID|1||A~~B^^C&&D~||E\\F\\G^H\\S\\I&J\\T\\K~\\R\\\\E\\||||||`,
+      'MSH#$*!@#APP#FAC#R#RF#20260101##ADT$A04#C1#P#2.5\rPID#1##X*Y$Z!W@V$$#!E!A!F!#',
+      `${MSH}\rDG1|1||I10^Knee^I10C||20260101|||||||||||||||`,
+      `${MSH}\rPID|`,
+    ];
+    const samples = [...files(DATA).sort().map((f) => ({ name: relative(DATA, f), text: readFileSync(f, 'utf8') })), ...crafted.map((text, i) => ({ name: `crafted ${i + 1}`, text }))];
+    for (const { name, text } of samples) {
+      it(name, () => {
+        const normal = text.replace(/^\uFEFF/, '').replace(/\r\n|\n/g, '\r');
+        let message: Message;
+        try {
+          message = new Message({ text: normal });
+        } catch {
+          return; // a batch or a message the library refuses: parseAdt rejects it before reading any field
+        }
+        const segs = segmentsOf(message);
+        assert.ok(segs.length > 0);
+        let compared = 0;
+        segs.forEach((seg, i) => {
+          const count = (message.toArray()[i]?.toRaw().split(normal.charAt(3)).length ?? 0) + 2;
+          for (let field = 1; field <= count; field++) {
+            assert.deepEqual(seg.reps(field), libraryReps(message, i, field), `${seg.name}-${field}`);
+            compared++;
+          }
+        });
+        assert.ok(compared > segs.length);
+      });
+    }
+  });
+
   describe('every sample message', () => {
     const all = files(DATA).sort();
     before(() => assert.ok(all.length >= 33, `found ${all.length} samples`));

@@ -14,7 +14,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Address, CodeableConcept, Coding, Condition, ContactPoint, HumanName, Identifier, Patient } from 'fhir/r4.js';
-import { Message, type HL7Node } from 'node-hl7-client';
+import { Message } from 'node-hl7-client';
 
 export const ADT_EVENTS = ['A01', 'A04', 'A08', 'A31'] as const;
 export type AdtEvent = (typeof ADT_EVENTS)[number];
@@ -99,21 +99,66 @@ const ID_TYPES: Record<string, string> = {
 const OID = /^[0-2](\.(0|[1-9]\d*))+$/;
 const uriPart = (s: string): string => encodeURIComponent(s);
 
-/** One segment, read as plain strings: repetitions → components → subcomponents, unescaped. */
-class Seg {
+/**
+ * One segment, read as plain strings: repetitions → components → subcomponents, unescaped.
+ *
+ * The library parses the message into segments and unescapes; the fields of a segment are split
+ * here by the message's own delimiters, exactly as the library's nodes split them (an empty field,
+ * repetition or component has no children; a component's text is its subcomponents'), without the
+ * node per field, repetition, component and subcomponent the library builds (an EventEmitter
+ * each: 60 % of a message's parse time went to their construction).
+ * test/hl7-adt.test.ts checks both readings against each other on every sample message.
+ */
+export class Seg {
+  private readonly fieldTexts: string[];
+  private readonly fields = new Map<number, string[][][]>();
   constructor(
     readonly name: string,
     readonly sequence: number,
-    private readonly node: HL7Node,
-  ) {}
+    raw: string,
+    private readonly delimiters: Delimiters,
+    private readonly unescape: (text: string) => string,
+  ) {
+    this.fieldTexts = raw.split(delimiters.field);
+  }
   reps(field: number): string[][][] {
-    const f = this.node.get(this.name === 'MSH' ? field - 1 : field);
-    return f.toArray().map((rep) => rep.toArray().map((comp) => (comp.toArray().length > 0 ? comp.toArray().map((s) => s.toString()) : [comp.toString()])));
+    let reps = this.fields.get(field);
+    if (reps === undefined) {
+      const { repetition, component, subcomponent } = this.delimiters;
+      const text = this.fieldTexts[this.name === 'MSH' ? field - 1 : field] ?? '';
+      reps = split(text, repetition).map((rep) => split(rep, component).map((comp) => (comp === '' ? [''] : comp.split(subcomponent).map(this.unescape))));
+      this.fields.set(field, reps);
+    }
+    return reps;
   }
   value(field: number, comp = 1, sub = 1): string {
     return at(this.reps(field)[0], comp, sub);
   }
 }
+
+export interface Delimiters {
+  field: string;
+  component: string;
+  repetition: string;
+  subcomponent: string;
+}
+
+const split = (text: string, separator: string): string[] => (text === '' ? [] : text.split(separator));
+
+/** The segments of a parsed message (node-hl7-client's Message), each numbered within its name. */
+export function segmentsOf(message: Message): Seg[] {
+  // Message.delimiters: segment, field, component, repetition, escape, subcomponent.
+  const d = message.delimiters;
+  const delimiters: Delimiters = { field: d.charAt(1), component: d.charAt(2), repetition: d.charAt(3), subcomponent: d.charAt(5) };
+  const unescape = (text: string): string => message.unescape(text);
+  const counts = new Map<string, number>();
+  return message.toArray().map((node) => {
+    const n = (counts.get(node.name) ?? 0) + 1;
+    counts.set(node.name, n);
+    return new Seg(node.name, n, node.toRaw(), delimiters, unescape);
+  });
+}
+
 /** A (sub)component, trimmed; the v2 null `""` reads as empty. */
 function at(rep: string[][] | undefined, comp: number, sub = 1): string {
   const v = (rep?.[comp - 1]?.[sub - 1] ?? '').trim();
@@ -126,13 +171,7 @@ export function parseAdt(text: string): AdtResult {
   if ('reject' in prepared) return prepared.reject;
   let segs: Seg[];
   try {
-    const message = new Message({ text: prepared.text });
-    const counts = new Map<string, number>();
-    segs = message.toArray().map((node) => {
-      const n = (counts.get(node.name) ?? 0) + 1;
-      counts.set(node.name, n);
-      return new Seg(node.name, n, node);
-    });
+    segs = segmentsOf(new Message({ text: prepared.text }));
   } catch (err) {
     return reject(`The message cannot be parsed: ${(err as Error).message}`, { segment: 'MSH', sequence: 1, code: 102 });
   }
