@@ -545,6 +545,13 @@ async function createBenchDatabase(name: string): Promise<Record<string, string>
   });
 }
 
+/** Writes every dirty page now, so that no scenario pays for the previous one's checkpoint. */
+async function checkpoint(): Promise<void> {
+  await withAdmin(async (client) => {
+    await client.query('CHECKPOINT');
+  });
+}
+
 async function dropBenchDatabase(name: string): Promise<void> {
   await withAdmin(async (client) => {
     await client.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
@@ -906,17 +913,29 @@ async function main(): Promise<number> {
     const pgClient = registerBenchClient(ROOT, pgEnv);
     if (everyPhase) {
       // What the audit log costs: create and read first on a server with AUDIT=off (allowed outside
-      // production only), then the same on the server as deployed; compared within this run.
+      // production only), then the same on the server as deployed; compared within this run. Each
+      // on a fresh database of its own, after a CHECKPOINT, the first one's database dropped before
+      // the second starts: otherwise the second would run on the first one's rows, and with
+      // PostgreSQL's autovacuum and checkpoint catching up on the first one's writes.
+      const quietName = `${dbName}_quiet`;
+      log(`creating database ${quietName} (AUDIT=off)`);
+      await createBenchDatabase(quietName);
+      cleanups.push({ name: `drop database ${quietName}`, run: () => dropBenchDatabase(quietName) });
+      const quietUrl = new URL(PG_ADMIN_URL);
+      quietUrl.pathname = `/${quietName}`;
+      const quietEnv = { DATABASE_URL: quietUrl.toString(), DATA_DIR: pgDataDir };
+      const quietClient = registerBenchClient(ROOT, quietEnv);
+      await checkpoint();
       log('starting server on PostgreSQL with AUDIT=off');
-      const quietServer = await startServerProcess('postgresql', { ...pgEnv, AUDIT: 'off', NODE_ENV: 'development' }, pgLog);
-      await startAuth(quietServer.url, pgClient);
+      const quietServer = await startServerProcess('postgresql', { ...quietEnv, AUDIT: 'off', NODE_ENV: 'development' }, pgLog);
+      await startAuth(quietServer.url, quietClient);
       report.scenarios.push(
         await runScenario(quietServer, {
           id: 'create-postgresql-audit-off',
           name: `create Observation, audit off (c=${CREATE_CONNECTIONS})`,
           engine: 'postgresql',
           connections: CREATE_CONNECTIONS,
-          postgresDatabase: dbName,
+          postgresDatabase: quietName,
           requests: createRequests,
         }),
       );
@@ -928,12 +947,14 @@ async function main(): Promise<number> {
           engine: 'postgresql',
           connections: READ_CONNECTIONS,
           overallRate: READ_RATE,
-          postgresDatabase: dbName,
+          postgresDatabase: quietName,
           requests: () => readRequests(quietIds),
         }),
       );
       stopAuth();
       await quietServer.stop();
+      await dropBenchDatabase(quietName);
+      await checkpoint();
     }
     log('starting server on PostgreSQL');
     routeHl7(ROOT, pgEnv, HL7_FACILITY, 'bench');
