@@ -35,7 +35,9 @@ export const AUDIT_EVENT_MIGRATION = `
     content jsonb NOT NULL
   );
   CREATE INDEX audit_event_seq ON audit_event (seq);
-  CREATE INDEX audit_event_date ON audit_event (date_lo, date_hi);
+  -- A search sorted by date reads its first page from these (date: lo; -date: hi, in that order).
+  CREATE INDEX audit_event_date_lo ON audit_event (date_lo);
+  CREATE INDEX audit_event_date_hi ON audit_event (date_hi DESC NULLS LAST);
   CREATE INDEX audit_event_keys ON audit_event USING gin (keys);
 `;
 
