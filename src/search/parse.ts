@@ -493,10 +493,10 @@ function parseHas(resourceType: string, name: string, raw: string, options: Pars
 }
 
 /**
- * AuditEvents are kept in a store of their own (src/store/audit-events.ts), searched by the
- * parameter types they are indexed on.
+ * AuditEvents are kept in a store of their own (src/store/audit-events.ts), which searches these
+ * parameter types (all that AuditEvent's parameters have).
  */
-const AUDIT_TABLES = new Set(['token', 'reference', 'string', 'date']);
+const AUDIT_TABLES = new Set(['token', 'reference', 'string', 'date', 'uri']);
 
 /**
  * Refuses, naming the parameter, what the audit store does not search: composites, `_has` with

@@ -4,8 +4,8 @@
  * dozen index rows in six tables, some 30 index entries per event: a third of the server's create
  * throughput went to the audit log).
  *
- * An event's search values are the index rows the generic extraction gives it (extract.ts, on the
- * parameters INDEXED_ONLY keeps for AuditEvent), written as `keys`, a text array under one GIN
+ * An event's search values are the index rows the generic extraction gives it (extract.ts, every
+ * search parameter of AuditEvent), written as `keys`, a text array under one GIN
  * index, and its `date` as two columns under a B-tree. A search compiles to conditions on that one
  * row (search-sql.ts): an exact value is one array overlap (`keys && …`), a prefix or `:contains` a LIKE over the
  * row's own keys; so every parameter, prefix and modifier the generic search offers on these
@@ -69,6 +69,8 @@ export const K = {
   string: 'n',
   /** string: exact */
   exact: 'e',
+  /** uri */
+  uri: 'q',
   /** the parameter has a value (for :missing) */
   present: 'p',
 } as const;
@@ -130,14 +132,18 @@ export function auditRowFromIndex(rows: IndexRows): AuditRow {
     dateLo = d.lo;
     dateHi = d.hi;
   }
-  for (const table of ['number', 'quantity', 'uri', 'token_quantity'] as const) {
+  for (const u of rows.uri) {
+    present(u.param);
+    keys.add(key(u.param, K.uri, u.value));
+  }
+  for (const table of ['number', 'quantity', 'token_quantity'] as const) {
     if (rows[table].length > 0) throw new Error(`AuditEvent: no ${table} parameter is searchable`);
   }
   return { keys: [...keys], dateLo, dateHi };
 }
 
 /** Conditions for one alternative: exact keys (any of them matches) or LIKE patterns on the row's keys. */
-export function alternativeKeys(param: string, alt: Alternative): { keys: string[]; patterns: string[] } {
+export function alternativeKeys(param: string, alt: Alternative): { keys: string[]; patterns: string[]; above?: string } {
   switch (alt.type) {
     case 'token': {
       if (alt.text !== undefined) return { keys: [], patterns: [`${likePrefix(param, K.text)}${escapeLike(alt.text)}%`] };
@@ -163,10 +169,14 @@ export function alternativeKeys(param: string, alt: Alternative): { keys: string
       if (alt.mode === 'exact') return { keys: [key(param, K.exact, alt.value)], patterns: [] };
       if (alt.mode === 'contains') return { keys: [], patterns: [`${likePrefix(param, K.string)}%${escapeLike(alt.value)}%`] };
       return { keys: [], patterns: [`${likePrefix(param, K.string)}${escapeLike(alt.value)}%`] };
+    case 'uri':
+      if (alt.mode === 'below') return { keys: [], patterns: [`${likePrefix(param, K.uri)}${escapeLike(alt.value)}%`] };
+      // :above: the stored URI is a prefix of the value searched for.
+      if (alt.mode === 'above') return { keys: [], patterns: [], above: key(param, K.uri, alt.value) };
+      return { keys: [key(param, K.uri, alt.value)], patterns: [] };
     case 'date':
     case 'number':
     case 'quantity':
-    case 'uri':
     case 'composite':
       throw fhirError('unsupported-search-parameter', `AuditEvent: '${param}' cannot be searched with a ${alt.type} value`, param);
   }

@@ -12,14 +12,15 @@ import { OUTBOUND_KEY_MIGRATION } from './outbound-keys.js';
 import { INDEX_MIGRATION, TOKEN_QUANTITY_MIGRATION } from './search-index.js';
 import { AUDIT_EVENT_MIGRATION } from './audit-events.js';
 import { INDEX_TABLES } from '../search/extract.js';
-import { INDEXED_ONLY } from '../search/definitions.js';
 
-/** Index rows of parameters a type is no longer indexed on (search/definitions.ts INDEXED_ONLY), removed. */
-const UNINDEXED_ROWS = [...INDEXED_ONLY]
-  .flatMap(([type, codes]) =>
-    INDEX_TABLES.map((table) => `DELETE FROM sp_${table} WHERE resource_type = '${type}' AND param NOT IN (${[...codes].map((c) => `'${c}'`).join(', ')});`),
-  )
-  .join('\n');
+/**
+ * Migration 14 as it shipped: AuditEvents' index rows of parameters other than these nine removed
+ * (since migration 15 AuditEvents are in a store of their own and searchable by every parameter).
+ */
+const AUDIT_EVENT_PARAMS_14 = ['date', 'agent', 'entity', 'patient', 'type', 'subtype', 'action', 'outcome', 'address'];
+const UNINDEXED_ROWS = INDEX_TABLES.map(
+  (table) => `DELETE FROM sp_${table} WHERE resource_type = 'AuditEvent' AND param NOT IN (${AUDIT_EVENT_PARAMS_14.map((c) => `'${c}'`).join(', ')});`,
+).join('\n');
 
 const MIGRATION_LOCK = 7_310_001;
 

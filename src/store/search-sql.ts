@@ -403,14 +403,20 @@ function auditFilterSql(filter: Filter, a: string, p: Params): string {
       } else {
         const keys: string[] = [];
         const patterns: string[] = [];
+        const above: string[] = [];
         for (const alt of filter.alternatives) {
           const k = alternativeKeys(filter.param, alt);
           keys.push(...k.keys);
           patterns.push(...k.patterns);
+          if (k.above !== undefined) above.push(k.above);
         }
         const parts: string[] = [];
         if (keys.length > 0) parts.push(`${a}.keys && ${p.add(keys)}::text[]`);
         if (patterns.length > 0) parts.push(`EXISTS (SELECT 1 FROM unnest(${a}.keys) AS k WHERE k LIKE ANY(${p.add(patterns)}::text[]))`);
+        if (above.length > 0) {
+          const prefix = p.add(key(filter.param, K.uri));
+          parts.push(`EXISTS (SELECT 1 FROM unnest(${a}.keys) AS k, unnest(${p.add(above)}::text[]) AS v WHERE starts_with(k, ${prefix}) AND starts_with(v, k))`);
+        }
         condition = parts.join(' OR ');
       }
       return filter.negate ? `NOT (${condition})` : `(${condition})`;
