@@ -21,7 +21,6 @@ import { ack, ackFor, mshField, parseAdt, type AdtOk } from '../hl7/adt.js';
 import type { MllpMeta } from '../hl7/mllp.js';
 import { conditionOf } from '../interactions/conditions.js';
 import type { FhirContext } from '../interactions/types.js';
-import { parseSearch } from '../search/parse.js';
 import type { Hl7Routes, StoredMessage } from '../store/hl7-store.js';
 import { conditionLock, type Repository } from '../store/repository.js';
 import type { Tenants } from '../store/tenants.js';
@@ -164,9 +163,9 @@ export class Hl7Inbound {
    * Messages in order, in the transaction `tx`: for each, the Patient (matched by MRN, else
    * created), a Condition per DG1 (matched by its identifier, else created) and a Provenance. In
    * few statements, whatever the number of messages: one lock statement for every MRN and DG1 (the
-   * keys a conditional update takes), one search for all the Patients, one for all the DG1s'
-   * Conditions, an update per resource that exists already, and one statement creating everything
-   * new. Messages that share an MRN or a DG1 go in separate rounds, in order, so that a later one
+   * keys a conditional update takes), one lookup of all the Patients and all the DG1s' Conditions
+   * by identifier, an update per resource that exists already, and one statement creating
+   * everything new. Messages that share an MRN or a DG1 go in separate rounds, in order, so that a later one
    * sees what an earlier one wrote.
    */
   private async applyAll(tx: Repository, adts: AdtOk[]): Promise<void> {
@@ -209,8 +208,12 @@ export class Hl7Inbound {
       }),
     }));
 
-    const patients = await this.byIdentifier(tx, 'Patient', plans.map((p) => p.adt.mrn));
-    const conditions = await this.byIdentifier(tx, 'Condition', plans.flatMap((p) => p.dg1s.map((d) => d.identifier)));
+    const found = await tx.byIdentifiers([
+      ...plans.map((p) => ({ type: 'Patient', ...p.adt.mrn })),
+      ...plans.flatMap((p) => p.dg1s.map((d) => ({ type: 'Condition', ...d.identifier }))),
+    ]);
+    const patients = found.get('Patient') ?? new Map<string, { id: string; json: string }[]>();
+    const conditions = found.get('Condition') ?? new Map<string, { id: string; json: string }[]>();
     const created: { resource: JsonResource; id: string }[] = [];
     for (const { adt, dg1s } of plans) {
       const { system, value } = adt.mrn;
@@ -248,20 +251,6 @@ export class Hl7Inbound {
       created.push({ resource: this.ctx.validator.checkWrite(provenanceOf(adt, targets, existing !== undefined), 'Provenance'), id: randomUUID() });
     }
     await tx.createMany(created);
-  }
-
-  /** The current resources of `type` carrying each identifier (system|value → resources), in searches of at most 100 values. */
-  private async byIdentifier(tx: Repository, type: string, identifiers: { system: string; value: string }[]): Promise<Map<string, { id: string; json: string }[]>> {
-    const out = new Map<string, { id: string; json: string }[]>();
-    const wanted = [...new Set(identifiers.map((i) => tokenSearchValue(i.system, i.value)))];
-    for (let at = 0; at < wanted.length; at += 100) {
-      const query = parseSearch(type, { identifier: [wanted.slice(at, at + 100).join(',')], _count: ['1000'] }, { fhirBase: this.ctx.fhirBase, lenient: false }).query;
-      for (const row of (await tx.search(query)).rows) {
-        const keys = new Set(((JSON.parse(row.json) as { identifier?: { system?: string; value?: string }[] }).identifier ?? []).map((i) => `${i.system ?? ''}|${i.value ?? ''}`));
-        for (const key of keys) out.set(key, [...(out.get(key) ?? []), { id: row.id, json: row.json }]);
-      }
-    }
-    return out;
   }
 }
 

@@ -424,6 +424,33 @@ export class Repository {
     return Math.round(plan[0]?.Plan['Plan Rows'] ?? 0);
   }
 
+  /**
+   * The current resources carrying each identifier (`identifier=system|value` for each, in one
+   * prepared statement: inbound HL7 matches its Patient and its DG1 Conditions with it). Keyed by
+   * type, then `system|value`.
+   */
+  async byIdentifiers(wanted: { type: string; system: string; value: string }[]): Promise<Map<string, Map<string, { id: string; json: string }[]>>> {
+    const out = new Map<string, Map<string, { id: string; json: string }[]>>();
+    if (wanted.length === 0) return out;
+    const result = await this.run(() =>
+      this.db.query<{ resource_type: string; id: string; system: string; code: string; json: string }>({
+        name: 'by-identifiers',
+        text: `SELECT DISTINCT r.resource_type, r.id, t.system, t.code, r.content::text AS json
+               FROM unnest($1::text[], $2::text[], $3::text[]) AS w(type, system, code)
+               JOIN sp_token t ON t.resource_type = w.type AND t.param = 'identifier' AND t.code = w.code AND t.system = w.system
+               JOIN resource r ON r.resource_type = t.resource_type AND r.id = t.id AND NOT r.deleted`,
+        values: [wanted.map((w) => w.type), wanted.map((w) => w.system), wanted.map((w) => w.value)],
+      }),
+    );
+    for (const row of result.rows) {
+      const byKey = out.get(row.resource_type) ?? new Map<string, { id: string; json: string }[]>();
+      out.set(row.resource_type, byKey);
+      const key = `${row.system}|${row.code}`;
+      byKey.set(key, [...(byKey.get(key) ?? []), { id: row.id, json: row.json }]);
+    }
+    return out;
+  }
+
   /** The references held by resources of `sourceType` (ids given) through `param` ('*': any). */
   async referencesFrom(sourceType: string, ids: string[], param: string, targetType?: string): Promise<{ type: string; id: string }[]> {
     if (ids.length === 0) return [];
