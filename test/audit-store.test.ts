@@ -72,7 +72,7 @@ function setUp(): Promise<Fixture> {
         outcome: '8',
         type: { system: REST, code: 'rest', display: 'RESTful Operation' },
         agent: [{ requestor: true, who: { reference: `Patient/${patientB}` } }],
-        entity: [{ what: { reference: `Patient/${patientB}` } }],
+        entity: [{ what: { reference: `Patient/${patientB}` } }, { what: { identifier: { system: 'urn:a|b', value: 'c' } } }],
       }),
     ]);
     const http = supertest.agent(app).auth(await tokenFor('system/*.rs system/AuditEvent.rs', { tenant: TENANT, clientId: `auditor-${RUN}` }), { type: 'bearer' });
@@ -144,6 +144,8 @@ describe('audit store', function () {
       ['agent:identifier=http://y|client-7', []],
       [`entity=Observation/${observation}`, ['e2']],
       ['entity:identifier=urn:req|req-1', ['e1']],
+      ['entity:identifier=urn:a\\|b|c', ['e3']],
+      ['entity:identifier=urn:a|b|c', []],
       [`patient=Patient/${patientA}`, ['e1']],
       [`patient=${patientB}`, ['e3']],
       [`patient=Patient/${patientA},Patient/${patientB}`, ['e1', 'e3']],

@@ -59,7 +59,7 @@ export const K = {
   refId: 'i',
   /** reference: an absolute URL that is not ours */
   url: 'u',
-  /** reference: identifier system|value (system empty when none) */
+  /** reference: identifier system US value (system empty when none) */
   ident: 'v',
   /** reference: identifier value, whatever the system */
   identValue: 'w',
@@ -115,7 +115,7 @@ export function auditRowFromIndex(rows: IndexRows): AuditRow {
     }
     if (r.url !== null) keys.add(key(r.param, K.url, r.url));
     if (r.identValue !== null) {
-      keys.add(key(r.param, K.ident, `${r.identSystem ?? ''}|${r.identValue}`));
+      keys.add(key(r.param, K.ident, `${r.identSystem ?? ''}${US}${r.identValue}`));
       keys.add(key(r.param, K.identValue, r.identValue));
       if (r.identSystem !== null) keys.add(key(r.param, K.identSystem, r.identSystem));
     }
@@ -161,7 +161,7 @@ export function alternativeKeys(param: string, alt: Alternative): { keys: string
     case 'identifier':
       if (alt.value !== undefined) {
         if (alt.system === undefined) return { keys: [key(param, K.identValue, alt.value)], patterns: [] };
-        return { keys: [key(param, K.ident, `${alt.system ?? ''}|${alt.value}`)], patterns: [] };
+        return { keys: [key(param, K.ident, `${alt.system ?? ''}${US}${alt.value}`)], patterns: [] };
       }
       if (typeof alt.system === 'string') return { keys: [key(param, K.identSystem, alt.system)], patterns: [] };
       return { keys: [], patterns: [`${likePrefix(param, K.identValue)}%`] };
