@@ -332,23 +332,37 @@ export interface PageSql {
   reversed: boolean;
 }
 
-/** One page of matches, `limit` rows, in the sort order, from the cursor on. */
-export function pageSql(query: SearchQuery, limit: number): PageSql {
-  if (query.resourceType === AUDIT_EVENT_TYPE) return auditPageSql(query, limit);
-  const p = new Params();
-  // The id always ends the order (ascending), so `_id` ascending needs no column of its own.
-  const columns = query.sort.filter((k) => !(k.param === '_id' && !k.descending)).map((k) => sortColumn(k, p));
-  const source = sourceSql(query, p);
-  const reversed = query.cursor?.direction === 'previous';
+/** The sort keys that need a column: the id always ends the order (ascending), so `_id` ascending needs none. */
+function columnSortKeys(query: SearchQuery): SortKey[] {
+  return query.sort.filter((k) => !(k.param === '_id' && !k.descending));
+}
+
+/**
+ * The ORDER BY of a page over `q` (its sort columns k0…, then its id; reversed for a previous
+ * page, NULLs last in the page's order) and the sort values as text (s0…) for the cursors.
+ */
+function pageOrder(columns: SortColumn[], reversed: boolean): { orderBy: string; sortText: string } {
   const order = (c: { descending: boolean }, ref: string): string => {
     const desc = reversed ? !c.descending : c.descending;
     return `${ref} ${desc ? 'DESC' : 'ASC'} NULLS ${reversed ? 'FIRST' : 'LAST'}`;
   };
+  return {
+    orderBy: [...columns.map((c, i) => order(c, `q.k${i}`)), order({ descending: false }, 'q.id')].join(', '),
+    sortText: columns.map((_, i) => `, q.k${i}::text AS s${i}`).join(''),
+  };
+}
+
+/** One page of matches, `limit` rows, in the sort order, from the cursor on. */
+export function pageSql(query: SearchQuery, limit: number): PageSql {
+  if (query.resourceType === AUDIT_EVENT_TYPE) return auditPageSql(query, limit);
+  const p = new Params();
+  const columns = columnSortKeys(query).map((k) => sortColumn(k, p));
+  const source = sourceSql(query, p);
+  const reversed = query.cursor?.direction === 'previous';
   const select = columns.map((c, i) => `${c.expression} AS k${i}`).join(', ');
   const inner = `SELECT r.id${select ? `, ${select}` : ''} FROM ${source.from} WHERE ${source.where}`;
   const keyset = query.cursor ? `WHERE ${keysetSql(columns, query.cursor, p)}` : '';
-  const orderBy = [...columns.map((c, i) => order(c, `q.k${i}`)), order({ descending: false }, 'q.id')].join(', ');
-  const sortText = columns.map((_, i) => `, q.k${i}::text AS s${i}`).join('');
+  const { orderBy, sortText } = pageOrder(columns, reversed);
   // The page's ids (and sort values) first, from the indexes alone; the resources' content is read
   // for those rows only, never for the candidates the ORDER BY … LIMIT leaves out.
   const outerOrder = orderBy.replace(/q\./g, 'page.');
@@ -377,20 +391,13 @@ export function estimateSql(query: SearchQuery): { text: string; values: unknown
 // AuditEvents: searches over the audit store's one table (audit-events.ts), with the same filters,
 // sort keys, paging and result columns as over the resource table.
 
-let chainCounter = 0;
-
 /** A boolean SQL condition on the audit row `a` for one filter. */
 function auditFilterSql(filter: Filter, a: string, p: Params): string {
   switch (filter.kind) {
     case 'id':
-      return `${a}.id = ANY(${p.add(filter.ids)}::text[])`;
     case 'lastUpdated':
-      return `(${filter.alternatives
-        .map((alt) => {
-          if (alt.type !== 'date') throw new Error('lastUpdated takes dates');
-          return rangeSql(alt.prefix, `${a}.last_updated`, `(${a}.last_updated + interval '1 microsecond')`, p, alt.range, alt.approx);
-        })
-        .join(' OR ')})`;
+      // On columns audit_event shares with resource (id, last_updated).
+      return filterSql(filter, a, AUDIT_EVENT_TYPE, p);
     case 'param': {
       let condition: string;
       if (filter.table === 'date') {
@@ -428,8 +435,7 @@ function auditFilterSql(filter: Filter, a: string, p: Params): string {
     case 'chain': {
       // The targets matching the chained search, as the keys an event referring to them has.
       const perType = filter.targetTypes.map((t) => {
-        chainCounter = (chainCounter + 1) % 1_000_000;
-        const r = `ra${chainCounter}`;
+        const r = alias('r');
         const inner = filter.filters.get(t) as Filter;
         const prefix = p.add(key(filter.param, K.ref, `${t}/`));
         return `${a}.keys && ARRAY(SELECT ${prefix}::text || ${r}.id FROM resource ${r} WHERE ${r}.resource_type = ${p.add(t)} AND NOT ${r}.deleted AND ${filterSql(inner, r, t, p)})`;
@@ -466,17 +472,12 @@ function auditSortColumn(k: SortKey): SortColumn {
 /** One page of an AuditEvent search: the same columns and paging as search-sql.ts's pageSql. */
 function auditPageSql(query: SearchQuery, limit: number): PageSql {
   const p = new Params();
-  const columns = query.sort.filter((k) => !(k.param === '_id' && !k.descending)).map(auditSortColumn);
+  const columns = columnSortKeys(query).map(auditSortColumn);
   const reversed = query.cursor?.direction === 'previous';
-  const order = (c: { descending: boolean }, ref: string): string => {
-    const desc = reversed ? !c.descending : c.descending;
-    return `${ref} ${desc ? 'DESC' : 'ASC'} NULLS ${reversed ? 'FIRST' : 'LAST'}`;
-  };
   const select = columns.map((c, i) => `, ${c.expression} AS k${i}`).join('');
   const inner = `SELECT a.id, a.content${select} FROM audit_event a WHERE ${auditWhere(query, p)}`;
   const keyset = query.cursor ? `WHERE ${keysetSql(columns, query.cursor, p)}` : '';
-  const orderBy = [...columns.map((c, i) => order(c, `q.k${i}`)), order({ descending: false }, 'q.id')].join(', ');
-  const sortText = columns.map((_, i) => `, q.k${i}::text AS s${i}`).join('');
+  const { orderBy, sortText } = pageOrder(columns, reversed);
   const text = `SELECT q.id, q.content::text AS json${sortText} FROM (${inner}) q ${keyset} ORDER BY ${orderBy} LIMIT ${p.add(limit)}`;
   return { text, values: p.values, sortColumns: columns.length, reversed };
 }
