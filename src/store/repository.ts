@@ -238,9 +238,8 @@ export class Repository {
       const chunk = events.slice(i, i + CREATE_BATCH).map((event) => {
         if (event.resourceType !== AUDIT_EVENT_TYPE) throw new Error(`appendAuditEvents takes AuditEvents, not ${event.resourceType}`);
         const lastUpdated = new Date().toISOString();
-        const { resourceType, id: _ignored, meta, ...rest } = event;
         const id = randomUUID();
-        const content = { resourceType, id, meta: { ...meta, versionId: '1', lastUpdated }, ...rest } as JsonResource;
+        const content = withServerMeta(event, id, 1, lastUpdated);
         return { id, lastUpdated, content, row: auditRowOf(content, this.fhirBase) };
       });
       const values = [
@@ -889,9 +888,14 @@ function stamp(resource: JsonResource, id: string, versionId: number, method: 'P
   // AuditEvents live in the audit store (appendAuditEvents); nothing else writes them.
   if (resource.resourceType === AUDIT_EVENT_TYPE) throw new Error('AuditEvents are written by the audit log only');
   const lastUpdated = new Date().toISOString();
+  const content = withServerMeta(resource, id, versionId, lastUpdated);
+  return { stored: { resourceType: resource.resourceType, id, versionId: String(versionId), lastUpdated, deleted: false, method, json: JSON.stringify(content) }, content };
+}
+
+/** The resource with the server's id, versionId and lastUpdated; `resourceType` first. */
+function withServerMeta(resource: JsonResource, id: string, versionId: number, lastUpdated: string): JsonResource {
   const { resourceType, id: _ignored, meta, ...rest } = resource;
-  const content = { resourceType, id, meta: { ...meta, versionId: String(versionId), lastUpdated }, ...rest } as JsonResource;
-  return { stored: { resourceType, id, versionId: String(versionId), lastUpdated, deleted: false, method, json: JSON.stringify(content) }, content };
+  return { resourceType, id, meta: { ...meta, versionId: String(versionId), lastUpdated }, ...rest };
 }
 
 /**
