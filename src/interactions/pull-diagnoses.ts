@@ -351,15 +351,9 @@ async function linkedToo(tx: Repository, holder: string | undefined, id: string,
   const system = patientIdentifierSystemOf(endpoint);
   const holderId = holder?.startsWith('Patient/') ? holder.slice('Patient/'.length) : undefined;
   if (!system || !holderId) return false;
-  const read = async (patientId: string): Promise<Patient | undefined> => {
-    try {
-      return JSON.parse((await tx.read('Patient', patientId)).json ?? '{}') as Patient;
-    } catch (error) {
-      if (error instanceof FhirError && (error.category === 'notFound' || error.category === 'gone')) return undefined;
-      throw error;
-    }
-  };
-  const [mine, theirs] = [await read(id), await read(holderId)];
+  // Both in one read; a Patient deleted or never stored is absent.
+  const found = new Map((await tx.readMany([{ type: 'Patient', id }, { type: 'Patient', id: holderId }])).map((v) => [v.id, JSON.parse(v.json ?? '{}') as Patient]));
+  const [mine, theirs] = [found.get(id), found.get(holderId)];
   const values = new Set((mine?.identifier ?? []).filter((i) => i.system === system && i.value).map((i) => i.value));
   return (theirs?.identifier ?? []).some((i) => i.system === system && i.value !== undefined && values.has(i.value));
 }
