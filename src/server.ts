@@ -10,10 +10,10 @@ import type { Config } from './config.js';
 import { createApp, type AppOptions } from './http/app.js';
 import { MetApi } from './met/engine.js';
 import { openDatabase, type Database } from './store/database.js';
-import { migrate, REINDEX_MIGRATIONS } from './store/migrations.js';
+import { migrate } from './store/migrations.js';
 import { loadAuth } from './security.js';
 import { Repository } from './store/repository.js';
-import { Tenants } from './store/tenants.js';
+import { afterMigrations, Tenants } from './store/tenants.js';
 import { AuditStore } from './store/audit-store.js';
 import { AuditLog } from './audit/log.js';
 import { startMllpServer, type MllpServer } from './hl7/mllp.js';
@@ -57,19 +57,14 @@ export function fhirContext(db: Database, baseUrl: string, validator = new Resou
 }
 
 /**
- * Applies the migrations due, in \`public\` and in every tenant's schema, and indexes again what a
- * migration changed the index of. The server and the admin commands both run it before anything
- * else, so that neither leaves a migration applied and its reindexing undone.
+ * Applies the migrations due, in \`public\` and in every tenant's schema, and does what they leave
+ * to do with the data (store/tenants.ts afterMigrations: indexing again what a migration changed
+ * the index of, moving AuditEvents into their store). The server and the admin commands both run
+ * it before anything else, so that neither leaves a migration applied and its data work undone.
  */
 export async function prepareDatabase(db: Database, ctx: FhirContext, logger: Logger): Promise<number[]> {
   const applied = await migrate(db.pool);
-  if (applied.some((m) => REINDEX_MIGRATIONS.includes(m))) {
-    // Resources stored before the search index (or its present shape) existed are indexed once, before serving.
-    const indexed = await ctx.repo.reindex();
-    if (indexed > 0) logger.info({ indexed }, 'search index built for existing resources');
-  }
-  const moved = await ctx.repo.moveAuditEvents();
-  if (moved > 0) logger.info({ moved }, 'AuditEvents moved into the audit store');
+  await afterMigrations(ctx.repo, applied, logger);
   await ctx.tenants?.openAll(logger);
   return applied;
 }

@@ -87,14 +87,23 @@ export class Tenants {
     const pool = this.db.inSchema(schema);
     const applied = await migrateTenantSchema(pool, schema);
     const repo = Repository.withStatsUpkeep(pool, this.publicRepo.fhirBase, this.analyzeEvery);
-    if (applied.some((m) => REINDEX_MIGRATIONS.includes(m))) {
-      const indexed = await repo.reindex();
-      if (indexed > 0) logger?.info({ schema, indexed }, 'search index built for existing resources');
-    }
-    const moved = await repo.moveAuditEvents();
-    if (moved > 0) logger?.info({ schema, moved }, 'AuditEvents moved into the audit store');
+    await afterMigrations(repo, applied, logger, { schema });
     return repo;
   }
+}
+
+/**
+ * What the migrations `applied` in a schema leave to do with its data, before it is served: the
+ * resources indexed again where a migration changed the index, and AuditEvents stored as ordinary
+ * resources (before migration 15) moved into the audit store (a no-op once none is left).
+ */
+export async function afterMigrations(repo: Repository, applied: number[], logger: Logger | undefined, fields: object = {}): Promise<void> {
+  if (applied.some((m) => REINDEX_MIGRATIONS.includes(m))) {
+    const indexed = await repo.reindex();
+    if (indexed > 0) logger?.info({ ...fields, indexed }, 'search index built for existing resources');
+  }
+  const moved = await repo.moveAuditEvents();
+  if (moved > 0) logger?.info({ ...fields, moved }, 'AuditEvents moved into the audit store');
 }
 
 /** Registers a tenant and creates its schema with every table; returns the schema's name. */
