@@ -80,7 +80,7 @@ export function key(param: string, kind: string, value = ''): string {
 }
 
 /** The prefix every key of `param` and `kind` starts with, for LIKE. */
-export function likePrefix(param: string, kind: string): string {
+function likePrefix(param: string, kind: string): string {
   return escapeLike(key(param, kind));
 }
 
@@ -95,7 +95,7 @@ export function auditRowOf(event: { resourceType: string }, fhirBase: string): A
   return auditRowFromIndex(extractIndex(event, fhirBase));
 }
 
-export function auditRowFromIndex(rows: IndexRows): AuditRow {
+function auditRowFromIndex(rows: IndexRows): AuditRow {
   const keys = new Set<string>();
   const present = (param: string) => keys.add(key(param, K.present));
   for (const t of rows.token) {
