@@ -242,14 +242,10 @@ export class Repository {
         const content = withServerMeta(event, id, 1, lastUpdated);
         return { id, lastUpdated, content, row: auditRowOf(content, this.fhirBase) };
       });
-      const values = [
-        chunk.map((c) => c.id),
-        chunk.map((c) => c.lastUpdated),
-        chunk.map((c) => c.row.dateLo),
-        chunk.map((c) => c.row.dateHi),
-        chunk.map((c) => JSON.stringify(c.row.keys)),
-        chunk.map((c) => JSON.stringify(c.content)),
-      ];
+      // One JSON parameter for the batch: an array parameter per column costs pg an escaped array
+      // literal of every content and key list (PostgreSQL then unescapes them): a third more per event.
+      const rows = JSON.stringify(chunk.map((c) => ({ id: c.id, last_updated: c.lastUpdated, date_lo: c.row.dateLo, date_hi: c.row.dateHi, keys: c.row.keys, content: c.content })));
+      const values = [rows];
       await this.run(() => this.pool.query({ name: 'insert-audit-events', text: INSERT_AUDIT_EVENTS, values }));
       // A tenth of a write each towards ANALYZE: PGlite has no autovacuum, and a read-mostly
       // tenant's tables are soon mostly audit rows.
@@ -843,9 +839,8 @@ const INSERT_MANY = `
 const INSERT_AUDIT_EVENTS = `
   WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS off)
   INSERT INTO audit_event (id, last_updated, date_lo, date_hi, keys, content)
-  SELECT u.id, u.last_updated, u.date_lo, u.date_hi, ARRAY(SELECT jsonb_array_elements_text(u.keys)), u.content
-  FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[], $5::jsonb[], $6::jsonb[])
-    AS u(id, last_updated, date_lo, date_hi, keys, content)
+  SELECT u.id, u.last_updated, u.date_lo, u.date_hi, u.keys, u.content
+  FROM jsonb_to_recordset($1::jsonb) AS u(id text, last_updated timestamptz, date_lo timestamptz, date_hi timestamptz, keys text[], content jsonb)
   CROSS JOIN async_commit`;
 
 /** The columns of a history row, for an AuditEvent (one version, never changed). */
