@@ -107,6 +107,29 @@ describe('MET API', function () {
     assert.equal(bp.component[0].valueQuantity.value, 138);
   });
 
+  it('a resend after an Observation was deleted through /fhir writes it again as its next version; an unchanged one is left alone', async () => {
+    const agent = await api();
+    const cl = uniqueId('cl');
+    await push(agent, 'clients', client(cl));
+    const id = uniqueId('as');
+    const first = await push(agent, 'assessments', assessment(id, cl, [BP, WALK]));
+    const made = first.body.resources as { type: string; id: string; version: string }[];
+    const [bpObs, walkObs] = made.filter((r) => r.type === 'Observation').slice(-2);
+    assert.ok(bpObs && walkObs, JSON.stringify(made));
+    assert.equal((await agent.delete(`/fhir/Observation/${bpObs.id}`)).status, 204);
+    const res = await push(agent, 'assessments', assessment(id, cl, [BP, { ...WALK, value: 400 }]));
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    const byId = new Map((res.body.resources as { id: string; action: string; version: string }[]).map((r) => [r.id, r]));
+    // Created 1, deleted 2, written again 3; the walk changed (version 2).
+    assert.deepEqual(byId.get(bpObs.id), { type: 'Observation', id: bpObs.id, version: '3', action: 'created' });
+    assert.deepEqual(byId.get(walkObs.id), { type: 'Observation', id: walkObs.id, version: '2', action: 'updated' });
+    assert.equal((await agent.get(`/fhir/Observation/${bpObs.id}`)).body.meta.versionId, '3');
+    const history = await agent.get(`/fhir/Observation/${bpObs.id}/_history`);
+    assert.deepEqual((history.body.entry as { request: { method: string } }[]).map((e) => e.request.method), ['PUT', 'DELETE', 'POST']);
+    const again = await push(agent, 'assessments', assessment(id, cl, [BP, { ...WALK, value: 400 }]));
+    assert.equal(again.body.status, 'unchanged');
+  });
+
   it('rejects impossible values, wrong units, unknown clients and future dates, all at once, and writes nothing', async () => {
     const agent = await api();
     const cl = uniqueId('cl');

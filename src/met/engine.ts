@@ -13,7 +13,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import jsonata from 'jsonata';
 import type { JsonResource } from '../fhir/resource.js';
-import type { Repository, SourceDocument } from '../store/repository.js';
+import { resourceLock, type Repository, type SourceDocument } from '../store/repository.js';
 import type { ProfileValidator } from '../validation/profiles.js';
 import type { ResourceValidator } from '../validation/validator.js';
 import { Catalog, type Measure } from './catalog.js';
@@ -170,11 +170,11 @@ export class MetApi {
 
     return repo.transaction(async (tx) => {
       const key = { sender: sender.id, type: type.type, id: doc.id };
-      // The document's lock, then its client's: goal progress reads all of a client's documents.
-      await tx.lockKey(`met:${sender.id}:${type.type}:${doc.id}`);
+      // The document's lock and its client's (goal progress reads all of a client's documents),
+      // in one statement.
       const clientId = type.aboutClient ? doc.clientId : undefined;
+      await tx.lockKeys([`met:${sender.id}:${type.type}:${doc.id}`, ...(clientId !== undefined ? [`met:${sender.id}:client:${clientId}`] : [])]);
       if (clientId !== undefined) {
-        await tx.lockKey(`met:${sender.id}:client:${clientId}`);
         const patient = await tx.readMany([{ type: 'Patient', id: ids.of('client', clientId, 'patient') }]);
         if (patient.length === 0) {
           throw new DocumentError(422, 'The document is about an unknown client', [
@@ -182,16 +182,15 @@ export class MetApi {
           ]);
         }
       }
-      const previous = await tx.readSourceDocument(key);
+      // The document this one replaces, and its client's goals, in one statement.
+      const stored = await tx.sourceDocuments(key, clientId !== undefined ? { id: clientId, types: ['goal'] } : undefined);
+      const previous = stored.document;
       // Goal progress: a goal needs all of its client's results; a measurement document, the goals
       // on the measures it has (or had), and then all of the client's results too.
       const measures = this.measurementTypes().map((t) => t.type);
       // The measures this document has, or had: the goals on them need their progress recomputed.
       const measured = new Set([...this.measurementsOf(type, doc), ...(previous ? this.measurementsOf(type, previous.content as MetDocument) : [])].map((m) => m.measurement.measure));
-      const goalDocs =
-        clientId !== undefined && measured.size > 0
-          ? (await tx.clientDocuments(sender.id, clientId, ['goal'])).filter((goal) => measured.has((goal.content as { target: { measure: string } }).target.measure))
-          : [];
+      const goalDocs = stored.clientDocuments.filter((d) => d.type === 'goal' && measured.has((d.content as { target: { measure: string } }).target.measure));
       const needsResults = clientId !== undefined && (type.type === 'goal' || goalDocs.length > 0);
       // The client's documents as they will be once this one is stored.
       const clientDocs = needsResults ? (await tx.clientDocuments(sender.id, clientId, measures)).filter((d) => !(d.type === type.type && d.id === doc.id)) : [];
@@ -205,22 +204,24 @@ export class MetApi {
       for (const goal of goalDocs) {
         regoal.push(...(await this.mapChecked(goalType.type, goal.content as MetDocument, ids, results)).filter((m) => m.resource.resourceType === 'Goal'));
       }
-      const current = await tx.readMany(
-        [
-          ...[...mapped, ...regoal].map((m) => ({ type: m.resource.resourceType, id: m.resource.id })),
-          ...Object.values(previous?.parts ?? {}).map((p) => ({ type: p.type, id: p.id })),
-        ],
-        { withDeleted: true },
-      );
-      const known = new Set(current.map((v) => `${v.resourceType}/${v.id}`));
+      // Every resource this push may write is locked (the key update() takes), then read: each
+      // write is then one statement, without update()'s own lock and read.
+      const candidates = [
+        ...[...mapped, ...regoal].map((m) => ({ type: m.resource.resourceType, id: m.resource.id })),
+        ...Object.values(previous?.parts ?? {}).map((p) => ({ type: p.type, id: p.id })),
+      ];
+      await tx.lockKeys(candidates.map((c) => resourceLock(c.type, c.id)));
+      const current = await tx.readMany(candidates, { withDeleted: true });
+      const known = new Map(current.map((v) => [`${v.resourceType}/${v.id}`, v]));
       const byKey = new Map(current.filter((v) => !v.deleted).map((v) => [`${v.resourceType}/${v.id}`, v]));
       const resources: PushedResource[] = [];
       // Resources that never existed are created together, in one statement with the Provenance.
       const fresh: JsonResource[] = [];
       const write = async (m: Mapped): Promise<void> => {
         const key = `${m.resource.resourceType}/${m.resource.id}`;
-        if (!known.has(key)) {
-          known.add(key);
+        const stored = known.get(key);
+        if (!stored) {
+          if (fresh.some((r) => r.resourceType === m.resource.resourceType && r.id === m.resource.id)) throw new Error(`a push wrote ${key} twice`);
           fresh.push(m.resource);
           resources.push({ type: m.resource.resourceType, id: m.resource.id, version: '1', action: 'created' });
           return;
@@ -233,7 +234,7 @@ export class MetApi {
           resources.push({ type: existing.resourceType, id: existing.id, version: existing.versionId, action: 'unchanged' });
           return;
         }
-        const { created, version } = await tx.update(resource, m.resource.id);
+        const { created, version } = await tx.updateLocked(resource, m.resource.id, stored);
         resources.push({ type: version.resourceType, id: version.id, version: version.versionId, action: created ? 'created' : 'updated' });
       };
       for (const m of mapped) await write(m);
@@ -246,7 +247,7 @@ export class MetApi {
         const stored = JSON.parse(existing.json) as JsonResource;
         const retired = { ...stored, ...retire } as JsonResource;
         if (sameContent(stored, retired)) continue;
-        const { version } = await tx.update(retired, ref.id);
+        const { version } = await tx.updateLocked(retired, ref.id, existing);
         resources.push({ type: version.resourceType, id: version.id, version: version.versionId, action: 'retired' });
       }
       for (const m of regoal) await write(m);

@@ -181,7 +181,7 @@ export class Repository {
    */
   async lockResource(resourceType: string, id: string): Promise<void> {
     if (!this.client) throw new Error('lockResource needs a transaction');
-    await this.run(() => lock(this.client as SqlClient, `${resourceType}/${id}`));
+    await this.run(() => lock(this.client as SqlClient, resourceLock(resourceType, id)));
   }
 
   /** create, or conditional create when `condition` holds If-None-Exist criteria. */
@@ -513,6 +513,38 @@ export class Repository {
     return row ? { ...key, version: row.version, content: row.content, parts: row.parts, updatedAt: row.updated_at.toISOString() } : undefined;
   }
 
+  /**
+   * One document's last version and the last versions of a client's documents of some types
+   * (MET API), in one statement: what a push reads before it maps (the document it replaces, the
+   * client's goals).
+   */
+  async sourceDocuments(key: SourceDocumentKey, client?: { id: string; types: string[] }): Promise<{ document?: SourceDocument; clientDocuments: SourceDocument[] }> {
+    const result = await this.run(() =>
+      this.db.query<{ doc_type: string; doc_id: string; client_id: string | null; version: number; content: unknown; parts: Record<string, { type: string; id: string }>; updated_at: Date }>(
+        `SELECT doc_type, doc_id, client_id, version, content, parts, updated_at FROM source_document
+          WHERE sender = $1 AND ((doc_type = $2 AND doc_id = $3) OR (client_id = $4 AND doc_type = ANY($5::text[])))
+          ORDER BY doc_type, doc_id`,
+        [key.sender, key.type, key.id, client?.id ?? null, client?.types ?? []],
+      ),
+    );
+    const out: { document?: SourceDocument; clientDocuments: SourceDocument[] } = { clientDocuments: [] };
+    for (const row of result.rows) {
+      const doc: SourceDocument = {
+        sender: key.sender,
+        type: row.doc_type,
+        id: row.doc_id,
+        ...(row.client_id !== null ? { clientId: row.client_id } : {}),
+        version: row.version,
+        content: row.content,
+        parts: row.parts,
+        updatedAt: row.updated_at.toISOString(),
+      };
+      if (row.doc_type === key.type && row.doc_id === key.id) out.document = doc;
+      if (client && row.client_id === client.id && client.types.includes(row.doc_type)) out.clientDocuments.push(doc);
+    }
+    return out;
+  }
+
   /** The last versions of a client's documents of the given types (MET API), oldest first. */
   async clientDocuments(sender: string, clientId: string, types: string[]): Promise<SourceDocument[]> {
     const result = await this.run(() =>
@@ -643,6 +675,21 @@ export class Repository {
           : { name: 'insert-first-version', text: INSERT_FIRST_VERSION, values: version.values },
       );
       return { created: !current || current.deleted, version: version.stored };
+    });
+  }
+
+  /**
+   * Inside transaction(): the next version of a resource whose lock this transaction holds
+   * (lockKeys with `Type/id`, the key update() takes) and whose current version it read after
+   * taking it, so that no other writer can have come in between: one statement, where update()
+   * takes the lock and reads the current row first. For writers of many resources at once.
+   */
+  async updateLocked(resource: JsonResource, id: string, current: { versionId: string; deleted: boolean }): Promise<{ created: boolean; version: StoredVersion }> {
+    if (!this.client) throw new Error('updateLocked needs a transaction');
+    return this.write(async (client) => {
+      const version = this.stamp(resource, id, Number(current.versionId) + 1, 'PUT');
+      await client.query({ name: 'upsert-next-version', text: UPSERT_NEXT_VERSION, values: version.values });
+      return { created: current.deleted, version: version.stored };
     });
   }
 
@@ -905,9 +952,14 @@ async function lock(client: SqlClient, key: string): Promise<void> {
   await client.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [key]);
 }
 
+/** The advisory lock key of one resource's writers (update, delete, PATCH; lockKeys for several). */
+export function resourceLock(resourceType: string, id: string): string {
+  return `${resourceType}/${id}`;
+}
+
 /** Serialises writers of one resource (existing or not yet) and returns its current row. */
 async function lockCurrent(client: SqlClient, resourceType: string, id: string): Promise<Row | undefined> {
-  await lock(client, `${resourceType}/${id}`);
+  await lock(client, resourceLock(resourceType, id));
   const result = await client.query<Row>(
     'SELECT resource_type, id, version_id, last_updated, deleted, NULL AS json FROM resource WHERE resource_type = $1 AND id = $2',
     [resourceType, id],
