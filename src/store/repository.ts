@@ -501,18 +501,6 @@ export class Repository {
     await this.run(() => lock(this.client as SqlClient, key));
   }
 
-  /** The last pushed version of a source document (MET API), if any. */
-  async readSourceDocument(key: SourceDocumentKey): Promise<SourceDocument | undefined> {
-    const result = await this.run(() =>
-      this.db.query<{ version: number; content: unknown; parts: Record<string, { type: string; id: string }>; updated_at: Date }>(
-        'SELECT version, content, parts, updated_at FROM source_document WHERE sender = $1 AND doc_type = $2 AND doc_id = $3',
-        [key.sender, key.type, key.id],
-      ),
-    );
-    const row = result.rows[0];
-    return row ? { ...key, version: row.version, content: row.content, parts: row.parts, updatedAt: row.updated_at.toISOString() } : undefined;
-  }
-
   /**
    * One document's last version and the last versions of a client's documents of some types
    * (MET API), in one statement: what a push reads before it maps (the document it replaces, the
