@@ -5,7 +5,8 @@
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import type { Agent } from 'supertest';
-import { api, uniqueId } from './helpers.js';
+import { api, testContext, TEST_TENANT, uniqueId } from './helpers.js';
+import { ClientStore } from '../src/store/clients.js';
 
 type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -154,5 +155,66 @@ describe('MET goals', function () {
     assert.match(after.outcomeReference[0].reference as string, /^Observation\//);
     const intakeObs = (await agent.get(`/fhir/${after.outcomeReference[0].reference as string}`)).body as Json;
     assert.equal(intakeObs.effectiveDateTime, docs.intake.date);
+  });
+  /** A client with a blood-pressure goal (left arm, sitting, systolic ≤ 129) and its Goal's id. */
+  async function bpClient(agent: Agent): Promise<{ cl: string; goalId: string }> {
+    const cl = uniqueId('cl');
+    assert.equal((await push(agent, 'clients', { id: cl, name: { given: ['Bea'], family: 'Pressure' }, birthDate: '1958-03-02', sex: 'female' })).status, 201);
+    const goal = await push(agent, 'goals', {
+      id: uniqueId('goal'),
+      clientId: cl,
+      term: 'long',
+      description: 'Bring my blood pressure down',
+      target: { measure: 'blood-pressure', component: 'systolic', side: 'left', position: 'sitting', high: 129, unit: 'mmHg', due: '2027-03-01' },
+      status: 'active',
+      startDate: '2026-01-15',
+    });
+    assert.equal(goal.status, 201, JSON.stringify(goal.body));
+    return { cl, goalId: (goal.body.resources as { type: string; id: string }[]).find((r) => r.type === 'Goal')?.id as string };
+  }
+
+  const bpAssessment = (cl: string, day: number, systolic: number, side: string) => ({
+    id: uniqueId('as'),
+    kind: 'reassessment',
+    clientId: cl,
+    date: `2026-02-${String(day).padStart(2, '0')}T09:00:00Z`,
+    performer: { id: 'staff-1', name: 'Jordan Lee' },
+    context: 'rest',
+    measurements: [{ measure: 'blood-pressure', components: { systolic, diastolic: 80 }, unit: 'mmHg', side, position: 'sitting' }],
+  });
+
+  it('progress finds the two latest results that meet the target behind more than sixteen newer ones that do not', async () => {
+    const agent = await api();
+    const { cl, goalId } = await bpClient(agent);
+    // Left arm: 150 then 140 (improving). Then twenty on the right arm, which the goal does not count.
+    const one = await push(agent, 'assessments', bpAssessment(cl, 1, 150, 'left'));
+    assert.equal(one.status, 201, JSON.stringify(one.body));
+    const second = await push(agent, 'assessments', bpAssessment(cl, 2, 140, 'left'));
+    const latestLeft = (second.body.resources as { type: string; id: string }[]).filter((r) => r.type === 'Observation').at(-1)?.id;
+    for (let day = 3; day <= 22; day++) assert.equal((await push(agent, 'assessments', bpAssessment(cl, day, 120, 'right'))).status, 201);
+    const goal = (await agent.get(`/fhir/Goal/${goalId}`)).body as Json;
+    assert.equal(status(goal), 'improving');
+    assert.equal(goal.outcomeReference[0].reference, `Observation/${latestLeft}`);
+  });
+
+  it('documents stored before their measurements had rows (migration 16) count, and get their rows at the next push', async () => {
+    const agent = await api();
+    const { cl, goalId } = await bpClient(agent);
+    const one = await push(agent, 'assessments', bpAssessment(cl, 1, 150, 'left'));
+    assert.equal(one.status, 201, JSON.stringify(one.body));
+    assert.equal((await push(agent, 'assessments', bpAssessment(cl, 2, 140, 'left'))).status, 201);
+    // As a database migrated to 16 has them: the documents without rows.
+    const { db } = await testContext();
+    const pool = db.inSchema((await new ClientStore(db.pool).tenantSchema(TEST_TENANT)) as string);
+    await pool.query('DELETE FROM met_result WHERE client_id = $1', [cl]);
+    await pool.query('UPDATE source_document SET results = false WHERE client_id = $1', [cl]);
+    // A third result, no better than the second: no change, judged against the stored ones.
+    const third = await push(agent, 'assessments', bpAssessment(cl, 3, 140, 'left'));
+    assert.equal(third.status, 201, JSON.stringify(third.body));
+    assert.equal(status((await agent.get(`/fhir/Goal/${goalId}`)).body as Json), 'no-change');
+    const rows = await pool.query<{ n: string }>('SELECT count(*) AS n FROM met_result WHERE client_id = $1', [cl]);
+    assert.equal(Number(rows.rows[0]?.n), 3);
+    const left = await pool.query<{ n: string }>('SELECT count(*) AS n FROM source_document WHERE client_id = $1 AND NOT results AND doc_type = $2', [cl, 'assessment']);
+    assert.equal(Number(left.rows[0]?.n), 0);
   });
 });

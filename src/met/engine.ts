@@ -13,7 +13,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import jsonata from 'jsonata';
 import type { JsonResource } from '../fhir/resource.js';
-import { resourceLock, type Repository, type SourceDocument } from '../store/repository.js';
+import { resourceLock, type Repository, type SourceDocument, type SourceDocumentKey, type SourceResult } from '../store/repository.js';
 import type { ProfileValidator } from '../validation/profiles.js';
 import type { ResourceValidator } from '../validation/validator.js';
 import { Catalog, type Measure } from './catalog.js';
@@ -55,12 +55,14 @@ interface GoalTarget {
   device?: string;
 }
 
+/** Rows of a measure read for goal progress before all of them are (goalResults). */
+const NEWEST_RESULTS = 16;
+
 /** One measurement of a client, as goal progress reads it. */
 interface GoalResult {
   measurement: Measurement;
   part: string;
   context?: string;
-  pointer: string;
   date: string;
   time: number;
   observation: string;
@@ -182,20 +184,24 @@ export class MetApi {
           ]);
         }
       }
-      // The document this one replaces, and its client's goals, in one statement.
-      const stored = await tx.sourceDocuments(key, clientId !== undefined ? { id: clientId, types: ['goal'] } : undefined);
+      // The document this one replaces, and its client's goals, in one statement (with the
+      // client's documents stored before their measurements had rows, if any are left).
+      const measurementTypes = this.measurementTypes().map((t) => t.type);
+      const stored = await tx.sourceDocuments(key, clientId !== undefined ? { id: clientId, types: ['goal'], withoutResults: measurementTypes } : undefined);
       const previous = stored.document;
-      // Goal progress: a goal needs all of its client's results; a measurement document, the goals
-      // on the measures it has (or had), and then all of the client's results too.
-      const measures = this.measurementTypes().map((t) => t.type);
-      // The measures this document has, or had: the goals on them need their progress recomputed.
+      if (clientId !== undefined) {
+        // This push holds the client's lock: those documents get their rows now, once.
+        for (const d of stored.withoutResults) {
+          if (d.type === type.type && d.id === doc.id) continue; // written with this document
+          await tx.writeSourceResults(sender.id, clientId, d, this.resultsOf(d.type, d.id, d.content as MetDocument));
+        }
+      }
+      // Goal progress: a goal needs its client's results on its target; a measurement document,
+      // the goals on the measures it has (or had), and then the client's results on those.
       const measured = new Set([...this.measurementsOf(type, doc), ...(previous ? this.measurementsOf(type, previous.content as MetDocument) : [])].map((m) => m.measurement.measure));
       const goalDocs = stored.clientDocuments.filter((d) => d.type === 'goal' && measured.has((d.content as { target: { measure: string } }).target.measure));
-      const needsResults = clientId !== undefined && (type.type === 'goal' || goalDocs.length > 0);
-      // The client's documents as they will be once this one is stored.
-      const clientDocs = needsResults ? (await tx.clientDocuments(sender.id, clientId, measures)).filter((d) => !(d.type === type.type && d.id === doc.id)) : [];
-      if (needsResults && measures.includes(type.type)) clientDocs.push({ ...key, clientId, version: 0, content: doc, parts: {}, updatedAt: now.toISOString() });
-      const results = needsResults ? this.results(clientDocs, ids) : [];
+      const targets = clientId === undefined ? [] : type.type === 'goal' ? [(doc as unknown as { target: GoalTarget }).target] : goalDocs.map((g) => (g.content as { target: GoalTarget }).target);
+      const results = clientId !== undefined && targets.length > 0 ? await this.goalResults(tx, { ...key, clientId }, type, doc, targets, ids) : [];
 
       const mapped = await this.mapChecked(type.type, doc, ids, results);
       // The goals whose progress this document changes, mapped again with the new results.
@@ -264,7 +270,7 @@ export class MetApi {
       await tx.createMany([...fresh, provenance].map((resource) => ({ resource, id: resource.id as string })));
       result.provenance = { id: provenance.id, version: '1' };
       const record: SourceDocument = { ...key, clientId, version, content: doc, parts, updatedAt: now.toISOString() };
-      await tx.writeSourceDocument(record);
+      await tx.writeSourceDocument(record, this.resultsOf(type.type, doc.id, doc));
       return result;
     });
   }
@@ -289,20 +295,48 @@ export class MetApi {
     return found;
   }
 
-  /** Every result of a client's documents, as the progress of goals is computed from them. */
-  private results(docs: SourceDocument[], ids: PartIds): GoalResult[] {
-    const results: GoalResult[] = [];
-    for (const d of docs) {
-      const type = this.registry.types.find((t) => t.type === d.type);
-      if (!type?.date) continue;
-      const content = d.content as MetDocument;
-      const date = valueAt(content, type.date);
-      if (typeof date !== 'string') continue;
-      for (const m of this.measurementsOf(type, content)) {
-        results.push({ ...m, date, time: instant(date), observation: `Observation/${ids.of(d.type, d.id, m.part)}`, doc: `${d.type}/${d.id}` });
-      }
-    }
-    return results.sort((a, b) => a.time - b.time || a.doc.localeCompare(b.doc) || a.part.localeCompare(b.part));
+  /** A document's measurements as stored for goal progress (none for a type without a date). */
+  resultsOf(docType: string, docId: string, doc: MetDocument): SourceResult[] {
+    const type = this.registry.types.find((t) => t.type === docType);
+    if (!type?.date) return [];
+    const date = valueAt(doc, type.date);
+    if (typeof date !== 'string') return [];
+    return this.measurementsOf(type, doc).map((m) => ({
+      docType,
+      docId,
+      measure: m.measurement.measure,
+      part: m.part,
+      date,
+      taken: instant(date),
+      ...(m.context !== undefined ? { context: m.context } : {}),
+      measurement: m.measurement,
+    }));
+  }
+
+  /**
+   * The client's results on the measures of `targets`, as they will be once `doc` is stored, oldest
+   * first. Progress needs the latest two that meet a target: the newest NEWEST_RESULTS rows of each
+   * measure are read (every row sharing the last one's instant too), and all of them only when
+   * those hold fewer than two that meet a target and there may be more.
+   */
+  private async goalResults(tx: Repository, key: SourceDocumentKey & { clientId: string }, type: DocumentType, doc: MetDocument, targets: GoalTarget[], ids: PartIds): Promise<GoalResult[]> {
+    const measures = [...new Set(targets.map((t) => t.measure))];
+    const asResults = (rows: SourceResult[]): GoalResult[] =>
+      rows.map((r) => ({
+        measurement: r.measurement as Measurement,
+        part: r.part,
+        ...(r.context !== undefined ? { context: r.context } : {}),
+        date: r.date,
+        time: r.taken,
+        observation: `Observation/${ids.of(r.docType, r.docId, r.part)}`,
+        doc: `${r.docType}/${r.docId}`,
+      }));
+    let rows = await tx.clientResults(key.sender, key.clientId, measures, key, NEWEST_RESULTS);
+    const newest = asResults(rows);
+    const enough = targets.every((t) => this.series(t, newest).length >= 2 || rows.filter((r) => r.measure === t.measure).length < NEWEST_RESULTS);
+    if (!enough) rows = await tx.clientResults(key.sender, key.clientId, measures, key);
+    const own = this.resultsOf(type.type, doc.id, doc).filter((r) => measures.includes(r.measure));
+    return asResults([...rows, ...own]).sort((a, b) => a.time - b.time || a.doc.localeCompare(b.doc) || a.part.localeCompare(b.part));
   }
 
   /** Where a goal stands: its target's latest result against the one before (FHIR goal-achievement codes). */
@@ -317,6 +351,24 @@ export class MetApi {
       return c.ok ? c.value : undefined;
     };
     const [low, high] = target.value !== undefined ? [canonical(target.value), canonical(target.value)] : [canonical(target.low), canonical(target.high)];
+    const series = this.series(target, results);
+    const distance = (v: number): number => (low !== undefined && v < low ? low - v : high !== undefined && v > high ? v - high : 0);
+    const latest = series.at(-1);
+    if (!latest) return { status: 'in-progress' };
+    const summary = { observation: latest.result.observation, value: latest.value, date: latest.result.date };
+    if (distance(latest.value) === 0) return { status: 'achieved', latest: summary };
+    const before = series.at(-2);
+    if (!before) return { status: 'in-progress', latest: summary };
+    const change = distance(before.value) - distance(latest.value);
+    return { status: change > 0 ? 'improving' : change < 0 ? 'worsening' : 'no-change', latest: summary };
+  }
+
+  /** The results that count for a goal's target, in the order given, each in the measure's canonical unit. */
+  private series(target: GoalTarget, results: GoalResult[]): { value: number; result: GoalResult }[] {
+    const def = this.catalog.measure(target.measure);
+    if (!def) return [];
+    const scalar = target.component !== undefined ? (def.components ?? []).find((c) => c.key === target.component) : (def as Required<Measure>);
+    if (!scalar) return [];
     const series: { value: number; result: GoalResult }[] = [];
     for (const r of results) {
       const m = r.measurement;
@@ -328,15 +380,7 @@ export class MetApi {
       const converted = this.catalog.convert(scalar, raw, m.unit, false);
       if (converted.ok) series.push({ value: converted.value, result: r });
     }
-    const distance = (v: number): number => (low !== undefined && v < low ? low - v : high !== undefined && v > high ? v - high : 0);
-    const latest = series.at(-1);
-    if (!latest) return { status: 'in-progress' };
-    const summary = { observation: latest.result.observation, value: latest.value, date: latest.result.date };
-    if (distance(latest.value) === 0) return { status: 'achieved', latest: summary };
-    const before = series.at(-2);
-    if (!before) return { status: 'in-progress', latest: summary };
-    const change = distance(before.value) - distance(latest.value);
-    return { status: change > 0 ? 'improving' : change < 0 ? 'worsening' : 'no-change', latest: summary };
+    return series;
   }
 
   /** Units, plausible values and qualifiers of every measurement in the document. */

@@ -191,6 +191,34 @@ export const MIGRATIONS: readonly Migration[] = [
     scope: 'tenant',
     sql: AUDIT_EVENT_MIGRATION,
   },
+  {
+    version: 16,
+    name: 'MET documents: each measurement as a row, for goal progress',
+    scope: 'tenant',
+    sql: `
+      -- Goal progress reads the latest results on a measure: one row per measurement of a stored
+      -- document, newest first by measure, instead of every document of the client (a push read
+      -- them all: its time grew with the client's history). Written with the document.
+      CREATE TABLE met_result (
+        sender text NOT NULL,
+        client_id text NOT NULL,
+        measure text NOT NULL,
+        doc_type text NOT NULL,
+        doc_id text NOT NULL,
+        part text NOT NULL,
+        -- The document's date as sent, and its instant in milliseconds (results are ordered by it).
+        date text NOT NULL,
+        taken double precision NOT NULL,
+        context text,
+        measurement jsonb NOT NULL,
+        PRIMARY KEY (sender, doc_type, doc_id, part)
+      );
+      CREATE INDEX met_result_measure ON met_result (sender, client_id, measure, taken DESC);
+      -- Documents stored before this migration have no rows: goal progress reads them whole, and
+      -- the next push about their client writes their rows (true once a document has them).
+      ALTER TABLE source_document ADD COLUMN results boolean NOT NULL DEFAULT false;
+    `,
+  },
 ];
 
 /** Applies the migrations due in `public` (`pool` is the database's public-schema pool). */

@@ -51,6 +51,19 @@ export interface SourceDocumentKey {
   id: string;
 }
 
+/** One measurement of a stored MET document, as goal progress reads it (table met_result). */
+export interface SourceResult {
+  docType: string;
+  docId: string;
+  measure: string;
+  part: string;
+  /** The document's date as sent, and its instant in milliseconds. */
+  date: string;
+  taken: number;
+  context?: string;
+  measurement: unknown;
+}
+
 /** A document pushed through the MET API, and the resources it produced, by part. */
 export interface SourceDocument extends SourceDocumentKey {
   /** The client the document is about (not for client documents). */
@@ -504,18 +517,24 @@ export class Repository {
   /**
    * One document's last version and the last versions of a client's documents of some types
    * (MET API), in one statement: what a push reads before it maps (the document it replaces, the
-   * client's goals).
+   * client's goals), with the client's documents of `withoutResults` types stored before their
+   * measurements had rows (migration 16).
    */
-  async sourceDocuments(key: SourceDocumentKey, client?: { id: string; types: string[] }): Promise<{ document?: SourceDocument; clientDocuments: SourceDocument[] }> {
+  async sourceDocuments(
+    key: SourceDocumentKey,
+    client?: { id: string; types: string[]; withoutResults?: string[] },
+  ): Promise<{ document?: SourceDocument; clientDocuments: SourceDocument[]; withoutResults: SourceDocument[] }> {
     const result = await this.run(() =>
-      this.db.query<{ doc_type: string; doc_id: string; client_id: string | null; version: number; content: unknown; parts: Record<string, { type: string; id: string }>; updated_at: Date }>(
-        `SELECT doc_type, doc_id, client_id, version, content, parts, updated_at FROM source_document
-          WHERE sender = $1 AND ((doc_type = $2 AND doc_id = $3) OR (client_id = $4 AND doc_type = ANY($5::text[])))
+      this.db.query<{ doc_type: string; doc_id: string; client_id: string | null; version: number; content: unknown; parts: Record<string, { type: string; id: string }>; updated_at: Date; results: boolean }>({
+        name: 'source-documents',
+        text: `SELECT doc_type, doc_id, client_id, version, content, parts, updated_at, results FROM source_document
+          WHERE sender = $1 AND ((doc_type = $2 AND doc_id = $3) OR (client_id = $4 AND doc_type = ANY($5::text[]))
+            OR (client_id = $4 AND doc_type = ANY($6::text[]) AND NOT results))
           ORDER BY doc_type, doc_id`,
-        [key.sender, key.type, key.id, client?.id ?? null, client?.types ?? []],
-      ),
+        values: [key.sender, key.type, key.id, client?.id ?? null, client?.types ?? [], client?.withoutResults ?? []],
+      }),
     );
-    const out: { document?: SourceDocument; clientDocuments: SourceDocument[] } = { clientDocuments: [] };
+    const out: { document?: SourceDocument; clientDocuments: SourceDocument[]; withoutResults: SourceDocument[] } = { clientDocuments: [], withoutResults: [] };
     for (const row of result.rows) {
       const doc: SourceDocument = {
         sender: key.sender,
@@ -529,41 +548,84 @@ export class Repository {
       };
       if (row.doc_type === key.type && row.doc_id === key.id) out.document = doc;
       if (client && row.client_id === client.id && client.types.includes(row.doc_type)) out.clientDocuments.push(doc);
+      if (client && row.client_id === client.id && !row.results && client.withoutResults?.includes(row.doc_type)) out.withoutResults.push(doc);
     }
     return out;
   }
 
-  /** The last versions of a client's documents of the given types (MET API), oldest first. */
-  async clientDocuments(sender: string, clientId: string, types: string[]): Promise<SourceDocument[]> {
-    const result = await this.run(() =>
-      this.db.query<{ doc_type: string; doc_id: string; version: number; content: unknown; parts: Record<string, { type: string; id: string }>; updated_at: Date }>(
-        `SELECT doc_type, doc_id, version, content, parts, updated_at FROM source_document
-          WHERE sender = $1 AND client_id = $2 AND doc_type = ANY($3::text[]) ORDER BY doc_type, doc_id`,
-        [sender, clientId, types],
-      ),
+  /**
+   * Records a source document's new version and its measurements (`results`: every one it has,
+   * those of its earlier version replaced), in one statement, inside the transaction that wrote
+   * its resources.
+   */
+  async writeSourceDocument(doc: SourceDocument, results: SourceResult[]): Promise<void> {
+    await this.write((client) =>
+      client.query({
+        name: 'write-source-document',
+        text: `WITH d AS (
+                 INSERT INTO source_document (sender, doc_type, doc_id, version, content, parts, updated_at, client_id, results)
+                 VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8, true)
+                 ON CONFLICT (sender, doc_type, doc_id) DO UPDATE
+                   SET version = EXCLUDED.version, content = EXCLUDED.content, parts = EXCLUDED.parts, updated_at = EXCLUDED.updated_at,
+                       client_id = EXCLUDED.client_id, results = true
+               ),
+               ${RESULT_ROWS_SQL}`,
+        values: [doc.sender, doc.type, doc.id, doc.version, JSON.stringify(doc.content), JSON.stringify(doc.parts), doc.updatedAt, doc.clientId ?? null, resultRows(results)],
+      }),
     );
-    return result.rows.map((row) => ({
-      sender,
-      type: row.doc_type,
-      id: row.doc_id,
-      clientId,
-      version: row.version,
-      content: row.content,
-      parts: row.parts,
-      updatedAt: row.updated_at.toISOString(),
-    }));
   }
 
-  /** Records a source document's new version (inside the transaction that wrote its resources). */
-  async writeSourceDocument(doc: SourceDocument): Promise<void> {
+  /**
+   * Writes the measurements of documents stored before they had rows (migration 16), and marks
+   * them: goal progress then reads their rows like any other's. One statement per document.
+   */
+  async writeSourceResults(sender: string, clientId: string, doc: SourceDocumentKey, results: SourceResult[]): Promise<void> {
     await this.write((client) =>
-      client.query(
-        `INSERT INTO source_document (sender, doc_type, doc_id, version, content, parts, updated_at, client_id) VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8)
-         ON CONFLICT (sender, doc_type, doc_id) DO UPDATE
-           SET version = EXCLUDED.version, content = EXCLUDED.content, parts = EXCLUDED.parts, updated_at = EXCLUDED.updated_at, client_id = EXCLUDED.client_id`,
-        [doc.sender, doc.type, doc.id, doc.version, JSON.stringify(doc.content), JSON.stringify(doc.parts), doc.updatedAt, doc.clientId ?? null],
-      ),
+      client.query({
+        name: 'write-source-results',
+        text: `WITH d AS (UPDATE source_document SET results = true WHERE sender = $1 AND doc_type = $2 AND doc_id = $3),
+               ${RESULT_ROWS_SQL.replaceAll('$8', '$4').replaceAll('$9', '$5')}`,
+        values: [sender, doc.type, doc.id, clientId, resultRows(results)],
+      }),
     );
+  }
+
+  /**
+   * The measurements of a client's stored documents on each of `measures`, those of one document
+   * (`except`) left out: for each measure the newest `newest` by instant (with every one sharing
+   * the last one's instant), or all of them when `newest` is undefined.
+   */
+  async clientResults(sender: string, clientId: string, measures: string[], except: SourceDocumentKey, newest?: number): Promise<SourceResult[]> {
+    if (measures.length === 0) return [];
+    const result = await this.run(() =>
+      this.db.query<{ doc_type: string; doc_id: string; measure: string; part: string; date: string; taken: number; context: string | null; measurement: unknown }>({
+        name: newest === undefined ? 'client-results-all' : 'client-results-newest',
+        text: `SELECT r.doc_type, r.doc_id, r.measure, r.part, r.date, r.taken, r.context, r.measurement
+               FROM unnest($3::text[]) AS m(measure)
+               CROSS JOIN LATERAL (
+                 SELECT * FROM met_result r
+                 WHERE r.sender = $1 AND r.client_id = $2 AND r.measure = m.measure AND NOT (r.doc_type = $4 AND r.doc_id = $5)
+                   ${
+                     newest === undefined
+                       ? ''
+                       : `AND r.taken >= COALESCE((SELECT b.taken FROM met_result b
+                            WHERE b.sender = $1 AND b.client_id = $2 AND b.measure = m.measure AND NOT (b.doc_type = $4 AND b.doc_id = $5)
+                            ORDER BY b.taken DESC OFFSET $6::int - 1 LIMIT 1), '-Infinity')`
+                   }
+               ) r`,
+        values: [sender, clientId, measures, except.type, except.id, ...(newest === undefined ? [] : [newest])],
+      }),
+    );
+    return result.rows.map((row) => ({
+      docType: row.doc_type,
+      docId: row.doc_id,
+      measure: row.measure,
+      part: row.part,
+      date: row.date,
+      taken: Number(row.taken),
+      ...(row.context !== null ? { context: row.context } : {}),
+      measurement: row.measurement,
+    }));
   }
 
   /** Queues a delivery job (inside the transaction that wrote what it delivers). */
@@ -897,6 +959,30 @@ const UPSERT_NEXT_VERSION = `
   ${indexCtes(8, true).sql}
   UPDATE resource SET version_id = $3, last_updated = $4, deleted = $5, content = $7::jsonb
   WHERE resource_type = $1 AND id = $2`;
+
+/**
+ * CTEs (after one named `d`) that make a document's measurement rows those of `$9` (a JSON array,
+ * resultRows): each given part written, every other part of the document deleted. The document is
+ * ($1, $2, $3), its client $8. Inserted and deleted parts never overlap: one statement can do both.
+ */
+const RESULT_ROWS_SQL = `
+  r AS (
+    SELECT * FROM jsonb_to_recordset($9::jsonb)
+      AS r(measure text, part text, date text, taken double precision, context text, measurement jsonb)
+  ),
+  gone AS (
+    DELETE FROM met_result g
+    WHERE g.sender = $1 AND g.doc_type = $2 AND g.doc_id = $3 AND g.part NOT IN (SELECT part FROM r)
+  )
+  INSERT INTO met_result (sender, client_id, measure, doc_type, doc_id, part, date, taken, context, measurement)
+  SELECT $1, $8, r.measure, $2, $3, r.part, r.date, r.taken, r.context, r.measurement FROM r
+  ON CONFLICT (sender, doc_type, doc_id, part) DO UPDATE
+    SET client_id = EXCLUDED.client_id, measure = EXCLUDED.measure, date = EXCLUDED.date, taken = EXCLUDED.taken,
+        context = EXCLUDED.context, measurement = EXCLUDED.measurement`;
+
+function resultRows(results: SourceResult[]): string {
+  return JSON.stringify(results.map((r) => ({ measure: r.measure, part: r.part, date: r.date, taken: r.taken, context: r.context ?? null, measurement: r.measurement })));
+}
 
 /** Parameters of INSERT_MANY for stamped new resources. */
 function manyValues(chunk: ReturnType<typeof stamp>[], fhirBase: string): unknown[] {
