@@ -219,18 +219,23 @@ describe('audit log over HTTP', function () {
 const event = (n: number): AuditEvent => ({ resourceType: 'AuditEvent', type: { code: String(n) }, recorded: new Date().toISOString(), agent: [], source: { observer: {} } });
 
 /** A sink that records each batch's events and holds the first write until release(): events keep arriving meanwhile. */
-function heldSink(): { sink: AuditSink; batches: string[][]; release: () => void } {
+/** A sink that holds the first write (and the next after hold()) until release(). */
+function heldSink(): { sink: AuditSink; batches: string[][]; release: () => void; hold: () => void } {
   const batches: string[][] = [];
   let release: (() => void) | undefined;
+  let holdNext = true;
   const sink: AuditSink = {
     writeTenant: async (_tenant, events) => {
       batches.push(events.map((e) => e.type.code ?? ''));
-      if (batches.length === 1) await new Promise<void>((resolve) => (release = resolve));
+      if (holdNext) {
+        holdNext = false;
+        await new Promise<void>((resolve) => (release = resolve));
+      }
       return true;
     },
     writeUnattributed: () => Promise.resolve(),
   };
-  return { sink, batches, release: () => release?.() };
+  return { sink, batches, release: () => release?.(), hold: () => (holdNext = true) };
 }
 
 describe('audit log', () => {
@@ -249,6 +254,26 @@ describe('audit log', () => {
     held.release();
     await log.flush();
     assert.deepEqual(batches, [['0', '1', '2'], ['3', '4', '5', '6'], ['7', '8']], 'what arrived meanwhile, maxBatch at a time');
+    await log.close();
+  });
+
+  it('after a write, fewer than flushAt events that arrived meanwhile wait for the timer; flushAt or more follow at once', async () => {
+    const held = heldSink();
+    const { batches } = held;
+    const log = new AuditLog(held.sink, silentLogger, { flushAt: 3, flushMs: 80, maxBatch: 100 });
+    for (let n = 0; n < 3; n++) log.record('t', event(n));
+    log.record('t', event(3)); // arrives while 0-2 are written
+    held.release();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.deepEqual(batches, [['0', '1', '2']], 'one event after the write: it waits');
+    await new Promise((resolve) => setTimeout(resolve, 120));
+    assert.deepEqual(batches, [['0', '1', '2'], ['3']], 'the timer writes it');
+    held.hold();
+    for (let n = 4; n < 7; n++) log.record('t', event(n)); // a write of 4-6 starts, held
+    for (let n = 7; n < 10; n++) log.record('t', event(n)); // three more meanwhile: a whole batch
+    held.release();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.deepEqual(batches.slice(2), [['4', '5', '6'], ['7', '8', '9']], 'a whole batch follows at once');
     await log.close();
   });
 
