@@ -172,8 +172,8 @@ export class MetApi {
 
     return repo.transaction(async (tx) => {
       const key = { sender: sender.id, type: type.type, id: doc.id };
-      // The document's lock and its client's (goal progress reads all of a client's documents),
-      // in one statement.
+      // The document's lock and its client's (goal progress reads the client's results), in one
+      // statement.
       const clientId = type.aboutClient ? doc.clientId : undefined;
       await tx.lockKeys([`met:${sender.id}:${type.type}:${doc.id}`, ...(clientId !== undefined ? [`met:${sender.id}:client:${clientId}`] : [])]);
       if (clientId !== undefined) {
@@ -201,7 +201,9 @@ export class MetApi {
       const measured = new Set([...this.measurementsOf(type, doc), ...(previous ? this.measurementsOf(type, previous.content as MetDocument) : [])].map((m) => m.measurement.measure));
       const goalDocs = stored.clientDocuments.filter((d) => d.type === 'goal' && measured.has((d.content as { target: { measure: string } }).target.measure));
       const targets = clientId === undefined ? [] : type.type === 'goal' ? [(doc as unknown as { target: GoalTarget }).target] : goalDocs.map((g) => (g.content as { target: GoalTarget }).target);
-      const results = clientId !== undefined && targets.length > 0 ? await this.goalResults(tx, { ...key, clientId }, type, doc, targets, ids) : [];
+      // This document's measurements: counted by goal progress, stored with the document.
+      const own = this.resultsOf(type.type, doc.id, doc);
+      const results = clientId !== undefined && targets.length > 0 ? await this.goalResults(tx, { ...key, clientId }, own, targets, ids) : [];
 
       const mapped = await this.mapChecked(type.type, doc, ids, results);
       // The goals whose progress this document changes, mapped again with the new results.
@@ -270,7 +272,7 @@ export class MetApi {
       await tx.createMany([...fresh, provenance].map((resource) => ({ resource, id: resource.id as string })));
       result.provenance = { id: provenance.id, version: '1' };
       const record: SourceDocument = { ...key, clientId, version, content: doc, parts, updatedAt: now.toISOString() };
-      await tx.writeSourceDocument(record, this.resultsOf(type.type, doc.id, doc));
+      await tx.writeSourceDocument(record, own);
       return result;
     });
   }
@@ -314,12 +316,13 @@ export class MetApi {
   }
 
   /**
-   * The client's results on the measures of `targets`, as they will be once `doc` is stored, oldest
+   * The client's results on the measures of `targets`, as they will be once the document whose
+   * measurements are `own` is stored (its stored ones, `key`, left out), oldest
    * first. Progress needs the latest two that meet a target: the newest NEWEST_RESULTS rows of each
    * measure are read (every row sharing the last one's instant too), and all of them only when
    * those hold fewer than two that meet a target and there may be more.
    */
-  private async goalResults(tx: Repository, key: SourceDocumentKey & { clientId: string }, type: DocumentType, doc: MetDocument, targets: GoalTarget[], ids: PartIds): Promise<GoalResult[]> {
+  private async goalResults(tx: Repository, key: SourceDocumentKey & { clientId: string }, own: SourceResult[], targets: GoalTarget[], ids: PartIds): Promise<GoalResult[]> {
     const measures = [...new Set(targets.map((t) => t.measure))];
     const asResults = (rows: SourceResult[]): GoalResult[] =>
       rows.map((r) => ({
@@ -335,8 +338,7 @@ export class MetApi {
     const newest = asResults(rows);
     const enough = targets.every((t) => this.series(t, newest).length >= 2 || rows.filter((r) => r.measure === t.measure).length < NEWEST_RESULTS);
     if (!enough) rows = await tx.clientResults(key.sender, key.clientId, measures, key);
-    const own = this.resultsOf(type.type, doc.id, doc).filter((r) => measures.includes(r.measure));
-    return asResults([...rows, ...own]).sort((a, b) => a.time - b.time || a.doc.localeCompare(b.doc) || a.part.localeCompare(b.part));
+    return asResults([...rows, ...own.filter((r) => measures.includes(r.measure))]).sort((a, b) => a.time - b.time || a.doc.localeCompare(b.doc) || a.part.localeCompare(b.part));
   }
 
   /** Where a goal stands: its target's latest result against the one before (FHIR goal-achievement codes). */

@@ -569,7 +569,7 @@ export class Repository {
                    SET version = EXCLUDED.version, content = EXCLUDED.content, parts = EXCLUDED.parts, updated_at = EXCLUDED.updated_at,
                        client_id = EXCLUDED.client_id, results = true
                ),
-               ${RESULT_ROWS_SQL}`,
+               ${resultRowsSql('$8', '$9')}`,
         values: [doc.sender, doc.type, doc.id, doc.version, JSON.stringify(doc.content), JSON.stringify(doc.parts), doc.updatedAt, doc.clientId ?? null, resultRows(results)],
       }),
     );
@@ -584,7 +584,7 @@ export class Repository {
       client.query({
         name: 'write-source-results',
         text: `WITH d AS (UPDATE source_document SET results = true WHERE sender = $1 AND doc_type = $2 AND doc_id = $3),
-               ${RESULT_ROWS_SQL.replaceAll('$8', '$4').replaceAll('$9', '$5')}`,
+               ${resultRowsSql('$4', '$5')}`,
         values: [sender, doc.type, doc.id, clientId, resultRows(results)],
       }),
     );
@@ -961,13 +961,15 @@ const UPSERT_NEXT_VERSION = `
   WHERE resource_type = $1 AND id = $2`;
 
 /**
- * CTEs (after one named `d`) that make a document's measurement rows those of `$9` (a JSON array,
- * resultRows): each given part written, every other part of the document deleted. The document is
- * ($1, $2, $3), its client $8. Inserted and deleted parts never overlap: one statement can do both.
+ * CTEs (after one named `d`) that make a document's measurement rows those of the JSON array in
+ * parameter `rows` (resultRows): each given part written, every other part of the document
+ * deleted. The document is ($1, $2, $3), its client the parameter `client`. Inserted and deleted
+ * parts never overlap: one statement can do both.
  */
-const RESULT_ROWS_SQL = `
+function resultRowsSql(client: string, rows: string): string {
+  return `
   r AS (
-    SELECT * FROM jsonb_to_recordset($9::jsonb)
+    SELECT * FROM jsonb_to_recordset(${rows}::jsonb)
       AS r(measure text, part text, date text, taken double precision, context text, measurement jsonb)
   ),
   gone AS (
@@ -975,10 +977,11 @@ const RESULT_ROWS_SQL = `
     WHERE g.sender = $1 AND g.doc_type = $2 AND g.doc_id = $3 AND g.part NOT IN (SELECT part FROM r)
   )
   INSERT INTO met_result (sender, client_id, measure, doc_type, doc_id, part, date, taken, context, measurement)
-  SELECT $1, $8, r.measure, $2, $3, r.part, r.date, r.taken, r.context, r.measurement FROM r
+  SELECT $1, ${client}, r.measure, $2, $3, r.part, r.date, r.taken, r.context, r.measurement FROM r
   ON CONFLICT (sender, doc_type, doc_id, part) DO UPDATE
     SET client_id = EXCLUDED.client_id, measure = EXCLUDED.measure, date = EXCLUDED.date, taken = EXCLUDED.taken,
         context = EXCLUDED.context, measurement = EXCLUDED.measurement`;
+}
 
 function resultRows(results: SourceResult[]): string {
   return JSON.stringify(results.map((r) => ({ measure: r.measure, part: r.part, date: r.date, taken: r.taken, context: r.context ?? null, measurement: r.measurement })));
