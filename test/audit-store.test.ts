@@ -11,6 +11,9 @@ import type { AuditEvent, Bundle } from 'fhir/r4.js';
 import supertest from 'supertest';
 import type { JsonResource } from '../src/fhir/resource.js';
 import type { Repository } from '../src/store/repository.js';
+import { parseSearch } from '../src/search/parse.js';
+import { auditRowOf } from '../src/store/audit-events.js';
+import { pageSql } from '../src/store/search-sql.js';
 import { createTenant } from '../src/store/tenants.js';
 import { appWith, testContext, tokenFor } from './helpers.js';
 
@@ -262,6 +265,81 @@ describe('audit store', function () {
     const { repo } = await setUp();
     await assert.rejects(repo.create({ resourceType: 'AuditEvent' }), /written by the audit log only/);
     await assert.rejects(repo.appendAuditEvents([{ resourceType: 'Patient' }]), /takes AuditEvents/);
+  });
+
+  it('stores the keys events share once per shape, and finds events stored before shapes (every key their own) alike, :not and :missing included', async () => {
+    const { db, ctx } = await testContext();
+    // Not audited itself, so that the tenant holds these four events only.
+    const app = await appWith({});
+    const tenant = `audit-shape-${RUN}`;
+    const schema = await createTenant(db, tenant);
+    const repo = (await ctx.tenants?.repository(tenant)) as Repository;
+    const pool = db.inSchema(schema);
+    const read = (n: number) =>
+      event({
+        recorded: `2026-02-0${n}T10:00:00Z`,
+        action: 'R',
+        outcome: '0',
+        type: { system: REST, code: 'rest', display: 'RESTful Operation' },
+        subtype: [{ system: INTERACTION, code: 'read' }],
+        agent: [{ requestor: true, who: { identifier: { system: 'http://x', value: `client-${n}` } }, network: { address: `10.0.0.${n}`, type: '2' } }],
+        entity: [{ what: { reference: `Observation/o${n}` } }],
+      });
+    await repo.appendAuditEvents([read(1)]);
+    await repo.appendAuditEvents([read(2), read(3)]);
+    // As an event stored before migration 17: every key its own, no shape.
+    const legacy = event({ recorded: '2026-02-09T10:00:00Z', action: 'C', outcome: '4', agent: [{ requestor: true, who: { reference: 'Device/d9' } }] });
+    const legacyId = randomUUID();
+    const row = auditRowOf(legacy, repo.fhirBase);
+    await pool.query(`INSERT INTO audit_event (id, last_updated, date_lo, date_hi, keys, content) VALUES ($1, now(), $2, $3, $4, $5)`, [legacyId, row.dateLo, row.dateHi, [...row.keys, ...row.shapeKeys], JSON.stringify({ ...legacy, id: legacyId })]);
+
+    const stored = await pool.query<{ id: string; shape: string; keys: string[] }>('SELECT id, shape, keys FROM audit_event ORDER BY date_lo');
+    const shaped = stored.rows.filter((r) => r.id !== legacyId);
+    assert.equal(shaped.length, 3);
+    assert.equal(new Set(shaped.map((r) => r.shape)).size, 1, 'three reads that differ in who and what share one shape');
+    const kinds = new Set(shaped.flatMap((r) => r.keys.map((k) => k.split('\u001f')[1])));
+    assert.deepEqual([...kinds].sort(), ['e', 'i', 'n', 'r', 'v', 'w', 'y'], 'an event keeps its reference and string keys');
+    const shapes = await pool.query<{ digest: string; keys: string[] }>('SELECT digest, keys FROM audit_shape');
+    assert.equal(shapes.rows.length, 1, 'one shape row, written once');
+    assert.equal(shapes.rows[0]?.digest, shaped[0]?.shape);
+    assert.ok(shapes.rows[0]?.keys.includes(`action\u001fc\u001fR`), 'the shape holds the token keys');
+
+    const http = supertest.agent(app).auth(await tokenFor('system/AuditEvent.rs', { tenant, clientId: `shapes-${RUN}` }), { type: 'bearer' });
+    const names = new Map([...shaped.map((r, i) => [r.id, `r${i + 1}`] as const), [legacyId, 'legacy']]);
+    const find = async (query: string) => {
+      const res = await http.get(`/fhir/AuditEvent?${query}`);
+      assert.equal(res.status, 200, `${query}: ${res.text}`);
+      return ((res.body as Bundle).entry ?? []).map((e) => names.get(e.resource?.id as string) ?? '?').sort();
+    };
+    const cases: [string, string[]][] = [
+      ['action=R', ['r1', 'r2', 'r3']],
+      ['action=C', ['legacy']],
+      ['action:not=R', ['legacy']],
+      ['action:not=C', ['r1', 'r2', 'r3']],
+      ['subtype:missing=true', ['legacy']],
+      ['subtype:missing=false', ['r1', 'r2', 'r3']],
+      ['type:text=restful', ['r1', 'r2', 'r3']],
+      [`type=${REST}|rest`, ['legacy', 'r1', 'r2', 'r3']],
+      ['outcome=4&agent=Device/d9', ['legacy']],
+      ['action=R&agent:identifier=http://x|client-2', ['r2']],
+      ['action=R&address=10.0.0.3', ['r3']],
+      ['entity=Observation/o1&outcome:not=0', []],
+    ];
+    // The same searches built without the shapes at hand (as conditional interactions build
+    // theirs): the statement looks the shapes up itself.
+    const blind = async (query: string) => {
+      const params: Record<string, string[]> = {};
+      for (const [name, value] of new URLSearchParams(query)) (params[name] ??= []).push(value);
+      const parsed = parseSearch('AuditEvent', params, { fhirBase: repo.fhirBase, lenient: false }).query;
+      const sql = pageSql(parsed, 100);
+      assert.doesNotMatch(sql.text, /= ANY\(\$\d+::text\[\]\)/, 'no shape named as a constant');
+      const rows = await pool.query<{ id: string }>(sql.text, sql.values);
+      return rows.rows.map((r) => names.get(r.id) ?? '?').sort();
+    };
+    for (const [query, expected] of cases) {
+      assert.deepEqual(await find(query), expected, query);
+      assert.deepEqual(await blind(query), expected, `${query}, shapes looked up by the statement`);
+    }
   });
 
   it('moves AuditEvents stored as ordinary resources (before migration 15) into the store, keeping their place in history', async () => {

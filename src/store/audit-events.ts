@@ -15,7 +15,18 @@
  *
  * A key is `param US kind US value` (US = U+001F): param and kind never contain U+001F, so the
  * prefix of a key is unambiguous whatever its value holds.
+ *
+ * Shapes (migration 17): about two thirds of an event's keys say what kind of event it is (its
+ * type, subtype, action, outcome, entity types and roles, profile, tenant tag, which parameters
+ * it has) and repeat from event to event; the rest name who, what and from where. The repeating
+ * ones (every token, uri and presence key: SHAPE_KINDS) are stored once per distinct set, as a
+ * row of `audit_shape` named by a digest of the set, and the event keeps that digest (`shape`)
+ * and its other keys. Every condition on keys holds when the event's own keys or its shape's
+ * keys meet it (auditKeysSql), so a search means what it meant when every key was the event's.
+ * Each key in the GIN index cost PostgreSQL about 0.6 µs to parse and 0.6 µs to index per event
+ * (60 keys, 15 kept); events stored before the migration keep all their keys and shape ''.
  */
+import { createHash } from 'node:crypto';
 import { extractIndex, type IndexRows } from '../search/extract.js';
 import type { Alternative } from '../search/query.js';
 import { escapeLike } from '../search/values.js';
@@ -39,6 +50,15 @@ export const AUDIT_EVENT_MIGRATION = `
   CREATE INDEX audit_event_date_lo ON audit_event (date_lo);
   CREATE INDEX audit_event_date_hi ON audit_event (date_hi DESC NULLS LAST);
   CREATE INDEX audit_event_keys ON audit_event USING gin (keys);
+`;
+
+export const AUDIT_SHAPE_MIGRATION = `
+  CREATE TABLE audit_shape (
+    digest text PRIMARY KEY,
+    keys text[] NOT NULL
+  );
+  ALTER TABLE audit_event ADD COLUMN shape text NOT NULL DEFAULT '';
+  CREATE INDEX audit_event_shape ON audit_event (shape);
 `;
 
 const US = '\u001f';
@@ -85,9 +105,63 @@ function likePrefix(param: string, kind: string): string {
 }
 
 export interface AuditRow {
+  /** The event's own keys: those not in its shape. */
   keys: string[];
+  /** The keys of its shape, sorted, and their digest. */
+  shapeKeys: string[];
+  shape: string;
   dateLo: string | null;
   dateHi: string | null;
+}
+
+/** Kinds of key kept in shapes: token, uri and presence keys (values from small sets). */
+const SHAPE_KINDS: ReadonlySet<string> = new Set([K.token, K.code, K.system, K.text, K.uri, K.present]);
+
+/** A key's kind: one letter, after the parameter's name. */
+function kindOf(k: string): string {
+  return k.charAt(k.indexOf(US) + 1);
+}
+
+/** The digest naming a set of shape keys (sorted): unambiguous whatever the keys hold. */
+export function shapeDigest(sortedKeys: string[]): string {
+  return createHash('sha256').update(JSON.stringify(sortedKeys)).digest('base64url');
+}
+
+/**
+ * A condition on an event's keys that holds when its own keys or its shape's keys meet it:
+ * `condition(column)` in SQL for an expression of type text[], and `matches(keys)` the same test
+ * in JavaScript, for the shapes `p` holds (then named as constants). Never NULL (shape is ''
+ * when none).
+ */
+export function auditKeysSql(a: string, p: Params, condition: (keys: string) => string, matches: (keys: readonly string[]) => boolean): string {
+  const own = condition(`${a}.keys`);
+  if (!p.auditShapes) return `(${own} OR ${a}.shape = ANY(ARRAY(SELECT s.digest FROM audit_shape s WHERE ${condition('s.keys')})))`;
+  const digests: string[] = [];
+  for (const [digest, keys] of p.auditShapes) if (matches(keys)) digests.push(digest);
+  return digests.length === 0 ? `(${own})` : `(${own} OR ${a}.shape = ANY(${p.add(digests)}::text[]))`;
+}
+
+/**
+ * SQL LIKE (case-sensitive, `%`, `_` and backslash escapes, as escapeLike writes them) as a
+ * JavaScript test, for auditKeysSql's shapes.
+ */
+export function likeMatcher(patterns: readonly string[]): (value: string) => boolean {
+  const regexps = patterns.map((pattern) => {
+    let source = '';
+    for (let i = 0; i < pattern.length; i++) {
+      const c = pattern.charAt(i);
+      if (c === '\\' && i + 1 < pattern.length) source += escapeRegExp(pattern.charAt(++i));
+      else if (c === '%') source += '[\\s\\S]*';
+      else if (c === '_') source += '[\\s\\S]';
+      else source += escapeRegExp(c);
+    }
+    return new RegExp(`^${source}$`, 'u');
+  });
+  return (value) => regexps.some((r) => r.test(value));
+}
+
+function escapeRegExp(c: string): string {
+  return /[\\^$.*+?()[\]{}|/]/.test(c) ? `\\${c}` : c;
 }
 
 /** The search values of a stored AuditEvent. */
@@ -139,7 +213,29 @@ function auditRowFromIndex(rows: IndexRows): AuditRow {
   for (const table of ['number', 'quantity', 'token_quantity'] as const) {
     if (rows[table].length > 0) throw new Error(`AuditEvent: no ${table} parameter is searchable`);
   }
-  return { keys: [...keys], dateLo, dateHi };
+  const own: string[] = [];
+  const found: string[] = [];
+  for (const k of keys) (SHAPE_KINDS.has(kindOf(k)) ? found : own).push(k);
+  const { digest, sorted } = shapeOf(found);
+  return { keys: own, shapeKeys: sorted, shape: digest, dateLo, dateHi };
+}
+
+/** Shapes by their keys in the order extraction found them: a server sees few shapes, again and again. */
+const shapes = new Map<string, { digest: string; sorted: string[] }>();
+const RS = '\u001e';
+const SHAPES_CACHED = 1000;
+
+function shapeOf(found: string[]): { digest: string; sorted: string[] } {
+  // Joined by U+001E, or as JSON when a key holds one (a key starts with a parameter's name, never '[').
+  const joined = found.some((k) => k.includes(RS)) ? JSON.stringify(found) : found.join(RS);
+  let shape = shapes.get(joined);
+  if (!shape) {
+    const sorted = [...found].sort();
+    shape = { digest: shapeDigest(sorted), sorted };
+    if (shapes.size >= SHAPES_CACHED) shapes.clear();
+    shapes.set(joined, shape);
+  }
+  return shape;
 }
 
 /** Conditions for one alternative: exact keys (any of them matches) or LIKE patterns on the row's keys. */

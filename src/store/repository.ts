@@ -10,12 +10,12 @@ import type { JsonResource } from '../fhir/resource.js';
 import { inTransaction } from './database.js';
 import { classifyDatabaseError, isConflict } from './db-errors.js';
 import { extractIndex, INDEX_TABLES } from '../search/extract.js';
-import type { SearchQuery } from '../search/query.js';
+import type { Filter, SearchQuery } from '../search/query.js';
 import { indexCtes, indexCtesMany, indexValues, indexValuesMany } from './search-index.js';
 import { GroupCommit, type Outcome } from './group-commit.js';
 import { storeMessages, type StoredMessage } from './hl7-store.js';
 import { insertJob, type NewDeliveryJob } from './delivery-jobs.js';
-import { countSql, estimateSql, pageSql, whereSql, Params } from './search-sql.js';
+import { countSql, estimateSql, pageSql, whereSql, Params, type AuditShapes } from './search-sql.js';
 import { AUDIT_EVENT_TYPE, auditReferencesFromSql, auditReferencesToSql, auditRowOf } from './audit-events.js';
 
 
@@ -126,6 +126,12 @@ export class Repository {
     private readonly client?: SqlClient,
     private readonly stats: StatsUpkeep = { analyzeEvery: 0, written: 0 },
   ) {}
+
+  /**
+   * Audit shapes (audit-events.ts) known to be stored, digest → keys: written by this repository
+   * or read for a search. Shapes are never changed or deleted.
+   */
+  private readonly auditShapes = new Map<string, readonly string[]>();
 
   /**
    * Keeps the planner's statistics current where nothing else does: embedded PGlite has no
@@ -255,11 +261,16 @@ export class Repository {
         const content = withServerMeta(event, id, 1, lastUpdated);
         return { id, lastUpdated, content, row: auditRowOf(content, this.fhirBase) };
       });
+      // Shapes this repository has not written yet go with the batch (a conflict on one another
+      // writer stored meanwhile is ignored); the others are named by their digest only.
+      const shapes = new Map<string, string[]>();
+      for (const { row } of chunk) if (!this.auditShapes.has(row.shape)) shapes.set(row.shape, row.shapeKeys);
       // One JSON parameter for the batch: an array parameter per column costs pg an escaped array
       // literal of every content and key list (PostgreSQL then unescapes them): a third more per event.
-      const rows = JSON.stringify(chunk.map((c) => ({ id: c.id, last_updated: c.lastUpdated, date_lo: c.row.dateLo, date_hi: c.row.dateHi, keys: c.row.keys, content: c.content })));
-      const values = [rows];
+      const rows = JSON.stringify(chunk.map((c) => ({ id: c.id, last_updated: c.lastUpdated, date_lo: c.row.dateLo, date_hi: c.row.dateHi, shape: c.row.shape, keys: c.row.keys, content: c.content })));
+      const values = [rows, JSON.stringify([...shapes].map(([digest, keys]) => ({ digest, keys })))];
       await this.run(() => this.pool.query({ name: 'insert-audit-events', text: INSERT_AUDIT_EVENTS, values }));
+      for (const [digest, keys] of shapes) this.auditShapes.set(digest, keys);
       // A tenth of a write each towards ANALYZE: PGlite has no autovacuum, and a read-mostly
       // tenant's tables are soon mostly audit rows.
       this.stats.written += Math.ceil(chunk.length / 10);
@@ -299,7 +310,8 @@ export class Repository {
             live.map((r) => r.last_updated.toISOString()),
             rows.map((r) => r.dateLo),
             rows.map((r) => r.dateHi),
-            rows.map((r) => JSON.stringify(r.keys)),
+            // Moved events keep every key of their own (shape ''), as events stored before shapes do.
+            rows.map((r) => JSON.stringify([...r.keys, ...r.shapeKeys])),
             live.map((r) => r.json),
           ],
         );
@@ -395,10 +407,24 @@ export class Repository {
     return found[0] as StoredVersion;
   }
 
+  /**
+   * Every audit shape stored, for a search with conditions on AuditEvents (undefined for any
+   * other): those not known yet are read, in one statement. A shape first stored after this read
+   * is not named by the search (its events, the first of their kind, show from the next search).
+   */
+  private async auditShapesFor(query: SearchQuery): Promise<AuditShapes | undefined> {
+    if (query.resourceType !== AUDIT_EVENT_TYPE && !query.filters.some(hasAuditFilter)) return undefined;
+    const found = await this.run(() =>
+      this.db.query<{ digest: string; keys: string[] }>('SELECT digest, keys FROM audit_shape WHERE NOT (digest = ANY($1::text[]))', [[...this.auditShapes.keys()]]),
+    );
+    for (const row of found.rows) this.auditShapes.set(row.digest, row.keys);
+    return this.auditShapes;
+  }
+
   /** One page of a search. `limit` rows; one more is read to know whether a next page exists. */
   async search(query: SearchQuery): Promise<SearchPage> {
     if (query.count === 0) return { rows: [] };
-    const sql = pageSql(query, query.count + 1);
+    const sql = pageSql(query, query.count + 1, await this.auditShapesFor(query));
     const result = await this.run(() => this.db.query<Record<string, string | null>>(sql.text, sql.values));
     const more = result.rows.length > query.count;
     let rows = result.rows.slice(0, query.count);
@@ -418,14 +444,14 @@ export class Repository {
   }
 
   async count(query: SearchQuery): Promise<number> {
-    const sql = countSql(query);
+    const sql = countSql(query, await this.auditShapesFor(query));
     const result = await this.run(() => this.db.query<{ total: number }>(sql.text, sql.values));
     return Number(result.rows[0]?.total ?? 0);
   }
 
   /** The planner's estimate of the number of matches (for _total=estimate). */
   async estimate(query: SearchQuery): Promise<number> {
-    const sql = estimateSql(query);
+    const sql = estimateSql(query, await this.auditShapesFor(query));
     const result = await this.run(() => this.db.query<{ 'QUERY PLAN': unknown }>(sql.text, sql.values));
     const raw = result.rows[0]?.['QUERY PLAN'];
     const plan = (typeof raw === 'string' ? JSON.parse(raw) : raw) as { Plan: { 'Plan Rows': number } }[];
@@ -934,10 +960,15 @@ const INSERT_MANY = `
  * the requests' path, and a crash of PostgreSQL itself may lose its last few milliseconds.
  */
 const INSERT_AUDIT_EVENTS = `
-  WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS off)
-  INSERT INTO audit_event (id, last_updated, date_lo, date_hi, keys, content)
-  SELECT u.id, u.last_updated, u.date_lo, u.date_hi, u.keys, u.content
-  FROM jsonb_to_recordset($1::jsonb) AS u(id text, last_updated timestamptz, date_lo timestamptz, date_hi timestamptz, keys text[], content jsonb)
+  WITH async_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS off),
+  shapes AS (
+    INSERT INTO audit_shape (digest, keys)
+    SELECT s.digest, s.keys FROM jsonb_to_recordset($2::jsonb) AS s(digest text, keys text[]) CROSS JOIN async_commit
+    ON CONFLICT (digest) DO NOTHING
+  )
+  INSERT INTO audit_event (id, last_updated, date_lo, date_hi, shape, keys, content)
+  SELECT u.id, u.last_updated, u.date_lo, u.date_hi, u.shape, u.keys, u.content
+  FROM jsonb_to_recordset($1::jsonb) AS u(id text, last_updated timestamptz, date_lo timestamptz, date_hi timestamptz, shape text, keys text[], content jsonb)
   CROSS JOIN async_commit`;
 
 /** The columns of a history row, for an AuditEvent (one version, never changed). */
@@ -1079,4 +1110,11 @@ function versionNotFound(resourceType: string, id: string, versionId: string) {
 
 function gone(resourceType: string, id: string, versionId: number) {
   return fhirError('resource-deleted', `${resourceType}/${id} was deleted (version ${versionId})`);
+}
+
+/** Whether a filter searches AuditEvents (`_has:AuditEvent:…`, at any depth). */
+function hasAuditFilter(filter: Filter): boolean {
+  if (filter.kind === 'has') return filter.sourceType === AUDIT_EVENT_TYPE || hasAuditFilter(filter.filter);
+  if (filter.kind === 'chain') return [...filter.filters.values()].some(hasAuditFilter);
+  return false;
 }

@@ -11,7 +11,7 @@
 import type { Alternative, Cursor, Filter, SearchQuery, SortKey } from '../search/query.js';
 import { escapeLike } from '../search/values.js';
 import { fhirError } from '../fhir/errors.js';
-import { alternativeKeys, AUDIT_EVENT_TYPE, K, key } from './audit-events.js';
+import { alternativeKeys, AUDIT_EVENT_TYPE, auditKeysSql, K, key, likeMatcher } from './audit-events.js';
 import { Params } from './sql.js';
 
 type Table = 'string' | 'token' | 'date' | 'number' | 'quantity' | 'reference' | 'uri';
@@ -352,10 +352,19 @@ function pageOrder(columns: SortColumn[], reversed: boolean): { orderBy: string;
   };
 }
 
-/** One page of matches, `limit` rows, in the sort order, from the cursor on. */
-export function pageSql(query: SearchQuery, limit: number): PageSql {
-  if (query.resourceType === AUDIT_EVENT_TYPE) return auditPageSql(query, limit);
+/** The audit shapes (digest → keys) a search over AuditEvents may name (Params.auditShapes). */
+export type AuditShapes = ReadonlyMap<string, readonly string[]>;
+
+function withShapes(auditShapes: AuditShapes | undefined): Params {
   const p = new Params();
+  if (auditShapes) p.auditShapes = auditShapes;
+  return p;
+}
+
+/** One page of matches, `limit` rows, in the sort order, from the cursor on. */
+export function pageSql(query: SearchQuery, limit: number, auditShapes?: AuditShapes): PageSql {
+  if (query.resourceType === AUDIT_EVENT_TYPE) return auditPageSql(query, limit, auditShapes);
+  const p = withShapes(auditShapes);
   const columns = columnSortKeys(query).map((k) => sortColumn(k, p));
   const source = sourceSql(query, p);
   const reversed = query.cursor?.direction === 'previous';
@@ -374,16 +383,16 @@ export function pageSql(query: SearchQuery, limit: number): PageSql {
   return { text, values: p.values, sortColumns: columns.length, reversed };
 }
 
-export function countSql(query: SearchQuery): { text: string; values: unknown[] } {
-  if (query.resourceType === AUDIT_EVENT_TYPE) return auditCountSql(query);
-  const p = new Params();
+export function countSql(query: SearchQuery, auditShapes?: AuditShapes): { text: string; values: unknown[] } {
+  if (query.resourceType === AUDIT_EVENT_TYPE) return auditCountSql(query, auditShapes);
+  const p = withShapes(auditShapes);
   const source = sourceSql(query, p);
   return { text: `SELECT count(${source.distinct ? 'DISTINCT r.id' : '*'})::int AS total FROM ${source.from} WHERE ${source.where}`, values: p.values };
 }
 
-export function estimateSql(query: SearchQuery): { text: string; values: unknown[] } {
-  if (query.resourceType === AUDIT_EVENT_TYPE) return auditEstimateSql(query);
-  const p = new Params();
+export function estimateSql(query: SearchQuery, auditShapes?: AuditShapes): { text: string; values: unknown[] } {
+  if (query.resourceType === AUDIT_EVENT_TYPE) return auditEstimateSql(query, auditShapes);
+  const p = withShapes(auditShapes);
   const where = whereSql(query, p);
   return { text: `EXPLAIN (FORMAT JSON) SELECT 1 FROM resource r WHERE ${where}`, values: p.values };
 }
@@ -418,18 +427,40 @@ function auditFilterSql(filter: Filter, a: string, p: Params): string {
           if (k.above !== undefined) above.push(k.above);
         }
         const parts: string[] = [];
-        if (keys.length > 0) parts.push(`${a}.keys && ${p.add(keys)}::text[]`);
-        if (patterns.length > 0) parts.push(`EXISTS (SELECT 1 FROM unnest(${a}.keys) AS k WHERE k LIKE ANY(${p.add(patterns)}::text[]))`);
+        if (keys.length > 0) {
+          const wanted = p.add(keys);
+          const set = new Set(keys);
+          parts.push(auditKeysSql(a, p, (own) => `${own} && ${wanted}::text[]`, (shape) => shape.some((k) => set.has(k))));
+        }
+        if (patterns.length > 0) {
+          const like = p.add(patterns);
+          const matches = likeMatcher(patterns);
+          parts.push(auditKeysSql(a, p, (own) => `EXISTS (SELECT 1 FROM unnest(${own}) AS k WHERE k LIKE ANY(${like}::text[]))`, (shape) => shape.some(matches)));
+        }
         if (above.length > 0) {
-          const prefix = p.add(key(filter.param, K.uri));
-          parts.push(`EXISTS (SELECT 1 FROM unnest(${a}.keys) AS k, unnest(${p.add(above)}::text[]) AS v WHERE starts_with(k, ${prefix}) AND starts_with(v, k))`);
+          const uri = key(filter.param, K.uri);
+          const prefix = p.add(uri);
+          const values = p.add(above);
+          parts.push(
+            auditKeysSql(
+              a,
+              p,
+              (own) => `EXISTS (SELECT 1 FROM unnest(${own}) AS k, unnest(${values}::text[]) AS v WHERE starts_with(k, ${prefix}) AND starts_with(v, k))`,
+              (shape) => shape.some((k) => k.startsWith(uri) && above.some((v) => v.startsWith(k))),
+            ),
+          );
         }
         condition = parts.join(' OR ');
       }
       return filter.negate ? `NOT (${condition})` : `(${condition})`;
     }
     case 'missing': {
-      const has = filter.table === 'date' ? `${a}.date_lo IS NOT NULL` : `${a}.keys @> ARRAY[${p.add(key(filter.param, K.present))}::text]`;
+      let has = `${a}.date_lo IS NOT NULL`;
+      if (filter.table !== 'date') {
+        const presentKey = key(filter.param, K.present);
+        const present = p.add(presentKey);
+        has = auditKeysSql(a, p, (own) => `${own} @> ARRAY[${present}::text]`, (shape) => shape.includes(presentKey));
+      }
       return filter.missing ? `NOT (${has})` : has;
     }
     case 'chain': {
@@ -470,8 +501,8 @@ function auditSortColumn(k: SortKey): SortColumn {
 }
 
 /** One page of an AuditEvent search: the same columns and paging as search-sql.ts's pageSql. */
-function auditPageSql(query: SearchQuery, limit: number): PageSql {
-  const p = new Params();
+function auditPageSql(query: SearchQuery, limit: number, auditShapes?: AuditShapes): PageSql {
+  const p = withShapes(auditShapes);
   const columns = columnSortKeys(query).map(auditSortColumn);
   const reversed = query.cursor?.direction === 'previous';
   const select = columns.map((c, i) => `, ${c.expression} AS k${i}`).join('');
@@ -482,12 +513,12 @@ function auditPageSql(query: SearchQuery, limit: number): PageSql {
   return { text, values: p.values, sortColumns: columns.length, reversed };
 }
 
-function auditCountSql(query: SearchQuery): { text: string; values: unknown[] } {
-  const p = new Params();
+function auditCountSql(query: SearchQuery, auditShapes?: AuditShapes): { text: string; values: unknown[] } {
+  const p = withShapes(auditShapes);
   return { text: `SELECT count(*)::int AS total FROM audit_event a WHERE ${auditWhere(query, p)}`, values: p.values };
 }
 
-function auditEstimateSql(query: SearchQuery): { text: string; values: unknown[] } {
-  const p = new Params();
+function auditEstimateSql(query: SearchQuery, auditShapes?: AuditShapes): { text: string; values: unknown[] } {
+  const p = withShapes(auditShapes);
   return { text: `EXPLAIN (FORMAT JSON) SELECT 1 FROM audit_event a WHERE ${auditWhere(query, p)}`, values: p.values };
 }
