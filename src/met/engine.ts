@@ -220,8 +220,8 @@ export class MetApi {
       ];
       await tx.lockKeys(candidates.map((c) => resourceLock(c.type, c.id)));
       const current = await tx.readMany(candidates, { withDeleted: true });
+      // Every version read, deleted ones too (a write after a delete is the next version).
       const known = new Map(current.map((v) => [`${v.resourceType}/${v.id}`, v]));
-      const byKey = new Map(current.filter((v) => !v.deleted).map((v) => [`${v.resourceType}/${v.id}`, v]));
       const resources: PushedResource[] = [];
       // Resources that never existed are created together, in one statement with the Provenance.
       const fresh: JsonResource[] = [];
@@ -234,7 +234,7 @@ export class MetApi {
           resources.push({ type: m.resource.resourceType, id: m.resource.id, version: '1', action: 'created' });
           return;
         }
-        const existing = byKey.get(key);
+        const existing = stored.deleted ? undefined : stored;
         const current = existing?.json !== undefined ? (JSON.parse(existing.json) as JsonResource) : undefined;
         // The EHR links the server made keep their identifiers (the MET software knows nothing of them).
         const resource = keepLinkIdentifiers(m.resource, current);
@@ -249,9 +249,9 @@ export class MetApi {
       const parts = Object.fromEntries(mapped.filter((m) => !m.shared).map((m) => [m.part, { type: m.resource.resourceType, id: m.resource.id }]));
       for (const [part, ref] of Object.entries(previous?.parts ?? {})) {
         if (parts[part]) continue;
-        const existing = byKey.get(`${ref.type}/${ref.id}`);
+        const existing = known.get(`${ref.type}/${ref.id}`);
         const retire = this.registry.retire[ref.type];
-        if (!existing?.json || !retire) continue;
+        if (!existing || existing.deleted || !existing.json || !retire) continue;
         const stored = JSON.parse(existing.json) as JsonResource;
         const retired = { ...stored, ...retire } as JsonResource;
         if (sameContent(stored, retired)) continue;

@@ -4,7 +4,7 @@
  * https://hl7.org/fhir/R4/http.html
  */
 import { randomUUID } from 'node:crypto';
-import type { SqlClient, SqlPool, SqlQueryable } from './sql.js';
+import type { AuditShapes, SqlClient, SqlPool, SqlQueryable } from './sql.js';
 import { fhirError } from '../fhir/errors.js';
 import type { JsonResource } from '../fhir/resource.js';
 import { inTransaction } from './database.js';
@@ -15,7 +15,7 @@ import { indexCtes, indexCtesMany, indexValues, indexValuesMany } from './search
 import { GroupCommit, type Outcome } from './group-commit.js';
 import { storeMessages, type StoredMessage } from './hl7-store.js';
 import { insertJob, type NewDeliveryJob } from './delivery-jobs.js';
-import { countSql, estimateSql, pageSql, whereSql, Params, type AuditShapes } from './search-sql.js';
+import { countSql, estimateSql, pageSql, whereSql, Params } from './search-sql.js';
 import { AUDIT_EVENT_TYPE, auditReferencesFromSql, auditReferencesToSql, auditRowOf } from './audit-events.js';
 
 

@@ -12,7 +12,7 @@ import type { Alternative, Cursor, Filter, SearchQuery, SortKey } from '../searc
 import { escapeLike } from '../search/values.js';
 import { fhirError } from '../fhir/errors.js';
 import { alternativeKeys, AUDIT_EVENT_TYPE, auditKeysSql, K, key, likeMatcher } from './audit-events.js';
-import { Params } from './sql.js';
+import { Params, type AuditShapes } from './sql.js';
 
 type Table = 'string' | 'token' | 'date' | 'number' | 'quantity' | 'reference' | 'uri';
 
@@ -352,19 +352,10 @@ function pageOrder(columns: SortColumn[], reversed: boolean): { orderBy: string;
   };
 }
 
-/** The audit shapes (digest → keys) a search over AuditEvents may name (Params.auditShapes). */
-export type AuditShapes = ReadonlyMap<string, readonly string[]>;
-
-function withShapes(auditShapes: AuditShapes | undefined): Params {
-  const p = new Params();
-  if (auditShapes) p.auditShapes = auditShapes;
-  return p;
-}
-
 /** One page of matches, `limit` rows, in the sort order, from the cursor on. */
 export function pageSql(query: SearchQuery, limit: number, auditShapes?: AuditShapes): PageSql {
   if (query.resourceType === AUDIT_EVENT_TYPE) return auditPageSql(query, limit, auditShapes);
-  const p = withShapes(auditShapes);
+  const p = new Params(auditShapes);
   const columns = columnSortKeys(query).map((k) => sortColumn(k, p));
   const source = sourceSql(query, p);
   const reversed = query.cursor?.direction === 'previous';
@@ -385,14 +376,14 @@ export function pageSql(query: SearchQuery, limit: number, auditShapes?: AuditSh
 
 export function countSql(query: SearchQuery, auditShapes?: AuditShapes): { text: string; values: unknown[] } {
   if (query.resourceType === AUDIT_EVENT_TYPE) return auditCountSql(query, auditShapes);
-  const p = withShapes(auditShapes);
+  const p = new Params(auditShapes);
   const source = sourceSql(query, p);
   return { text: `SELECT count(${source.distinct ? 'DISTINCT r.id' : '*'})::int AS total FROM ${source.from} WHERE ${source.where}`, values: p.values };
 }
 
 export function estimateSql(query: SearchQuery, auditShapes?: AuditShapes): { text: string; values: unknown[] } {
   if (query.resourceType === AUDIT_EVENT_TYPE) return auditEstimateSql(query, auditShapes);
-  const p = withShapes(auditShapes);
+  const p = new Params(auditShapes);
   const where = whereSql(query, p);
   return { text: `EXPLAIN (FORMAT JSON) SELECT 1 FROM resource r WHERE ${where}`, values: p.values };
 }
@@ -502,7 +493,7 @@ function auditSortColumn(k: SortKey): SortColumn {
 
 /** One page of an AuditEvent search: the same columns and paging as search-sql.ts's pageSql. */
 function auditPageSql(query: SearchQuery, limit: number, auditShapes?: AuditShapes): PageSql {
-  const p = withShapes(auditShapes);
+  const p = new Params(auditShapes);
   const columns = columnSortKeys(query).map(auditSortColumn);
   const reversed = query.cursor?.direction === 'previous';
   const select = columns.map((c, i) => `, ${c.expression} AS k${i}`).join('');
@@ -514,11 +505,11 @@ function auditPageSql(query: SearchQuery, limit: number, auditShapes?: AuditShap
 }
 
 function auditCountSql(query: SearchQuery, auditShapes?: AuditShapes): { text: string; values: unknown[] } {
-  const p = withShapes(auditShapes);
+  const p = new Params(auditShapes);
   return { text: `SELECT count(*)::int AS total FROM audit_event a WHERE ${auditWhere(query, p)}`, values: p.values };
 }
 
 function auditEstimateSql(query: SearchQuery, auditShapes?: AuditShapes): { text: string; values: unknown[] } {
-  const p = withShapes(auditShapes);
+  const p = new Params(auditShapes);
   return { text: `EXPLAIN (FORMAT JSON) SELECT 1 FROM audit_event a WHERE ${auditWhere(query, p)}`, values: p.values };
 }

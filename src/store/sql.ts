@@ -35,15 +35,20 @@ export interface SqlPool extends SqlQueryable {
 }
 
 /** The bound parameters of a statement being built: add() binds a value and returns its `$n`. */
+/** A tenant's audit shapes (audit-events.ts): digest → keys. */
+export type AuditShapes = ReadonlyMap<string, readonly string[]>;
+
 export class Params {
   readonly values: unknown[] = [];
+
   /**
-   * The tenant's audit shapes (audit-events.ts), when the caller read them before building an
-   * AuditEvent search: conditions on shape keys then name the matching shapes as constants, which
-   * the planner estimates from its statistics. Without them, the shapes are looked up in the
-   * statement itself (the same rows, planned blind).
+   * @param auditShapes the tenant's audit shapes, when the caller read them before building an
+   *   AuditEvent search: conditions on shape keys then name the matching shapes as constants,
+   *   which the planner estimates from its statistics. Without them, the shapes are looked up in
+   *   the statement itself (the same rows, planned blind).
    */
-  auditShapes?: ReadonlyMap<string, readonly string[]>;
+  constructor(readonly auditShapes?: AuditShapes) {}
+
   add(value: unknown): string {
     this.values.push(value);
     return `$${this.values.length}`;
