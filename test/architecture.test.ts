@@ -15,7 +15,7 @@ const ALLOWED: Record<string, string[]> = {
   validation: ['fhir'],
   search: ['fhir'],
   patch: ['fhir'],
-  store: ['fhir', 'search'],
+  store: ['fhir', 'search', 'audit'],
   interactions: ['fhir', 'search', 'patch', 'store', 'validation', 'ehr', 'summary'],
   met: ['fhir', 'store', 'validation'],
   audit: [],

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import type { AuditEvent, AuditEventAgent, AuditEventEntity, Coding } from 'fhir/r4.js';
-import { auditEvent, BALP_PROFILES, CODES, outcomeCode, redactQuery, SYSTEMS, TENANT_TAG_SYSTEM, type AuditInput } from '../src/audit/events.js';
+import { auditEvent, BALP_PROFILES, CODES, outcomeCode, redactQuery, sanitizedInput, SYSTEMS, TENANT_TAG_SYSTEM, type AuditInput } from '../src/audit/events.js';
 import type { JsonResource } from '../src/fhir/resource.js';
 import { ResourceValidator } from '../src/validation/validator.js';
 
@@ -18,10 +18,14 @@ const DCM = 'http://dicom.nema.org/resources/ontology/DCM';
 const validator = new ResourceValidator();
 /** Every event built in this file; each must be valid R4 (checked at the end). */
 const produced: AuditEvent[] = [];
+/** The inputs they were built from. */
+const inputs: AuditInput[] = [];
 
 function build(input: Partial<AuditInput> & Pick<AuditInput, 'kind'>): AuditEvent {
-  const event = auditEvent({ recorded: RECORDED, outcome: 'success', status: 200, client: CLIENT, sourceAddress: '203.0.113.7', requestId: 'req-1', server: SERVER, ...input });
+  const full: AuditInput = { recorded: RECORDED, outcome: 'success', status: 200, client: CLIENT, sourceAddress: '203.0.113.7', requestId: 'req-1', server: SERVER, ...input };
+  const event = auditEvent(full);
   produced.push(event);
+  inputs.push(full);
   assert.deepEqual(validator.problems(event as unknown as JsonResource), [], `valid R4: ${JSON.stringify(event)}`);
   return event;
 }
@@ -342,6 +346,31 @@ describe('audit events (IHE BALP)', () => {
       assert.equal(redactQuery('code=1234&token&password=x&refresh_token:exact=y'), 'code=1234&token&password=REDACTED&refresh_token:exact=REDACTED');
       assert.equal(redactQuery('code=1234', ['code']), 'code=REDACTED');
       assert.equal(redactQuery('?access_token=z&a=%E0%A4%A'), '?access_token=REDACTED&a=%E0%A4%A');
+    });
+  });
+
+  describe('the input as stored (sanitizedInput; the audit store keeps it and makes the event when read)', () => {
+    const SECRETS = ['s3cr3t-value', 'eyJhbGciOiJSUzM4NCJ9.eyJzdWIiOiJ4In0.c2ln', 'tok-9f8e', 'pkce-verifier-1', 'auth-code-77'];
+    const adversarial: AuditInput[] = [
+      { kind: 'login', recorded: RECORDED, outcome: 'failure', status: 401, client: { clientId: 'c-1' }, server: SERVER, outcomeText: `Bearer ${SECRETS[2]} refused`, query: { query: `grant_type=client_credentials&client_secret=${SECRETS[0]}&client_assertion=${SECRETS[1]}&code=${SECRETS[4]}` } },
+      { kind: 'search', recorded: RECORDED, outcome: 'success', status: 200, server: SERVER, query: { resourceType: 'Patient', query: `name=x&access_token=${SECRETS[2]}&code_verifier:exact=${SECRETS[3]}` }, requestId: `id ${SECRETS[1]}` },
+      { kind: 'operation', recorded: RECORDED, outcome: 'failure', status: 500, server: SERVER, outcomeText: `failed with ${SECRETS[1]}\u0000 and Basic ${SECRETS[0]}`, client: { clientId: 'c-2', name: `n\u0007${'x'.repeat(400)}`, tenant: `t ${'y'.repeat(80)}` }, sourceAddress: `\u0001${'h'.repeat(300)}` },
+      { kind: 'authorization-failure', recorded: RECORDED, outcome: 'failure', status: 403, server: SERVER, outcomeText: 'z'.repeat(2000), resource: { type: 'Patient', id: 'eyJabc.def' }, patient: 'Patient/eyJabc.def' },
+    ];
+
+    it('gives the same AuditEvent as the input itself, for every input built in this file and odd ones', () => {
+      for (const input of [...inputs, ...adversarial]) {
+        assert.deepEqual(auditEvent(sanitizedInput(input)), auditEvent(input), JSON.stringify(input));
+        assert.deepEqual(sanitizedInput(sanitizedInput(input)), sanitizedInput(input), 'taken twice, it changes nothing');
+      }
+      assert.ok(inputs.length >= 30, `${inputs.length} inputs from the tests above`);
+    });
+
+    it('holds none of the credentials and tokens a request carried', () => {
+      for (const input of adversarial) {
+        const kept = JSON.stringify(sanitizedInput(input));
+        for (const secret of SECRETS) assert.ok(!kept.includes(secret), `${secret} kept: ${kept}`);
+      }
     });
   });
 

@@ -12,7 +12,10 @@ import supertest from 'supertest';
 import type { JsonResource } from '../src/fhir/resource.js';
 import type { Repository } from '../src/store/repository.js';
 import { parseSearch } from '../src/search/parse.js';
-import { auditRowOf } from '../src/store/audit-events.js';
+import { readFileSync } from 'node:fs';
+import { auditEvent, type AuditInput } from '../src/audit/events.js';
+import fc from 'fast-check';
+import { auditEventOfRecord, auditRecordOf, auditRowOf, auditRowOfRecord } from '../src/store/audit-events.js';
 import { pageSql } from '../src/store/search-sql.js';
 import { createTenant } from '../src/store/tenants.js';
 import { appWith, testContext, tokenFor } from './helpers.js';
@@ -340,6 +343,96 @@ describe('audit store', function () {
       assert.deepEqual(await find(query), expected, query);
       assert.deepEqual(await blind(query), expected, `${query}, shapes looked up by the statement`);
     }
+  });
+
+  it('stores what the audit log records (sanitised, a fifth of the event) and makes the AuditEvent when read: read, vread, search, history, _revinclude', async () => {
+    const { db, ctx } = await testContext();
+    // Not audited itself, so that the tenant holds these events only.
+    const app = await appWith({});
+    const tenant = `audit-record-${RUN}`;
+    const schema = await createTenant(db, tenant);
+    const repo = (await ctx.tenants?.repository(tenant)) as Repository;
+    const pool = db.inSchema(schema);
+    const patient = (await repo.create({ resourceType: 'Patient', name: [{ family: `Record${RUN}` }] })).version.id;
+    const server = { name: 'met-fhir-server', version: '9.9.9', baseUrl: 'https://fhir.example.org' };
+    const inputs: AuditInput[] = [
+      { kind: 'read', recorded: new Date('2026-03-01T10:00:00.001Z'), outcome: 'success', status: 200, client: { clientId: `reader-${RUN}`, tenant }, sourceAddress: '10.1.2.3', requestId: 'rq-1', server, resource: { type: 'Patient', id: patient } },
+      { kind: 'search', recorded: new Date('2026-03-01T10:00:00.002Z'), outcome: 'success', status: 200, client: { clientId: `reader-${RUN}`, tenant }, sourceAddress: '10.1.2.3', server, query: { resourceType: 'Observation', query: `subject=Patient/${patient}&access_token=leaked-${RUN}` }, patient: `Patient/${patient}` },
+    ];
+    await repo.appendAuditEvents(inputs);
+    const rows = await pool.query<{ id: string; format: number; content: Record<string, unknown>; size: number }>('SELECT id, format, content, octet_length(content::text) AS size FROM audit_event ORDER BY date_lo');
+    assert.equal(rows.rows.length, 2);
+    const expected = rows.rows.map((row, i) => {
+      const event = auditEvent(inputs[i] as AuditInput);
+      const lastUpdated = String(row.content.lastUpdated);
+      return { ...event, id: row.id, meta: { ...event.meta, versionId: '1', lastUpdated } };
+    });
+    for (const [i, row] of rows.rows.entries()) {
+      assert.equal(row.format, 1, 'stored as the audit log\'s record');
+      assert.equal(row.content.resourceType, undefined);
+      assert.ok(row.size * 3 < JSON.stringify(expected[i]).length, `record of ${row.size} bytes against an event of ${JSON.stringify(expected[i]).length}`);
+      assert.ok(!JSON.stringify(row.content).includes(`leaked-${RUN}`), 'no credential stored');
+    }
+    const [readId, searchId] = rows.rows.map((r) => r.id) as [string, string];
+    const http = supertest.agent(app).auth(await tokenFor('system/*.rs system/AuditEvent.rs', { tenant, clientId: `records-${RUN}` }), { type: 'bearer' });
+    assert.deepEqual((await http.get(`/fhir/AuditEvent/${readId}`).expect(200)).body, expected[0], 'read');
+    assert.deepEqual((await http.get(`/fhir/AuditEvent/${searchId}/_history/1`).expect(200)).body, expected[1], 'vread');
+    const entries = async (path: string) => ((await http.get(path).expect(200)).body as Bundle).entry?.map((e) => e.resource) ?? [];
+    assert.deepEqual(await entries(`/fhir/AuditEvent?agent:identifier=https://fhir.example.org|reader-${RUN}&_sort=date`), expected, 'search by the client');
+    assert.deepEqual(await entries(`/fhir/AuditEvent?patient=Patient/${patient}&subtype=search-type`), [expected[1]], 'search by patient and subtype');
+    assert.deepEqual(await entries(`/fhir/AuditEvent?entity=Patient/${patient}&address=10.1.2.3&action=R`), [expected[0]], 'search by entity, address and action');
+    assert.deepEqual(await entries('/fhir/AuditEvent/_history'), [expected[1], expected[0]], 'type history, newest first');
+    const withEvents = await entries(`/fhir/Patient?_id=${patient}&_revinclude=AuditEvent:patient`);
+    assert.deepEqual(withEvents.slice(1).sort((a, b) => String(a?.id).localeCompare(String(b?.id))), [...expected].sort((a, b) => a.id.localeCompare(b.id)), '_revinclude');
+
+    // A record of format 1 is read as the same AuditEvent, to the byte, by every later version.
+    const fixture = JSON.parse(readFileSync(new URL('./fixtures/audit-record-format1.json', import.meta.url), 'utf8')) as { record: { id: string; lastUpdated: string; recorded: string }; event: AuditEvent };
+    const row = auditRowOf(auditEventOfRecord(fixture.record as never), repo.fhirBase);
+    await pool.query('INSERT INTO audit_event (id, last_updated, date_lo, date_hi, shape, keys, format, content) VALUES ($1, $2, $3, $4, $5, $6, 1, $7)', [
+      fixture.record.id,
+      fixture.record.lastUpdated,
+      row.dateLo,
+      row.dateHi,
+      '',
+      [...row.keys, ...row.shapeKeys],
+      JSON.stringify(fixture.record),
+    ]);
+    const golden = await http.get(`/fhir/AuditEvent/${fixture.record.id}`).expect(200);
+    assert.equal(JSON.stringify(golden.body), JSON.stringify(fixture.event));
+  });
+
+  it('gives a record the search values its AuditEvent has (extracted once per skeleton, the values put in), for generated records', () => {
+    const id = fc.oneof(fc.uuid(), fc.stringMatching(/^[A-Za-z0-9.-]{1,64}$/), fc.string({ maxLength: 80 }), fc.constantFrom('', 'a b', 'x'.repeat(65), 'eyJabc.def', 'zq0id0qz'));
+    const text = fc.oneof(fc.string({ maxLength: 40 }), fc.string({ unit: 'grapheme', maxLength: 20 }), fc.constantFrom('Bearer abc.def', ' \u0007 ', 'É  Ü', '$&$1', 'x'.repeat(700)));
+    const input: fc.Arbitrary<AuditInput> = fc.record(
+      {
+        kind: fc.constantFrom('read', 'vread', 'create', 'update', 'patch', 'delete', 'search', 'history', 'batch', 'transaction', 'operation', 'login', 'authorization-failure'),
+        recorded: fc.date({ min: new Date('2000-01-01T00:00:00Z'), max: new Date('2100-01-01T00:00:00Z'), noInvalidDate: true }),
+        outcome: fc.constantFrom('success', 'failure'),
+        status: fc.constantFrom(200, 201, 204, 400, 401, 403, 404, 412, 422, 429, 500, 503),
+        outcomeText: text,
+        client: fc.record({ clientId: fc.oneof(id, text), name: text, tenant: fc.oneof(fc.constantFrom('acme', 'two words', 'zq0'), text) }, { requiredKeys: ['clientId'] }),
+        sourceAddress: fc.oneof(fc.ipV4(), fc.ipV6(), fc.domain(), text),
+        requestId: fc.oneof(fc.uuid(), text),
+        server: fc.constantFrom(
+          { name: 'met-fhir-server', version: '0.1.0', baseUrl: 'https://fhir.example.org' },
+          { name: 'met', version: '2', baseUrl: 'http://127.0.0.1:3000/base/' },
+          { name: 'zq0', version: 'zq0id0qz', baseUrl: 'not a url' },
+        ),
+        resource: fc.record({ type: fc.oneof(fc.constantFrom('Patient', 'Observation', 'Goal', 'bad type', 'Patient2'), fc.string({ maxLength: 10 })), id, versionId: id }, { requiredKeys: ['type'] }),
+        query: fc.record({ resourceType: fc.constantFrom('Patient', 'Observation', 'zq0'), query: fc.oneof(fc.constantFrom('', 'a=b', 'client_secret=s&x=1', '?access_token=t'), text) }, { requiredKeys: ['query'] }),
+        patient: fc.oneof(id.map((i) => `Patient/${i}`), text),
+      },
+      { requiredKeys: ['kind', 'recorded', 'outcome', 'server'] },
+    );
+    const fhirBase = 'https://fhir.example.org/fhir';
+    fc.assert(
+      fc.property(input, (given) => {
+        const record = auditRecordOf(given, randomUUID(), new Date().toISOString());
+        assert.deepEqual(auditRowOfRecord(record, fhirBase), auditRowOf(auditEventOfRecord(record), fhirBase));
+      }),
+      { numRuns: 3000 },
+    );
   });
 
   it('moves AuditEvents stored as ordinary resources (before migration 15) into the store, keeping their place in history', async () => {

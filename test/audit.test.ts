@@ -10,6 +10,7 @@ import { randomUUID } from 'node:crypto';
 import type { AuditEvent, Bundle } from 'fhir/r4.js';
 import supertest from 'supertest';
 import { hashSecret, newClientId, newClientSecret } from '../src/auth/index.js';
+import type { AuditInput } from '../src/audit/events.js';
 import { AuditLog, type AuditSink } from '../src/audit/log.js';
 import { AuditStore } from '../src/store/audit-store.js';
 import { ClientStore } from '../src/store/clients.js';
@@ -215,8 +216,8 @@ describe('audit log over HTTP', function () {
   });
 });
 
-/** A numbered event (its type code), for the batching tests. */
-const event = (n: number): AuditEvent => ({ resourceType: 'AuditEvent', type: { code: String(n) }, recorded: new Date().toISOString(), agent: [], source: { observer: {} } });
+/** A numbered event (its request id), for the batching tests. */
+const event = (n: number): AuditInput => ({ kind: 'read', recorded: new Date(), outcome: 'success', requestId: String(n), server: { name: 'test', version: '0', baseUrl: 'http://localhost/fhir' } });
 
 /** A sink that records each batch's events and holds the first write until release(): events keep arriving meanwhile. */
 /** A sink that holds the first write (and the next after hold()) until release(). */
@@ -226,7 +227,7 @@ function heldSink(): { sink: AuditSink; batches: string[][]; release: () => void
   let holdNext = true;
   const sink: AuditSink = {
     writeTenant: async (_tenant, events) => {
-      batches.push(events.map((e) => e.type.code ?? ''));
+      batches.push(events.map((e) => e.requestId ?? ''));
       if (holdNext) {
         holdNext = false;
         await new Promise<void>((resolve) => (release = resolve));
@@ -294,7 +295,7 @@ describe('audit log', () => {
   });
 
   it('keeps a batch the database refused and writes it later; close() writes what is queued', async () => {
-    const written: AuditEvent[] = [];
+    const written: AuditInput[] = [];
     let failures = 2;
     const sink: AuditSink = {
       writeTenant: (_tenant, events) => {
@@ -315,7 +316,7 @@ describe('audit log', () => {
     assert.equal(written.length, 0, 'the second too');
     log.record('t', event(3));
     await log.close();
-    assert.deepEqual(written.map((e) => e.type.code), ['0', '1', '2', '3'], 'all kept, in order');
+    assert.deepEqual(written.map((e) => e.requestId), ['0', '1', '2', '3'], 'all kept, in order');
     assert.equal(log.counts.dropped, 0);
   });
 });

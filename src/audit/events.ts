@@ -311,6 +311,39 @@ function serverReference(server: AuditInput['server']): Reference {
   return { identifier: { system: SYSTEMS.uri, value: server.baseUrl }, ...(display ? { display } : {}) };
 }
 
+// ------------------------------------------------------------------ the input as kept
+
+/**
+ * The input as it may be stored (the audit store keeps inputs and makes the AuditEvent when it is
+ * read): credential parameters redacted and free text cleaned as auditEvent does, so that a stored
+ * input holds no secret its AuditEvent would not. auditEvent gives the same event from it as from
+ * the input itself: each step is one auditEvent takes again, and taking it twice changes nothing.
+ * Ids and references stay as received (auditEvent tests them as they are).
+ */
+export function sanitizedInput(input: AuditInput): AuditInput {
+  const text = (value: string | undefined, max?: number) => {
+    const cleaned = safeText(value, max);
+    return cleaned === undefined ? {} : { value: cleaned };
+  };
+  const out: AuditInput = { kind: input.kind, recorded: input.recorded, outcome: input.outcome, server: input.server };
+  if (input.status !== undefined) out.status = input.status;
+  const outcomeText = text(input.outcomeText);
+  if (outcomeText.value !== undefined) out.outcomeText = outcomeText.value;
+  if (input.client !== undefined) {
+    const name = text(input.client.name, 256);
+    const tenant = text(input.client.tenant, 64);
+    out.client = { clientId: input.client.clientId, ...(name.value !== undefined ? { name: name.value } : {}), ...(tenant.value !== undefined ? { tenant: tenant.value } : {}) };
+  }
+  const address = text(input.sourceAddress, 256);
+  if (address.value !== undefined) out.sourceAddress = address.value;
+  const requestId = text(input.requestId, 256);
+  if (requestId.value !== undefined) out.requestId = requestId.value;
+  if (input.resource !== undefined) out.resource = input.resource;
+  if (input.query !== undefined) out.query = { ...input.query, query: redactQuery(input.query.query, input.kind === 'login' ? ['code'] : []) };
+  if (input.patient !== undefined) out.patient = input.patient;
+  return out;
+}
+
 // ------------------------------------------------------------------ the event
 
 /**

@@ -19,14 +19,17 @@
  * waiting for the WAL flush (Repository.appendAuditEvents): a crash of PostgreSQL itself may lose the
  * events of its last fraction of a second (at most three wal_writer_delay, 600 ms by default).
  */
-import type { AuditEvent } from 'fhir/r4.js';
 import type { Logger } from 'pino';
+import type { AuditInput } from './events.js';
 
-/** Where events are written: a tenant's repository, or the unattributed table. */
+/**
+ * Where events are written: a tenant's repository, or the unattributed table. An event is queued
+ * and written as the facts it records (AuditInput, events.ts); the sink makes it the AuditEvent.
+ */
 export interface AuditSink {
-  /** Writes a tenant's events as AuditEvent resources; false if the tenant is not registered. */
-  writeTenant(tenant: string, events: AuditEvent[]): Promise<boolean>;
-  writeUnattributed(events: AuditEvent[]): Promise<void>;
+  /** Writes a tenant's events to its audit store; false if the tenant is not registered. */
+  writeTenant(tenant: string, events: AuditInput[]): Promise<boolean>;
+  writeUnattributed(events: AuditInput[]): Promise<void>;
 }
 
 export interface AuditLogOptions {
@@ -43,7 +46,7 @@ export interface AuditLogOptions {
 const UNATTRIBUTED = '\u0000unattributed';
 
 export class AuditLog {
-  private readonly queues = new Map<string, AuditEvent[]>();
+  private readonly queues = new Map<string, AuditInput[]>();
   private queued = 0;
   private timer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> | undefined;
@@ -75,7 +78,13 @@ export class AuditLog {
   }
 
   /** Queues an event of `tenant` (undefined: no tenant could be named for the caller). */
-  record(tenant: string | undefined, event: AuditEvent): void {
+  record(tenant: string | undefined, event: AuditInput): void {
+    // The one thing that would make its AuditEvent impossible to build (auditEvent), refused
+    // here: a batch that cannot be written would be tried again for ever.
+    if (Number.isNaN(event.recorded.getTime())) {
+      this.failed(new RangeError('audit event recorded at an invalid Date'));
+      return;
+    }
     const key = tenant ?? UNATTRIBUTED;
     let queue = this.queues.get(key);
     if (!queue) {
@@ -150,7 +159,7 @@ export class AuditLog {
         // oldest while the batch was written): never an event that was not written.
         const written = new Set(batch);
         let n = 0;
-        while (n < queue.length && written.has(queue[n] as AuditEvent)) n++;
+        while (n < queue.length && written.has(queue[n] as AuditInput)) n++;
         queue.splice(0, n);
         this.queued -= n;
         due = Math.max(0, due - n);
@@ -165,7 +174,7 @@ export class AuditLog {
 
   private dropOldest(): void {
     // The biggest queue loses its oldest event.
-    let biggest: AuditEvent[] | undefined;
+    let biggest: AuditInput[] | undefined;
     for (const queue of this.queues.values()) if (!biggest || queue.length > biggest.length) biggest = queue;
     if (!biggest || biggest.length === 0) return;
     biggest.shift();

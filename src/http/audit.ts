@@ -9,7 +9,7 @@
  * /readyz) and paths that serve nothing (404 outside the APIs).
  */
 import type { NextFunction, Request, Response } from 'express';
-import { auditEvent, type AuditKind } from '../audit/events.js';
+import type { AuditKind } from '../audit/events.js';
 import type { AuditLog } from '../audit/log.js';
 
 export interface AuditNote {
@@ -38,7 +38,8 @@ export function auditRequests(log: AuditLog, server: { name: string; version: st
       const caller = res.locals.caller as { clientId: string; tenant: string } | undefined;
       const client = caller ? { clientId: caller.clientId, tenant: caller.tenant } : note?.client;
       try {
-        const event = auditEvent({
+        // The facts only: the audit store makes them the BALP AuditEvent (audit/events.ts).
+        log.record(client?.tenant, {
           kind,
           recorded: new Date(),
           outcome: status < 400 ? 'success' : 'failure',
@@ -52,9 +53,8 @@ export function auditRequests(log: AuditLog, server: { name: string; version: st
           ...(note?.query ? { query: note.query } : {}),
           ...(note?.patient ? { patient: note.patient } : {}),
         });
-        log.record(client?.tenant, event);
       } catch (error) {
-        // An event that cannot be built must not fail the response that has gone already.
+        // An event that cannot be recorded must not fail the response that has gone already.
         log.failed(error);
       }
     });

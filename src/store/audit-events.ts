@@ -27,9 +27,11 @@
  * (60 keys, 15 kept); events stored before the migration keep all their keys and shape ''.
  */
 import { createHash } from 'node:crypto';
+import type { AuditEvent } from 'fhir/r4.js';
+import { auditEvent, sanitizedInput, type AuditInput } from '../audit/events.js';
 import { extractIndex, type IndexRows } from '../search/extract.js';
 import type { Alternative } from '../search/query.js';
-import { escapeLike } from '../search/values.js';
+import { dateRange, escapeLike, normalizeString } from '../search/values.js';
 import { fhirError } from '../fhir/errors.js';
 import { Params } from './sql.js';
 
@@ -60,6 +62,58 @@ export const AUDIT_SHAPE_MIGRATION = `
   ALTER TABLE audit_event ADD COLUMN shape text NOT NULL DEFAULT '';
   CREATE INDEX audit_event_shape ON audit_event (shape);
 `;
+
+export const AUDIT_RECORD_MIGRATION = `
+  -- What content holds: 0 the AuditEvent itself; 1 the audit log's record of the event (AuditRecord),
+  -- made the AuditEvent when read.
+  ALTER TABLE audit_event ADD COLUMN format smallint NOT NULL DEFAULT 0;
+`;
+
+/** audit_event.format of the audit log's records (AuditRecord). */
+export const RECORD_FORMAT = 1;
+
+/**
+ * The audit log's record of an event (format 1): the facts the AuditEvent is made of (AuditInput,
+ * sanitised: no secret the event would not hold), the id and the time it was stored. About a
+ * fifth of the size of the BALP AuditEvent made from it, which is what PostgreSQL parses and
+ * keeps per event. auditEvent makes it the same AuditEvent whenever it is read: a change to what
+ * auditEvent makes of a record is a new format, records of this one keep being read as they are
+ * (test/audit-store.test.ts holds one rendered event to the byte).
+ */
+export interface AuditRecord extends Omit<AuditInput, 'recorded'> {
+  id: string;
+  lastUpdated: string;
+  recorded: string;
+}
+
+export function auditRecordOf(input: AuditInput, id: string, lastUpdated: string): AuditRecord {
+  const clean = sanitizedInput(input);
+  return { ...clean, id, lastUpdated, recorded: clean.recorded.toISOString() };
+}
+
+/** The AuditEvent a record stands for, as a stored version: id, meta.versionId 1 and lastUpdated. */
+export function auditEventOfRecord(record: AuditRecord): AuditEvent {
+  const { id, lastUpdated, recorded, ...input } = record;
+  const { resourceType, meta, ...rest } = auditEvent({ ...input, recorded: new Date(recorded) });
+  return { resourceType, id, meta: { ...meta, versionId: '1', lastUpdated }, ...rest };
+}
+
+/**
+ * The SQL text of an audit row's content (`a` the row) as the read paths return it: an AuditEvent
+ * as stored, a record marked `~format~` for auditJson.
+ */
+export function auditJsonSql(a: string): string {
+  return `CASE ${a}.format WHEN 0 THEN ${a}.content::text ELSE '~' || ${a}.format || '~' || ${a}.content::text END`;
+}
+
+/** A resource's JSON text as read: an audit record (auditJsonSql) made its AuditEvent, any other as it is. */
+export function auditJson(json: string): string {
+  if (json.charCodeAt(0) !== 0x7e) return json;
+  const end = json.indexOf('~', 1);
+  const format = Number(json.slice(1, end));
+  if (format !== RECORD_FORMAT) throw new Error(`audit_event: content format ${json.slice(1, end)} is unknown to this server`);
+  return JSON.stringify(auditEventOfRecord(JSON.parse(json.slice(end + 1)) as AuditRecord));
+}
 
 const US = '\u001f';
 
@@ -236,6 +290,92 @@ function shapeOf(found: string[]): { digest: string; sorted: string[] } {
     shapes.set(joined, shape);
   }
   return shape;
+}
+
+/**
+ * The search values of a record's AuditEvent: auditRowOf(auditEventOfRecord(record)), without
+ * extracting them from every event. The values that change from request to request (the client
+ * id, the caller's address, the request id, the resource's id and version, the patient) reach the
+ * index unchanged (identifiers and references) or normalised (the address, a string): so the keys
+ * are extracted once per skeleton, the record with placeholders in their stead (and with what no
+ * parameter searches, the recorded time aside, left out), and the placeholders replaced by the
+ * values in the keys. A value that would take another branch than its placeholder in auditEvent
+ * (an id that is not a FHIR id, a blank client id) has a placeholder that takes it too; a value
+ * put in is cut where the index cuts it; constants that hold a placeholder's marker are extracted
+ * as they are.
+ * test/audit-store.test.ts compares both ways on generated records.
+ */
+export function auditRowOfRecord(record: AuditRecord, fhirBase: string): AuditRow {
+  const skeleton = skeletonOf(record);
+  if (!skeleton) return auditRowOf(auditEventOfRecord(record), fhirBase);
+  const memo = `${fhirBase}\u0000${JSON.stringify(skeleton.record)}`;
+  let row = rowsBySkeleton.get(memo);
+  if (!row) {
+    row = auditRowOf(auditEventOfRecord(skeleton.record), fhirBase);
+    if (row.shapeKeys.some((k) => k.includes(MARK))) return auditRowOf(auditEventOfRecord(record), fhirBase);
+    if (rowsBySkeleton.size >= SHAPES_CACHED) rowsBySkeleton.clear();
+    rowsBySkeleton.set(memo, row);
+  }
+  const keys = new Set<string>();
+  for (const k of row.keys) {
+    let out = k;
+    if (k.includes(MARK)) {
+      // In one pass: a value may hold another placeholder's text.
+      const normalised = kindOf(k) === K.string;
+      out = k.replace(PLACEHOLDERS, (placeholder) => {
+        const value = skeleton.values.get(placeholder) as string;
+        return (normalised ? normalizeString(value) : value).slice(0, INDEXED_MAX);
+      });
+    }
+    keys.add(out);
+  }
+  const date = dateRange(record.recorded);
+  return { keys: [...keys], shapeKeys: row.shapeKeys, shape: row.shape, dateLo: date?.lo ?? null, dateHi: date?.hi ?? null };
+}
+
+/** Skeletons' search values, as auditRowOf gives them. */
+const rowsBySkeleton = new Map<string, AuditRow>();
+/** Every placeholder holds it; lowercase letters and digits, so that normalising leaves it alone and it is a FHIR id. */
+const MARK = 'zq0';
+const PLACEHOLDER = { client: 'zq0client0qz', address: 'zq0address0qz', request: 'zq0request0qz', id: 'zq0id0qz', version: 'zq0version0qz', patient: 'zq0patient0qz' };
+const PLACEHOLDERS = new RegExp(Object.values(PLACEHOLDER).join('|'), 'g');
+/** Stands for a value auditEvent refuses as an id or reference (shown as display only, never indexed). */
+const NOT_AN_ID = 'not an id';
+const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
+const PATIENT = /^Patient\/[A-Za-z0-9\-.]{1,64}$/;
+const EPOCH = '1970-01-01T00:00:00.000Z';
+/** What extract.ts cuts an indexed value to. */
+const INDEXED_MAX = 512;
+
+function skeletonOf(r: AuditRecord): { record: AuditRecord; values: Map<string, string> } | undefined {
+  const constants = JSON.stringify([r.kind, r.outcome, r.status, r.client?.tenant, r.server, r.resource?.type, r.query?.resourceType]);
+  if (constants.includes(MARK)) return undefined;
+  const values = new Map<string, string>();
+  const stand = (placeholder: string, value: string): string => {
+    values.set(placeholder, value);
+    return placeholder;
+  };
+  // What no parameter searches stays out (outcomeText, the client's name, the query's text).
+  const s: AuditRecord = { kind: r.kind, outcome: r.outcome, server: r.server, id: 'x', lastUpdated: EPOCH, recorded: EPOCH };
+  if (r.status !== undefined) s.status = r.status;
+  if (r.client !== undefined) {
+    const id = r.client.clientId;
+    s.client = { clientId: id.trim() === '' ? '' : stand(PLACEHOLDER.client, id), ...(r.client.tenant !== undefined ? { tenant: r.client.tenant } : {}) };
+  }
+  // Sanitised already (auditRecordOf): auditEvent keeps these as they are.
+  if (r.sourceAddress !== undefined) s.sourceAddress = stand(PLACEHOLDER.address, r.sourceAddress);
+  if (r.requestId !== undefined) s.requestId = stand(PLACEHOLDER.request, r.requestId);
+  if (r.resource !== undefined) {
+    const { type, id, versionId } = r.resource;
+    s.resource = {
+      type,
+      ...(id !== undefined ? { id: FHIR_ID.test(id) ? stand(PLACEHOLDER.id, id) : NOT_AN_ID } : {}),
+      ...(versionId !== undefined ? { versionId: FHIR_ID.test(versionId) ? stand(PLACEHOLDER.version, versionId) : NOT_AN_ID } : {}),
+    };
+  }
+  if (r.query !== undefined) s.query = { ...(r.query.resourceType !== undefined ? { resourceType: r.query.resourceType } : {}), query: r.query.query === '' ? '' : 'q' };
+  if (r.patient !== undefined) s.patient = PATIENT.test(r.patient) ? `Patient/${stand(PLACEHOLDER.patient, r.patient.slice('Patient/'.length))}` : NOT_AN_ID;
+  return { record: s, values };
 }
 
 /** Conditions for one alternative: exact keys (any of them matches) or LIKE patterns on the row's keys. */

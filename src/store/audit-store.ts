@@ -4,7 +4,7 @@
  * scope naming AuditEvent), and events no tenant can be named for into `audit_unattributed`, a global table
  * the API does not serve (the admin command lists it). Neither is ever updated or deleted here.
  */
-import type { JsonResource } from '../fhir/resource.js';
+import { auditEvent, type AuditInput } from '../audit/events.js';
 import type { SqlPool } from './sql.js';
 import type { Repository } from './repository.js';
 
@@ -28,18 +28,19 @@ export class AuditStore {
     private readonly publicPool: SqlPool,
   ) {}
 
-  async writeTenant(tenant: string, events: object[]): Promise<boolean> {
+  async writeTenant(tenant: string, events: AuditInput[]): Promise<boolean> {
     const repo = await this.repositoryOf(tenant);
     if (!repo) return false;
-    await repo.appendAuditEvents(events as JsonResource[]);
+    await repo.appendAuditEvents(events);
     return true;
   }
 
-  async writeUnattributed(events: object[]): Promise<void> {
+  /** Unattributed events are kept as the AuditEvents made of them (few, and listed as they are). */
+  async writeUnattributed(events: AuditInput[]): Promise<void> {
     await this.publicPool.query(
       `INSERT INTO audit_unattributed (recorded, content)
        SELECT (e ->> 'recorded')::timestamptz, e FROM jsonb_array_elements($1::jsonb) AS e`,
-      [JSON.stringify(events)],
+      [JSON.stringify(events.map((e) => auditEvent(e)))],
     );
   }
 

@@ -10,7 +10,7 @@ import { DELIVERY_MIGRATION } from './delivery-jobs.js';
 import { CLIENTS_MIGRATION, TENANT_SCHEMA_MIGRATION } from './clients.js';
 import { OUTBOUND_KEY_MIGRATION } from './outbound-keys.js';
 import { INDEX_MIGRATION, TOKEN_QUANTITY_MIGRATION } from './search-index.js';
-import { AUDIT_EVENT_MIGRATION, AUDIT_SHAPE_MIGRATION } from './audit-events.js';
+import { AUDIT_EVENT_MIGRATION, AUDIT_RECORD_MIGRATION, AUDIT_SHAPE_MIGRATION } from './audit-events.js';
 import { INDEX_TABLES } from '../search/extract.js';
 
 /**
@@ -224,6 +224,12 @@ export const MIGRATIONS: readonly Migration[] = [
     name: 'audit: the keys events share stored once per shape',
     scope: 'tenant',
     sql: AUDIT_SHAPE_MIGRATION,
+  },
+  {
+    version: 18,
+    name: 'audit: events stored as the audit log\'s records, made AuditEvents when read',
+    scope: 'tenant',
+    sql: AUDIT_RECORD_MIGRATION,
   },
 ];
 

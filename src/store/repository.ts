@@ -16,7 +16,8 @@ import { GroupCommit, type Outcome } from './group-commit.js';
 import { storeMessages, type StoredMessage } from './hl7-store.js';
 import { insertJob, type NewDeliveryJob } from './delivery-jobs.js';
 import { countSql, estimateSql, pageSql, whereSql, Params } from './search-sql.js';
-import { AUDIT_EVENT_TYPE, auditReferencesFromSql, auditReferencesToSql, auditRowOf } from './audit-events.js';
+import { AUDIT_EVENT_TYPE, auditJson, auditJsonSql, auditRecordOf, auditReferencesFromSql, auditReferencesToSql, auditRowOf, auditRowOfRecord, RECORD_FORMAT } from './audit-events.js';
+import type { AuditInput } from '../audit/events.js';
 
 
 /** One stored version; `json` is the resource as stored (absent for deletions). */
@@ -249,17 +250,24 @@ export class Repository {
    * statement whose commit does not wait for the WAL flush, and the writes count a tenth towards
    * the statistics upkeep. A crash of PostgreSQL itself may lose the last few hundred milliseconds
    * of entries (never part of one, never anything else); a crash of this process already loses
-   * the entries still buffered (src/audit/log.ts).
+   * the entries still buffered (src/audit/log.ts). The audit log's events (AuditInput) are stored
+   * as its records (audit-events.ts AuditRecord, made AuditEvents when read); an AuditEvent given
+   * as a resource is stored as it is.
    */
-  async appendAuditEvents(events: JsonResource[]): Promise<void> {
+  async appendAuditEvents(events: (AuditInput | JsonResource)[]): Promise<void> {
     if (this.client) throw new Error('appendAuditEvents runs outside any transaction');
     for (let i = 0; i < events.length; i += CREATE_BATCH) {
       const chunk = events.slice(i, i + CREATE_BATCH).map((event) => {
-        if (event.resourceType !== AUDIT_EVENT_TYPE) throw new Error(`appendAuditEvents takes AuditEvents, not ${event.resourceType}`);
         const lastUpdated = new Date().toISOString();
         const id = randomUUID();
+        if (!('resourceType' in event)) {
+          // The audit log's own: its record is stored, and its search values are those of the AuditEvent made of it.
+          const record = auditRecordOf(event, id, lastUpdated);
+          return { id, lastUpdated, format: RECORD_FORMAT, content: record, row: auditRowOfRecord(record, this.fhirBase) };
+        }
+        if (event.resourceType !== AUDIT_EVENT_TYPE) throw new Error(`appendAuditEvents takes AuditEvents, not ${event.resourceType}`);
         const content = withServerMeta(event, id, 1, lastUpdated);
-        return { id, lastUpdated, content, row: auditRowOf(content, this.fhirBase) };
+        return { id, lastUpdated, format: 0, content, row: auditRowOf(content, this.fhirBase) };
       });
       // Shapes this repository has not written yet go with the batch (a conflict on one another
       // writer stored meanwhile is ignored); the others are named by their digest only.
@@ -267,7 +275,7 @@ export class Repository {
       for (const { row } of chunk) if (!this.auditShapes.has(row.shape)) shapes.set(row.shape, row.shapeKeys);
       // One JSON parameter for the batch: an array parameter per column costs pg an escaped array
       // literal of every content and key list (PostgreSQL then unescapes them): a third more per event.
-      const rows = JSON.stringify(chunk.map((c) => ({ id: c.id, last_updated: c.lastUpdated, date_lo: c.row.dateLo, date_hi: c.row.dateHi, shape: c.row.shape, keys: c.row.keys, content: c.content })));
+      const rows = JSON.stringify(chunk.map((c) => ({ id: c.id, last_updated: c.lastUpdated, date_lo: c.row.dateLo, date_hi: c.row.dateHi, shape: c.row.shape, keys: c.row.keys, format: c.format, content: c.content })));
       const values = [rows, JSON.stringify([...shapes].map(([digest, keys]) => ({ digest, keys })))];
       await this.run(() => this.pool.query({ name: 'insert-audit-events', text: INSERT_AUDIT_EVENTS, values }));
       for (const [digest, keys] of shapes) this.auditShapes.set(digest, keys);
@@ -433,7 +441,7 @@ export class Repository {
       row ? { values: Array.from({ length: sql.sortColumns }, (_, i) => row[`s${i}`] ?? null), id: row.id as string } : undefined;
     const first = keyOf(rows[0]);
     const last = keyOf(rows[rows.length - 1]);
-    const page: SearchPage = { rows: rows.map((r) => ({ id: r.id as string, json: r.json as string })) };
+    const page: SearchPage = { rows: rows.map((r) => ({ id: r.id as string, json: auditJson(r.json as string) })) };
     // Going forward there is a next page when more rows came back, and a previous one when we
     // came from a cursor; going backward, the other way round.
     const hasNext = sql.reversed ? true : more;
@@ -966,13 +974,13 @@ const INSERT_AUDIT_EVENTS = `
     SELECT s.digest, s.keys FROM jsonb_to_recordset($2::jsonb) AS s(digest text, keys text[]) CROSS JOIN async_commit
     ON CONFLICT (digest) DO NOTHING
   )
-  INSERT INTO audit_event (id, last_updated, date_lo, date_hi, shape, keys, content)
-  SELECT u.id, u.last_updated, u.date_lo, u.date_hi, u.shape, u.keys, u.content
-  FROM jsonb_to_recordset($1::jsonb) AS u(id text, last_updated timestamptz, date_lo timestamptz, date_hi timestamptz, shape text, keys text[], content jsonb)
+  INSERT INTO audit_event (id, last_updated, date_lo, date_hi, shape, keys, format, content)
+  SELECT u.id, u.last_updated, u.date_lo, u.date_hi, u.shape, u.keys, u.format, u.content
+  FROM jsonb_to_recordset($1::jsonb) AS u(id text, last_updated timestamptz, date_lo timestamptz, date_hi timestamptz, shape text, keys text[], format smallint, content jsonb)
   CROSS JOIN async_commit`;
 
 /** The columns of a history row, for an AuditEvent (one version, never changed). */
-const AUDIT_VERSION_COLUMNS = `a.seq, '${AUDIT_EVENT_TYPE}'::text AS resource_type, a.id, 1 AS version_id, a.last_updated, false AS deleted, 'POST'::text AS method, a.content::text AS json`;
+const AUDIT_VERSION_COLUMNS = `a.seq, '${AUDIT_EVENT_TYPE}'::text AS resource_type, a.id, 1 AS version_id, a.last_updated, false AS deleted, 'POST'::text AS method, ${auditJsonSql('a')} AS json`;
 
 const REINDEX = `WITH ${indexCtes(3, true).sql} SELECT 1`;
 
@@ -1096,7 +1104,7 @@ function fromRow(row: Row): StoredVersion {
     lastUpdated: row.last_updated.toISOString(),
     deleted: row.deleted,
     method: row.method ?? (row.deleted ? 'DELETE' : 'PUT'),
-    ...(row.json !== null ? { json: row.json } : {}),
+    ...(row.json !== null ? { json: auditJson(row.json) } : {}),
   };
 }
 

@@ -11,7 +11,7 @@
 import type { Alternative, Cursor, Filter, SearchQuery, SortKey } from '../search/query.js';
 import { escapeLike } from '../search/values.js';
 import { fhirError } from '../fhir/errors.js';
-import { alternativeKeys, AUDIT_EVENT_TYPE, auditKeysSql, K, key, likeMatcher } from './audit-events.js';
+import { alternativeKeys, AUDIT_EVENT_TYPE, auditJsonSql, auditKeysSql, K, key, likeMatcher } from './audit-events.js';
 import { Params, type AuditShapes } from './sql.js';
 
 type Table = 'string' | 'token' | 'date' | 'number' | 'quantity' | 'reference' | 'uri';
@@ -497,10 +497,10 @@ function auditPageSql(query: SearchQuery, limit: number, auditShapes?: AuditShap
   const columns = columnSortKeys(query).map(auditSortColumn);
   const reversed = query.cursor?.direction === 'previous';
   const select = columns.map((c, i) => `, ${c.expression} AS k${i}`).join('');
-  const inner = `SELECT a.id, a.content${select} FROM audit_event a WHERE ${auditWhere(query, p)}`;
+  const inner = `SELECT a.id, a.format, a.content${select} FROM audit_event a WHERE ${auditWhere(query, p)}`;
   const keyset = query.cursor ? `WHERE ${keysetSql(columns, query.cursor, p)}` : '';
   const { orderBy, sortText } = pageOrder(columns, reversed);
-  const text = `SELECT q.id, q.content::text AS json${sortText} FROM (${inner}) q ${keyset} ORDER BY ${orderBy} LIMIT ${p.add(limit)}`;
+  const text = `SELECT q.id, ${auditJsonSql('q')} AS json${sortText} FROM (${inner}) q ${keyset} ORDER BY ${orderBy} LIMIT ${p.add(limit)}`;
   return { text, values: p.values, sortColumns: columns.length, reversed };
 }
 
