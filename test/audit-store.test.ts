@@ -429,10 +429,27 @@ describe('audit store', function () {
     fc.assert(
       fc.property(input, (given) => {
         const record = auditRecordOf(given, randomUUID(), new Date().toISOString());
-        assert.deepEqual(auditRowOfRecord(record, fhirBase), auditRowOf(auditEventOfRecord(record), fhirBase));
+        const fast = auditRowOfRecord(record, fhirBase);
+        const extracted = auditRowOf(auditEventOfRecord(record), fhirBase);
+        // The same keys, split another way (by what they hold); reference keys always the event's own.
+        assert.deepEqual(new Set([...fast.keys, ...fast.shapeKeys]), new Set([...extracted.keys, ...extracted.shapeKeys]));
+        assert.deepEqual([fast.dateLo, fast.dateHi], [extracted.dateLo, extracted.dateHi]);
+        assert.ok(!fast.shapeKeys.some((k) => k.split('\u001f')[1] === 'r'), 'no reference key in a shape');
       }),
       { numRuns: 3000 },
     );
+    // Two events that differ only in their request's values share a shape, which holds none of them.
+    const server = { name: 'met-fhir-server', version: '1', baseUrl: 'https://fhir.example.org' };
+    const rowOf = (n: string) =>
+      auditRowOfRecord(
+        auditRecordOf({ kind: 'create', recorded: new Date(), outcome: 'success', status: 201, client: { clientId: `client-${n}`, tenant: 'acme' }, sourceAddress: `10.0.0.${n}`, requestId: `req-${n}`, server, resource: { type: 'Observation', id: `obs-${n}`, versionId: '1' } }, randomUUID(), new Date().toISOString()),
+        fhirBase,
+      );
+    const [one, two] = [rowOf('1'), rowOf('2')];
+    assert.equal(one.shape, two.shape);
+    assert.deepEqual(one.keys.map((k) => k.replaceAll('-1', '-2').replace('10.0.0.1', '10.0.0.2')), two.keys);
+    assert.ok(!one.shapeKeys.some((k) => /-1$|10\.0\.0\.1/.test(k)), 'the shape holds no value of the request');
+    assert.equal(one.keys.length, 8, `own keys: ${one.keys.join(', ')}`);
   });
 
   it('moves AuditEvents stored as ordinary resources (before migration 15) into the store, keeping their place in history', async () => {

@@ -302,39 +302,48 @@ function shapeOf(found: string[]): { digest: string; sorted: string[] } {
  * values in the keys. A value that would take another branch than its placeholder in auditEvent
  * (an id that is not a FHIR id, a blank client id) has a placeholder that takes it too; a value
  * put in is cut where the index cuts it; constants that hold a placeholder's marker are extracted
- * as they are.
- * test/audit-store.test.ts compares both ways on generated records.
+ * as they are. test/audit-store.test.ts compares both ways on generated records.
+ *
+ * The keys are split by what they hold, not by kind: an event's own keys are those with a value of
+ * its request (and every reference key: _include, _revinclude, _has and chains read those from the
+ * row alone); every other key is the same for all events of its skeleton (the server's identity
+ * and address among them, which auditRowOf keeps with the event) and goes to the shape. About 8
+ * keys of the 17 auditRowOf keeps per event.
  */
 export function auditRowOfRecord(record: AuditRecord, fhirBase: string): AuditRow {
   const skeleton = skeletonOf(record);
   if (!skeleton) return auditRowOf(auditEventOfRecord(record), fhirBase);
   const memo = `${fhirBase}\u0000${JSON.stringify(skeleton.record)}`;
-  let row = rowsBySkeleton.get(memo);
-  if (!row) {
-    row = auditRowOf(auditEventOfRecord(skeleton.record), fhirBase);
+  let split = splitsBySkeleton.get(memo);
+  if (!split) {
+    const row = auditRowOf(auditEventOfRecord(skeleton.record), fhirBase);
+    // A value reaching a token or uri key (none does) would need what those do to it: extracted as it is.
     if (row.shapeKeys.some((k) => k.includes(MARK))) return auditRowOf(auditEventOfRecord(record), fhirBase);
-    if (rowsBySkeleton.size >= SHAPES_CACHED) rowsBySkeleton.clear();
-    rowsBySkeleton.set(memo, row);
+    const own: string[] = [];
+    const shared: string[] = [];
+    for (const k of [...row.keys, ...row.shapeKeys]) (k.includes(MARK) || kindOf(k) === K.ref ? own : shared).push(k);
+    const sorted = shared.sort();
+    split = { own, shapeKeys: sorted, shape: shapeDigest(sorted) };
+    if (splitsBySkeleton.size >= SHAPES_CACHED) splitsBySkeleton.clear();
+    splitsBySkeleton.set(memo, split);
   }
   const keys = new Set<string>();
-  for (const k of row.keys) {
-    let out = k;
-    if (k.includes(MARK)) {
-      // In one pass: a value may hold another placeholder's text.
-      const normalised = kindOf(k) === K.string;
-      out = k.replace(PLACEHOLDERS, (placeholder) => {
+  for (const k of split.own) {
+    // In one pass: a value may hold another placeholder's text.
+    const normalised = kindOf(k) === K.string;
+    keys.add(
+      k.replace(PLACEHOLDERS, (placeholder) => {
         const value = skeleton.values.get(placeholder) as string;
         return (normalised ? normalizeString(value) : value).slice(0, INDEXED_MAX);
-      });
-    }
-    keys.add(out);
+      }),
+    );
   }
   const date = dateRange(record.recorded);
-  return { keys: [...keys], shapeKeys: row.shapeKeys, shape: row.shape, dateLo: date?.lo ?? null, dateHi: date?.hi ?? null };
+  return { keys: [...keys], shapeKeys: split.shapeKeys, shape: split.shape, dateLo: date?.lo ?? null, dateHi: date?.hi ?? null };
 }
 
-/** Skeletons' search values, as auditRowOf gives them. */
-const rowsBySkeleton = new Map<string, AuditRow>();
+/** Skeletons' keys: those that hold a placeholder (and reference keys), and the shape of the others. */
+const splitsBySkeleton = new Map<string, { own: string[]; shapeKeys: string[]; shape: string }>();
 /** Every placeholder holds it; lowercase letters and digits, so that normalising leaves it alone and it is a FHIR id. */
 const MARK = 'zq0';
 const PLACEHOLDER = { client: 'zq0client0qz', address: 'zq0address0qz', request: 'zq0request0qz', id: 'zq0id0qz', version: 'zq0version0qz', patient: 'zq0patient0qz' };
