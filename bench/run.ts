@@ -4,7 +4,7 @@
  * processes (on the same machine: they compete for its CPUs, see `cpu` in the results).
  *
  *   0. the audit log's cost: scenarios 1 and 2 (c=1) on a server with AUDIT=off and on one as
- *      deployed, BENCH_AUDIT_PAIRS (3) alternated pairs, judged on the median (runAuditPairs) — PostgreSQL
+ *      deployed, BENCH_AUDIT_PAIRS (5) alternated pairs, judged on the median (runAuditPairs) — PostgreSQL
  *   1. create Observation, 16 connections, 3 s warm-up + 15 s measured   — PostgreSQL
  *   2. read Observation by id at 500 requests/s for 15 s, round-robin
  *      over 2,000 Observations created beforehand, with 1 connection
@@ -29,7 +29,7 @@
  * printed as MISSED); 1 when the run itself failed (build, server start or stop, database, load),
  * or when the outbound phase lost, duplicated or misfiled a document.
  *
- * Optional environment: BENCH_PG_URL, BENCH_DURATION_S (15), BENCH_WARMUP_S (3), BENCH_AUDIT_PAIRS (3),
+ * Optional environment: BENCH_PG_URL, BENCH_DURATION_S (15), BENCH_WARMUP_S (3), BENCH_AUDIT_PAIRS (5),
  * BENCH_OBSERVATIONS (see search-phase.ts), BENCH_HL7_MESSAGES (3000), BENCH_SUMMARIES (1000; 0
  * skips the outbound phase), BENCH_ONLY=delivery (only the outbound phase), BENCH_KEEP_DB=1 (keep
  * the PostgreSQL databases, to look at their plans afterwards; drop them yourself).
@@ -110,7 +110,7 @@ if (ONLY === 'delivery' && SUMMARIES === 0) throw new Error('BENCH_ONLY=delivery
  * then on first, …), each configuration on a database of its own; the audit's cost is judged on the
  * median pair. One pair per configuration varied by ±15 % between runs on this machine.
  */
-const AUDIT_PAIRS = positiveInt('BENCH_AUDIT_PAIRS', 3);
+const AUDIT_PAIRS = positiveInt('BENCH_AUDIT_PAIRS', 5);
 /** Foreign CPU load (in % of one core) above which a scenario's figures are flagged as disturbed. */
 const OTHER_CPU_WARNING_PCT = 15;
 
