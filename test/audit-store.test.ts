@@ -381,6 +381,11 @@ describe('audit store', function () {
     assert.deepEqual(await entries(`/fhir/AuditEvent?agent:identifier=https://fhir.example.org|reader-${RUN}&_sort=date`), expected, 'search by the client');
     assert.deepEqual(await entries(`/fhir/AuditEvent?patient=Patient/${patient}&subtype=search-type`), [expected[1]], 'search by patient and subtype');
     assert.deepEqual(await entries(`/fhir/AuditEvent?entity=Patient/${patient}&address=10.1.2.3&action=R`), [expected[0]], 'search by entity, address and action');
+    // Keys every event of this server has (its identity and address) are in the records' shape.
+    assert.deepEqual(await entries('/fhir/AuditEvent?source:identifier=urn:ietf:rfc:3986|https://fhir.example.org&_sort=date'), expected, 'source, from the shape');
+    assert.deepEqual(await entries('/fhir/AuditEvent?agent:identifier=urn:ietf:rfc:3986|https://fhir.example.org&subtype=read'), [expected[0]], 'the server as agent, from the shape');
+    assert.deepEqual(await entries('/fhir/AuditEvent?address=https://fhir.ex&_sort=-date'), [expected[1], expected[0]], 'a prefix of the server\'s address, from the shape');
+    assert.deepEqual(await entries('/fhir/AuditEvent?address:exact=10.1.2.3&address:missing=false&_sort=date'), expected, 'the caller\'s address, the event\'s own');
     assert.deepEqual(await entries('/fhir/AuditEvent/_history'), [expected[1], expected[0]], 'type history, newest first');
     const withEvents = await entries(`/fhir/Patient?_id=${patient}&_revinclude=AuditEvent:patient`);
     assert.deepEqual(withEvents.slice(1).sort((a, b) => String(a?.id).localeCompare(String(b?.id))), [...expected].sort((a, b) => a.id.localeCompare(b.id)), '_revinclude');
