@@ -82,9 +82,39 @@ describe('migrations', function () {
       for (let i = 0; i < 4; i++) await repo.create({ resourceType: 'Basic', code: { text: String(i) } });
       assert.ok((await tuples()) < 4, 'not analysed before the 5th write');
       await repo.create({ resourceType: 'Basic', code: { text: '4' } });
+      await repo.statisticsSettled();
       assert.equal(await tuples(), 5, 'analysed after the 5th');
       await repo.transaction((tx) => tx.createMany(Array.from({ length: 6 }, (_, i) => ({ resource: { resourceType: 'Basic', code: { text: `m${i}` } }, id: `m-${i}` }))));
+      await repo.statisticsSettled();
       assert.equal(await tuples(), 11, 'writes inside a transaction count too');
+
+      // Past 50 resources the next ANALYZE waits for a tenth of them (autovacuum's scale factor).
+      await repo.transaction((tx) => tx.createMany(Array.from({ length: 89 }, (_, i) => ({ resource: { resourceType: 'Basic', code: { text: `n${i}` } }, id: `n-${i}` }))));
+      await repo.statisticsSettled();
+      assert.equal(await tuples(), 100);
+      for (let i = 0; i < 9; i++) await repo.create({ resourceType: 'Basic', code: { text: `t${i}` } });
+      await repo.statisticsSettled();
+      assert.equal(await tuples(), 100, 'nine writes are under a tenth of 100');
+      await repo.create({ resourceType: 'Basic', code: { text: 't9' } });
+      await repo.statisticsSettled();
+      assert.equal(await tuples(), 110, 'the tenth is not');
+
+      // audit_event on its own count (ten times analyzeEvery), not with the record's tables; only
+      // this schema's tables are analysed.
+      const auditTuples = async (): Promise<number> =>
+        Number((await db.pool.query<{ n: number }>("SELECT reltuples AS n FROM pg_class WHERE relname = 'audit_event' AND relnamespace = 'public'::regnamespace")).rows[0]?.n);
+      await db.pool.query('CREATE SCHEMA elsewhere; CREATE TABLE elsewhere.t (n int); INSERT INTO elsewhere.t SELECT generate_series(1, 10)');
+      const event = (n: number) => ({ kind: 'read' as const, recorded: new Date(), outcome: 'success' as const, requestId: `r${n}`, server: { name: 'test', version: '0', baseUrl: 'http://fhir.test' } });
+      await repo.appendAuditEvents(Array.from({ length: 49 }, (_, n) => event(n)));
+      for (let i = 0; i < 11; i++) await repo.create({ resourceType: 'Basic', code: { text: `u${i}` } });
+      await repo.statisticsSettled();
+      assert.equal(await tuples(), 121, 'the record\'s tables analysed');
+      assert.ok((await auditTuples()) < 49, 'audit_event not, with 49 events written');
+      const elsewhere = await db.pool.query<{ n: number }>("SELECT reltuples AS n FROM pg_class WHERE relname = 't' AND relnamespace = 'elsewhere'::regnamespace");
+      assert.ok(Number(elsewhere.rows[0]?.n) < 10, 'another schema\'s table not');
+      await repo.appendAuditEvents([event(49)]);
+      await repo.statisticsSettled();
+      assert.equal(await auditTuples(), 50, 'audit_event analysed at the 50th event');
     } finally {
       await db.close();
     }
