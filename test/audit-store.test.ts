@@ -42,6 +42,15 @@ function event(e: Partial<AuditEvent> & Pick<AuditEvent, 'recorded' | 'action' |
   return { resourceType: 'AuditEvent', type: { system: REST, code: 'rest' }, source: { observer: { display: 'test' } }, ...e } as unknown as JsonResource;
 }
 
+/** A tenant of its own (`prefix`-RUN): its repository and a pool over its schema, for direct SQL. */
+async function freshTenant(prefix: string) {
+  const { db, ctx } = await testContext();
+  const tenant = `${prefix}-${RUN}`;
+  const schema = await createTenant(db, tenant);
+  const repo = (await ctx.tenants?.repository(tenant)) as Repository;
+  return { tenant, repo, pool: db.inSchema(schema) };
+}
+
 function setUp(): Promise<Fixture> {
   fixture ??= (async () => {
     const { db, ctx } = await testContext();
@@ -271,13 +280,9 @@ describe('audit store', function () {
   });
 
   it('stores the keys events share once per shape, and finds events stored before shapes (every key their own) alike, :not and :missing included', async () => {
-    const { db, ctx } = await testContext();
     // Not audited itself, so that the tenant holds these four events only.
     const app = await appWith({});
-    const tenant = `audit-shape-${RUN}`;
-    const schema = await createTenant(db, tenant);
-    const repo = (await ctx.tenants?.repository(tenant)) as Repository;
-    const pool = db.inSchema(schema);
+    const { tenant, repo, pool } = await freshTenant('audit-shape');
     const read = (n: number) =>
       event({
         recorded: `2026-02-0${n}T10:00:00Z`,
@@ -346,13 +351,9 @@ describe('audit store', function () {
   });
 
   it('stores what the audit log records (sanitised, a fifth of the event) and makes the AuditEvent when read: read, vread, search, history, _revinclude', async () => {
-    const { db, ctx } = await testContext();
     // Not audited itself, so that the tenant holds these events only.
     const app = await appWith({});
-    const tenant = `audit-record-${RUN}`;
-    const schema = await createTenant(db, tenant);
-    const repo = (await ctx.tenants?.repository(tenant)) as Repository;
-    const pool = db.inSchema(schema);
+    const { tenant, repo, pool } = await freshTenant('audit-record');
     const patient = (await repo.create({ resourceType: 'Patient', name: [{ family: `Record${RUN}` }] })).version.id;
     const server = { name: 'met-fhir-server', version: '9.9.9', baseUrl: 'https://fhir.example.org' };
     const inputs: AuditInput[] = [
@@ -458,11 +459,7 @@ describe('audit store', function () {
   });
 
   it('moves AuditEvents stored as ordinary resources (before migration 15) into the store, keeping their place in history', async () => {
-    const { db, ctx } = await testContext();
-    const tenant = `audit-move-${RUN}`;
-    const schema = await createTenant(db, tenant);
-    const repo = (await ctx.tenants?.repository(tenant)) as Repository;
-    const pool = db.inSchema(schema);
+    const { tenant, repo, pool } = await freshTenant('audit-move');
     const id = randomUUID();
     const old = event({ recorded: '2025-06-01T00:00:00Z', action: 'E', outcome: '0', agent: [{ requestor: true, who: { reference: 'Device/d1' } }] });
     const content = { ...old, id, meta: { versionId: '1', lastUpdated: '2025-06-01T00:00:01Z' } };

@@ -200,7 +200,9 @@ function safeText(value: string | undefined, max = 1024): string | undefined {
 // ------------------------------------------------------------------ references
 
 const RESOURCE_TYPE = /^[A-Z][A-Za-z]{1,63}$/;
-const ID = /^[A-Za-z0-9\-.]{1,64}$/;
+/** A FHIR id; and a reference to a Patient by one (what auditEvent takes as given, else shows as display only). */
+export const ID = /^[A-Za-z0-9\-.]{1,64}$/;
+export const PATIENT_REFERENCE = /^Patient\/[A-Za-z0-9\-.]{1,64}$/;
 const CODE = /^[^\s]+(\s[^\s]+)*$/;
 
 function base64(text: string): string {
@@ -224,7 +226,7 @@ function resourceReference(resource: NonNullable<AuditInput['resource']>, versio
 
 /** 'Patient/123' when well formed; a Patient resource's own id otherwise. */
 function patientReference(input: AuditInput): string | undefined {
-  if (input.patient !== undefined) return /^Patient\/[A-Za-z0-9\-.]{1,64}$/.test(input.patient) ? input.patient : undefined;
+  if (input.patient !== undefined) return PATIENT_REFERENCE.test(input.patient) ? input.patient : undefined;
   const r = input.resource;
   if (r?.type === 'Patient' && r.id !== undefined && ID.test(r.id)) return `Patient/${r.id}`;
   return undefined;
@@ -321,23 +323,19 @@ function serverReference(server: AuditInput['server']): Reference {
  * Ids and references stay as received (auditEvent tests them as they are).
  */
 export function sanitizedInput(input: AuditInput): AuditInput {
-  const text = (value: string | undefined, max?: number) => {
-    const cleaned = safeText(value, max);
-    return cleaned === undefined ? {} : { value: cleaned };
-  };
   const out: AuditInput = { kind: input.kind, recorded: input.recorded, outcome: input.outcome, server: input.server };
   if (input.status !== undefined) out.status = input.status;
-  const outcomeText = text(input.outcomeText);
-  if (outcomeText.value !== undefined) out.outcomeText = outcomeText.value;
+  const outcomeText = safeText(input.outcomeText);
+  if (outcomeText !== undefined) out.outcomeText = outcomeText;
   if (input.client !== undefined) {
-    const name = text(input.client.name, 256);
-    const tenant = text(input.client.tenant, 64);
-    out.client = { clientId: input.client.clientId, ...(name.value !== undefined ? { name: name.value } : {}), ...(tenant.value !== undefined ? { tenant: tenant.value } : {}) };
+    const name = safeText(input.client.name, 256);
+    const tenant = safeText(input.client.tenant, 64);
+    out.client = { clientId: input.client.clientId, ...(name !== undefined ? { name } : {}), ...(tenant !== undefined ? { tenant } : {}) };
   }
-  const address = text(input.sourceAddress, 256);
-  if (address.value !== undefined) out.sourceAddress = address.value;
-  const requestId = text(input.requestId, 256);
-  if (requestId.value !== undefined) out.requestId = requestId.value;
+  const address = safeText(input.sourceAddress, 256);
+  if (address !== undefined) out.sourceAddress = address;
+  const requestId = safeText(input.requestId, 256);
+  if (requestId !== undefined) out.requestId = requestId;
   if (input.resource !== undefined) out.resource = input.resource;
   if (input.query !== undefined) out.query = { ...input.query, query: redactQuery(input.query.query, input.kind === 'login' ? ['code'] : []) };
   if (input.patient !== undefined) out.patient = input.patient;

@@ -62,7 +62,7 @@ function str(v: unknown): string | null {
 }
 
 /** Limits what one value may put in an index row (btree rows must stay well under 2.7 kB). */
-const MAX_INDEXED = 512;
+export const MAX_INDEXED = 512;
 
 function cut(v: string): string {
   return v.length > MAX_INDEXED ? v.slice(0, MAX_INDEXED) : v;

@@ -34,8 +34,8 @@
  */
 import { createHash } from 'node:crypto';
 import type { AuditEvent } from 'fhir/r4.js';
-import { auditEvent, sanitizedInput, type AuditInput } from '../audit/events.js';
-import { extractIndex, type IndexRows } from '../search/extract.js';
+import { auditEvent, ID as FHIR_ID, PATIENT_REFERENCE, sanitizedInput, type AuditInput } from '../audit/events.js';
+import { extractIndex, MAX_INDEXED, type IndexRows } from '../search/extract.js';
 import type { Alternative } from '../search/query.js';
 import { dateRange, escapeLike, normalizeString } from '../search/values.js';
 import { fhirError } from '../fhir/errors.js';
@@ -340,7 +340,7 @@ export function auditRowOfRecord(record: AuditRecord, fhirBase: string): AuditRo
     keys.add(
       k.replace(PLACEHOLDERS, (placeholder) => {
         const value = skeleton.values.get(placeholder) as string;
-        return (normalised ? normalizeString(value) : value).slice(0, INDEXED_MAX);
+        return (normalised ? normalizeString(value) : value).slice(0, MAX_INDEXED);
       }),
     );
   }
@@ -356,11 +356,7 @@ const PLACEHOLDER = { client: 'zq0client0qz', address: 'zq0address0qz', request:
 const PLACEHOLDERS = new RegExp(Object.values(PLACEHOLDER).join('|'), 'g');
 /** Stands for a value auditEvent refuses as an id or reference (shown as display only, never indexed). */
 const NOT_AN_ID = 'not an id';
-const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
-const PATIENT = /^Patient\/[A-Za-z0-9\-.]{1,64}$/;
 const EPOCH = '1970-01-01T00:00:00.000Z';
-/** What extract.ts cuts an indexed value to. */
-const INDEXED_MAX = 512;
 
 function skeletonOf(r: AuditRecord): { record: AuditRecord; values: Map<string, string> } | undefined {
   const constants = JSON.stringify([r.kind, r.outcome, r.status, r.client?.tenant, r.server, r.resource?.type, r.query?.resourceType]);
@@ -389,7 +385,7 @@ function skeletonOf(r: AuditRecord): { record: AuditRecord; values: Map<string, 
     };
   }
   if (r.query !== undefined) s.query = { ...(r.query.resourceType !== undefined ? { resourceType: r.query.resourceType } : {}), query: r.query.query === '' ? '' : 'q' };
-  if (r.patient !== undefined) s.patient = PATIENT.test(r.patient) ? `Patient/${stand(PLACEHOLDER.patient, r.patient.slice('Patient/'.length))}` : NOT_AN_ID;
+  if (r.patient !== undefined) s.patient = PATIENT_REFERENCE.test(r.patient) ? `Patient/${stand(PLACEHOLDER.patient, r.patient.slice('Patient/'.length))}` : NOT_AN_ID;
   return { record: s, values };
 }
 
