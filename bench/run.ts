@@ -31,7 +31,8 @@
  *
  * Optional environment: BENCH_PG_URL, BENCH_DURATION_S (15), BENCH_WARMUP_S (3), BENCH_AUDIT_PAIRS (5),
  * BENCH_OBSERVATIONS (see search-phase.ts), BENCH_HL7_MESSAGES (3000), BENCH_SUMMARIES (1000; 0
- * skips the outbound phase), BENCH_ONLY=delivery (only the outbound phase), BENCH_KEEP_DB=1 (keep
+ * skips the outbound phase), BENCH_ONLY=delivery (only the outbound phase) or audit (only the
+ * audit log's pairs), BENCH_KEEP_DB=1 (keep
  * the PostgreSQL databases, to look at their plans afterwards; drop them yourself).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -101,9 +102,12 @@ const HL7_WINDOW = 32;
 const TARGET_SEARCH_P99_MS = 20;
 /** Issue #6, outbound: progress reports queued with $send-summary and delivered to an EHR; 0 skips the phase. */
 const SUMMARIES = wholeNumber('BENCH_SUMMARIES', 1_000);
-/** BENCH_ONLY=delivery: only the outbound delivery phase (the server on PostgreSQL, its EHR peer). */
+/**
+ * BENCH_ONLY=delivery: only the outbound delivery phase (the server on PostgreSQL, its EHR peer);
+ * BENCH_ONLY=audit: only the audit log's alternated pairs (issue #5).
+ */
 const ONLY = process.env.BENCH_ONLY || undefined;
-if (ONLY !== undefined && ONLY !== 'delivery') throw new Error(`BENCH_ONLY=${ONLY} is invalid: expected delivery (or unset for every phase)`);
+if (ONLY !== undefined && ONLY !== 'delivery' && ONLY !== 'audit') throw new Error(`BENCH_ONLY=${ONLY} is invalid: expected delivery or audit (or unset for every phase)`);
 if (ONLY === 'delivery' && SUMMARIES === 0) throw new Error('BENCH_ONLY=delivery with BENCH_SUMMARIES=0 would measure nothing');
 /**
  * Issue #5: pairs of create and read runs with AUDIT=off and as deployed, alternated (off first,
@@ -1017,118 +1021,120 @@ async function main(): Promise<number> {
     const hl7Port = await freePort();
     log('registering the bench client (admin command)');
     const pgClient = registerBenchClient(ROOT, pgEnv);
-    if (everyPhase) report.audit = await runAuditPairs(dbName, pgDataDir, pgLog, report.scenarios);
-    log('starting server on PostgreSQL');
-    routeHl7(ROOT, pgEnv, HL7_FACILITY, 'bench');
-    const pgServer = await startServerProcess('postgresql', { ...pgEnv, HL7_PORT: String(hl7Port) }, pgLog);
-    await startAuth(pgServer.url, pgClient);
-    report.idleRssMiB.postgresql = round((readRssKiB(pgServer.pid) ?? 0) / 1024, 1);
+    if (everyPhase || ONLY === 'audit') report.audit = await runAuditPairs(dbName, pgDataDir, pgLog, report.scenarios);
+    if (ONLY !== 'audit') {
+      log('starting server on PostgreSQL');
+      routeHl7(ROOT, pgEnv, HL7_FACILITY, 'bench');
+      const pgServer = await startServerProcess('postgresql', { ...pgEnv, HL7_PORT: String(hl7Port) }, pgLog);
+      await startAuth(pgServer.url, pgClient);
+      report.idleRssMiB.postgresql = round((readRssKiB(pgServer.pid) ?? 0) / 1024, 1);
 
-    if (everyPhase) {
-      report.scenarios.push(
-        await runScenario(pgServer, {
-          id: 'create-postgresql',
-          name: `create Observation (c=${CREATE_CONNECTIONS})`,
-          engine: 'postgresql',
-          connections: CREATE_CONNECTIONS,
-          postgresDatabase: dbName,
-          requests: createRequests,
-        }),
-      );
-      log(`seeding ${fmt(SEED_COUNT)} Observations for the read scenario`);
-      const ids = await seed(pgServer.url, SEED_COUNT);
-      report.scenarios.push(
-        await runScenario(pgServer, {
-          id: 'read-postgresql',
-          name: `read by id (${READ_RATE}/s, c=${READ_CONNECTIONS})`,
-          engine: 'postgresql',
-          connections: READ_CONNECTIONS,
-          overallRate: READ_RATE,
-          postgresDatabase: dbName,
-          requests: () => readRequests(ids),
-        }),
-      );
-      report.scenarios.push(
-        await runScenario(pgServer, {
-          id: 'read-burst-postgresql',
-          name: `read by id (${READ_RATE}/s, c=${READ_BURST_CONNECTIONS})`,
-          engine: 'postgresql',
-          connections: READ_BURST_CONNECTIONS,
-          overallRate: READ_RATE,
-          postgresDatabase: dbName,
-          requests: () => readRequests(ids),
-        }),
-      );
-      log(`seeding ${MET_CLIENTS} MET clients with two goals each`);
-      await seedMet(pgServer.url);
-      const metCounter = { next: 1 };
-      report.scenarios.push(
-        await runScenario(pgServer, {
-          id: 'met-assessment-postgresql',
-          name: `MET assessment, 10 measurements (c=${MET_CONNECTIONS})`,
-          engine: 'postgresql',
-          connections: MET_CONNECTIONS,
-          postgresDatabase: dbName,
-          requests: () => metRequests(metCounter),
-        }),
-      );
-      log(`inbound HL7 v2: ${fmt(HL7_MESSAGES)} ADT^A04 with 3 DG1 over one MLLP connection`);
-      report.hl7 = await runHl7Phase('127.0.0.1', hl7Port, new URL('../../shared/data/hl7v2/adt-a04-knee-oa.hl7', import.meta.url).pathname, HL7_MESSAGES, log);
-      log(`inbound HL7 v2: ${fmt(HL7_MESSAGES)} more, up to ${HL7_WINDOW} in flight on one connection`);
-      report.hl7Pipelined = await runHl7Phase('127.0.0.1', hl7Port, new URL('../../shared/data/hl7v2/adt-a04-knee-oa.hl7', import.meta.url).pathname, HL7_MESSAGES, log, HL7_WINDOW, 'W');
-    }
-    if (SUMMARIES > 0) {
-      const ehrDb = `${dbName}_ehr`;
-      log(`outbound: creating database ${ehrDb} and starting the EHR peer`);
-      report.databases.ehr = await createBenchDatabase(ehrDb);
-      if (process.env.BENCH_KEEP_DB !== '1') cleanups.push({ name: `drop database ${ehrDb}`, run: () => dropBenchDatabase(ehrDb) });
-      const ehrLog = join(RESULTS_DIR, `server-${stamp}-ehr.log`);
-      report.files.serverLogs.push(relative(ROOT, ehrLog));
-      // The measured server's practice signs its client assertions with a key of its own, at this JWKS URL.
-      const jwksPath = new URL((JSON.parse(runAdmin(ROOT, pgEnv, ['tenant', 'ehr-jwks', 'bench'])) as { ehr_jwks_url: string }).ehr_jwks_url).pathname;
-      const ehr = await startEhrPeer(ehrDb, `${pgServer.url}${jwksPath}`, ehrLog);
-      report.delivery = await runDeliveryPhase({
-        metUrl: pgServer.url,
-        ehr: ehr.peer,
-        summaries: SUMMARIES,
-        log,
-        measure: () => openWindow(pgServer.pid, [dbName, ehrDb], ehr.server.pid),
-      });
-      await ehr.server.stop();
-      const verified = report.delivery.verification;
-      if (!verified.ok) {
-        throw new Error(`outbound delivery FAILED verification (${verified.documentsAtEhr} DocumentReferences at the EHR for ${SUMMARIES} reports + warm-up; ${verified.missing} missing, ${verified.duplicates} duplicates, ${verified.unexpected} unexpected): ${verified.problems.slice(0, 5).join('; ')}`);
+      if (everyPhase) {
+        report.scenarios.push(
+          await runScenario(pgServer, {
+            id: 'create-postgresql',
+            name: `create Observation (c=${CREATE_CONNECTIONS})`,
+            engine: 'postgresql',
+            connections: CREATE_CONNECTIONS,
+            postgresDatabase: dbName,
+            requests: createRequests,
+          }),
+        );
+        log(`seeding ${fmt(SEED_COUNT)} Observations for the read scenario`);
+        const ids = await seed(pgServer.url, SEED_COUNT);
+        report.scenarios.push(
+          await runScenario(pgServer, {
+            id: 'read-postgresql',
+            name: `read by id (${READ_RATE}/s, c=${READ_CONNECTIONS})`,
+            engine: 'postgresql',
+            connections: READ_CONNECTIONS,
+            overallRate: READ_RATE,
+            postgresDatabase: dbName,
+            requests: () => readRequests(ids),
+          }),
+        );
+        report.scenarios.push(
+          await runScenario(pgServer, {
+            id: 'read-burst-postgresql',
+            name: `read by id (${READ_RATE}/s, c=${READ_BURST_CONNECTIONS})`,
+            engine: 'postgresql',
+            connections: READ_BURST_CONNECTIONS,
+            overallRate: READ_RATE,
+            postgresDatabase: dbName,
+            requests: () => readRequests(ids),
+          }),
+        );
+        log(`seeding ${MET_CLIENTS} MET clients with two goals each`);
+        await seedMet(pgServer.url);
+        const metCounter = { next: 1 };
+        report.scenarios.push(
+          await runScenario(pgServer, {
+            id: 'met-assessment-postgresql',
+            name: `MET assessment, 10 measurements (c=${MET_CONNECTIONS})`,
+            engine: 'postgresql',
+            connections: MET_CONNECTIONS,
+            postgresDatabase: dbName,
+            requests: () => metRequests(metCounter),
+          }),
+        );
+        log(`inbound HL7 v2: ${fmt(HL7_MESSAGES)} ADT^A04 with 3 DG1 over one MLLP connection`);
+        report.hl7 = await runHl7Phase('127.0.0.1', hl7Port, new URL('../../shared/data/hl7v2/adt-a04-knee-oa.hl7', import.meta.url).pathname, HL7_MESSAGES, log);
+        log(`inbound HL7 v2: ${fmt(HL7_MESSAGES)} more, up to ${HL7_WINDOW} in flight on one connection`);
+        report.hl7Pipelined = await runHl7Phase('127.0.0.1', hl7Port, new URL('../../shared/data/hl7v2/adt-a04-knee-oa.hl7', import.meta.url).pathname, HL7_MESSAGES, log, HL7_WINDOW, 'W');
       }
-    }
-    if (everyPhase && OBSERVATIONS > 0) report.search = await runSearchPhase(pgServer.url, databaseUrl.toString(), OBSERVATIONS, log);
-    log('stopping server (SIGTERM)');
-    stopAuth();
-    await pgServer.stop();
-
-    if (everyPhase) {
-      // PGlite: create.
-      const dataDir = mkdtempSync(join(os.tmpdir(), 'bench-pglite-'));
-      cleanups.push({ name: `remove ${dataDir}`, run: () => rm(dataDir, { recursive: true, force: true }) });
-      report.databases.pglite = { version: packageVersion('@electric-sql/pglite') };
-      const liteLog = join(RESULTS_DIR, `server-${stamp}-pglite.log`);
-      report.files.serverLogs.push(relative(ROOT, liteLog));
-      log(`starting server on PGlite (DATA_DIR ${dataDir})`);
-      const liteClient = registerBenchClient(ROOT, { DATA_DIR: dataDir });
-      const liteServer = await startServerProcess('pglite', { DATA_DIR: dataDir }, liteLog);
-      await startAuth(liteServer.url, liteClient);
-      report.idleRssMiB.pglite = round((readRssKiB(liteServer.pid) ?? 0) / 1024, 1);
-      report.scenarios.push(
-        await runScenario(liteServer, {
-          id: 'create-pglite',
-          name: `create Observation (c=${CREATE_CONNECTIONS})`,
-          engine: 'pglite',
-          connections: CREATE_CONNECTIONS,
-          requests: createRequests,
-        }),
-      );
+      if (SUMMARIES > 0) {
+        const ehrDb = `${dbName}_ehr`;
+        log(`outbound: creating database ${ehrDb} and starting the EHR peer`);
+        report.databases.ehr = await createBenchDatabase(ehrDb);
+        if (process.env.BENCH_KEEP_DB !== '1') cleanups.push({ name: `drop database ${ehrDb}`, run: () => dropBenchDatabase(ehrDb) });
+        const ehrLog = join(RESULTS_DIR, `server-${stamp}-ehr.log`);
+        report.files.serverLogs.push(relative(ROOT, ehrLog));
+        // The measured server's practice signs its client assertions with a key of its own, at this JWKS URL.
+        const jwksPath = new URL((JSON.parse(runAdmin(ROOT, pgEnv, ['tenant', 'ehr-jwks', 'bench'])) as { ehr_jwks_url: string }).ehr_jwks_url).pathname;
+        const ehr = await startEhrPeer(ehrDb, `${pgServer.url}${jwksPath}`, ehrLog);
+        report.delivery = await runDeliveryPhase({
+          metUrl: pgServer.url,
+          ehr: ehr.peer,
+          summaries: SUMMARIES,
+          log,
+          measure: () => openWindow(pgServer.pid, [dbName, ehrDb], ehr.server.pid),
+        });
+        await ehr.server.stop();
+        const verified = report.delivery.verification;
+        if (!verified.ok) {
+          throw new Error(`outbound delivery FAILED verification (${verified.documentsAtEhr} DocumentReferences at the EHR for ${SUMMARIES} reports + warm-up; ${verified.missing} missing, ${verified.duplicates} duplicates, ${verified.unexpected} unexpected): ${verified.problems.slice(0, 5).join('; ')}`);
+        }
+      }
+      if (everyPhase && OBSERVATIONS > 0) report.search = await runSearchPhase(pgServer.url, databaseUrl.toString(), OBSERVATIONS, log);
       log('stopping server (SIGTERM)');
       stopAuth();
-      await liteServer.stop();
+      await pgServer.stop();
+
+      if (everyPhase) {
+        // PGlite: create.
+        const dataDir = mkdtempSync(join(os.tmpdir(), 'bench-pglite-'));
+        cleanups.push({ name: `remove ${dataDir}`, run: () => rm(dataDir, { recursive: true, force: true }) });
+        report.databases.pglite = { version: packageVersion('@electric-sql/pglite') };
+        const liteLog = join(RESULTS_DIR, `server-${stamp}-pglite.log`);
+        report.files.serverLogs.push(relative(ROOT, liteLog));
+        log(`starting server on PGlite (DATA_DIR ${dataDir})`);
+        const liteClient = registerBenchClient(ROOT, { DATA_DIR: dataDir });
+        const liteServer = await startServerProcess('pglite', { DATA_DIR: dataDir }, liteLog);
+        await startAuth(liteServer.url, liteClient);
+        report.idleRssMiB.pglite = round((readRssKiB(liteServer.pid) ?? 0) / 1024, 1);
+        report.scenarios.push(
+          await runScenario(liteServer, {
+            id: 'create-pglite',
+            name: `create Observation (c=${CREATE_CONNECTIONS})`,
+            engine: 'pglite',
+            connections: CREATE_CONNECTIONS,
+            requests: createRequests,
+          }),
+        );
+        log('stopping server (SIGTERM)');
+        stopAuth();
+        await liteServer.stop();
+      }
     }
   } catch (error) {
     failure = error;

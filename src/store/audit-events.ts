@@ -319,74 +319,102 @@ function shapeOf(found: string[]): { digest: string; sorted: string[] } {
 export function auditRowOfRecord(record: AuditRecord, fhirBase: string): AuditRow {
   const skeleton = skeletonOf(record);
   if (!skeleton) return auditRowOf(auditEventOfRecord(record), fhirBase);
-  const memo = `${fhirBase}\u0000${JSON.stringify(skeleton.record)}`;
+  const memo = `${fhirBase}\u0000${skeleton.signature}`;
   let split = splitsBySkeleton.get(memo);
   if (!split) {
-    const row = auditRowOf(auditEventOfRecord(skeleton.record), fhirBase);
+    const row = auditRowOf(auditEventOfRecord(skeleton.record()), fhirBase);
     // A value reaching a token or uri key (none does) would need what those do to it: extracted as it is.
     if (row.shapeKeys.some((k) => k.includes(MARK))) return auditRowOf(auditEventOfRecord(record), fhirBase);
-    const own: string[] = [];
+    const own: OwnKey[] = [];
     const shared: string[] = [];
-    for (const k of [...row.keys, ...row.shapeKeys]) (k.includes(MARK) || kindOf(k) === K.ref ? own : shared).push(k);
+    for (const k of [...row.keys, ...row.shapeKeys]) {
+      if (k.includes(MARK) || kindOf(k) === K.ref) own.push({ parts: k.split(PLACEHOLDER_SPLIT), normalised: kindOf(k) === K.string });
+      else shared.push(k);
+    }
     const sorted = shared.sort();
     split = { own, shapeKeys: sorted, shape: shapeDigest(sorted) };
     if (splitsBySkeleton.size >= SHAPES_CACHED) splitsBySkeleton.clear();
     splitsBySkeleton.set(memo, split);
   }
   const keys = new Set<string>();
-  for (const k of split.own) {
-    // In one pass: a value may hold another placeholder's text.
-    const normalised = kindOf(k) === K.string;
-    keys.add(
-      k.replace(PLACEHOLDERS, (placeholder) => {
-        const value = skeleton.values.get(placeholder) as string;
-        return (normalised ? normalizeString(value) : value).slice(0, MAX_INDEXED);
-      }),
-    );
+  for (const { parts, normalised } of split.own) {
+    // Literal text and placeholders alternate (split with a capture): a value is put in as it
+    // is, never searched for placeholders again (a value may hold another placeholder's text).
+    let k = parts[0] as string;
+    for (let i = 1; i < parts.length; i += 2) {
+      const value = skeleton.values.get(parts[i] as string) as string;
+      k += (normalised ? normalizeString(value) : value).slice(0, MAX_INDEXED) + (parts[i + 1] as string);
+    }
+    keys.add(k);
   }
   const date = dateRange(record.recorded);
   return { keys: [...keys], shapeKeys: split.shapeKeys, shape: split.shape, dateLo: date?.lo ?? null, dateHi: date?.hi ?? null };
 }
 
+/** An own key of a skeleton: its text split around placeholders (odd indices), and whether values are normalised (string keys). */
+interface OwnKey {
+  parts: string[];
+  normalised: boolean;
+}
+
 /** Skeletons' keys: those that hold a placeholder (and reference keys), and the shape of the others. */
-const splitsBySkeleton = new Map<string, { own: string[]; shapeKeys: string[]; shape: string }>();
+const splitsBySkeleton = new Map<string, { own: OwnKey[]; shapeKeys: string[]; shape: string }>();
 /** Every placeholder holds it; lowercase letters and digits, so that normalising leaves it alone and it is a FHIR id. */
 const MARK = 'zq0';
 const PLACEHOLDER = { client: 'zq0client0qz', address: 'zq0address0qz', request: 'zq0request0qz', id: 'zq0id0qz', version: 'zq0version0qz', patient: 'zq0patient0qz' };
-const PLACEHOLDERS = new RegExp(Object.values(PLACEHOLDER).join('|'), 'g');
+const PLACEHOLDER_SPLIT = new RegExp(`(${Object.values(PLACEHOLDER).join('|')})`);
 /** Stands for a value auditEvent refuses as an id or reference (shown as display only, never indexed). */
 const NOT_AN_ID = 'not an id';
 const EPOCH = '1970-01-01T00:00:00.000Z';
 
-function skeletonOf(r: AuditRecord): { record: AuditRecord; values: Map<string, string> } | undefined {
+/**
+ * A record's skeleton: the values that change from request to request (by placeholder), the
+ * skeleton's signature (its constants and which placeholders, or NOT_AN_ID, stand where: equal
+ * signatures, equal skeletons) and the skeleton record itself, built only when its keys are not
+ * known yet. Undefined when a constant holds a placeholder's marker.
+ */
+function skeletonOf(r: AuditRecord): { signature: string; values: Map<string, string>; record: () => AuditRecord } | undefined {
   const constants = JSON.stringify([r.kind, r.outcome, r.status, r.client?.tenant, r.server, r.resource?.type, r.query?.resourceType]);
   if (constants.includes(MARK)) return undefined;
   const values = new Map<string, string>();
-  const stand = (placeholder: string, value: string): string => {
+  // One letter per variable part: '-' absent, 'p' a placeholder, 'e' empty, 'n' NOT_AN_ID, 'q' a query.
+  const client = r.client === undefined ? '-' : r.client.clientId.trim() === '' ? 'e' : 'p';
+  if (client === 'p') values.set(PLACEHOLDER.client, (r.client as { clientId: string }).clientId);
+  if (r.sourceAddress !== undefined) values.set(PLACEHOLDER.address, r.sourceAddress);
+  if (r.requestId !== undefined) values.set(PLACEHOLDER.request, r.requestId);
+  const idPart = (placeholder: string, value: string | undefined): string => {
+    if (value === undefined) return '-';
+    if (!FHIR_ID.test(value)) return 'n';
     values.set(placeholder, value);
-    return placeholder;
+    return 'p';
   };
-  // What no parameter searches stays out (outcomeText, the client's name, the query's text).
-  const s: AuditRecord = { kind: r.kind, outcome: r.outcome, server: r.server, id: 'x', lastUpdated: EPOCH, recorded: EPOCH };
-  if (r.status !== undefined) s.status = r.status;
-  if (r.client !== undefined) {
-    const id = r.client.clientId;
-    s.client = { clientId: id.trim() === '' ? '' : stand(PLACEHOLDER.client, id), ...(r.client.tenant !== undefined ? { tenant: r.client.tenant } : {}) };
-  }
-  // Sanitised already (auditRecordOf): auditEvent keeps these as they are.
-  if (r.sourceAddress !== undefined) s.sourceAddress = stand(PLACEHOLDER.address, r.sourceAddress);
-  if (r.requestId !== undefined) s.requestId = stand(PLACEHOLDER.request, r.requestId);
-  if (r.resource !== undefined) {
-    const { type, id, versionId } = r.resource;
-    s.resource = {
-      type,
-      ...(id !== undefined ? { id: FHIR_ID.test(id) ? stand(PLACEHOLDER.id, id) : NOT_AN_ID } : {}),
-      ...(versionId !== undefined ? { versionId: FHIR_ID.test(versionId) ? stand(PLACEHOLDER.version, versionId) : NOT_AN_ID } : {}),
-    };
-  }
-  if (r.query !== undefined) s.query = { ...(r.query.resourceType !== undefined ? { resourceType: r.query.resourceType } : {}), query: r.query.query === '' ? '' : 'q' };
-  if (r.patient !== undefined) s.patient = PATIENT_REFERENCE.test(r.patient) ? `Patient/${stand(PLACEHOLDER.patient, r.patient.slice('Patient/'.length))}` : NOT_AN_ID;
-  return { record: s, values };
+  const id = idPart(PLACEHOLDER.id, r.resource?.id);
+  const version = idPart(PLACEHOLDER.version, r.resource?.versionId);
+  const query = r.query === undefined ? '-' : r.query.query === '' ? 'e' : 'q';
+  const patient = r.patient === undefined ? '-' : PATIENT_REFERENCE.test(r.patient) ? 'p' : 'n';
+  if (patient === 'p') values.set(PLACEHOLDER.patient, (r.patient as string).slice('Patient/'.length));
+  const signature = `${constants}${client}${r.sourceAddress === undefined ? '-' : 'p'}${r.requestId === undefined ? '-' : 'p'}${r.resource === undefined ? '-' : 'p'}${id}${version}${query}${patient}`;
+  const record = (): AuditRecord => {
+    // What no parameter searches stays out (outcomeText, the client's name, the query's text).
+    const s: AuditRecord = { kind: r.kind, outcome: r.outcome, server: r.server, id: 'x', lastUpdated: EPOCH, recorded: EPOCH };
+    if (r.status !== undefined) s.status = r.status;
+    if (r.client !== undefined) s.client = { clientId: client === 'e' ? '' : PLACEHOLDER.client, ...(r.client.tenant !== undefined ? { tenant: r.client.tenant } : {}) };
+    // Sanitised already (auditRecordOf): auditEvent keeps these as they are.
+    if (r.sourceAddress !== undefined) s.sourceAddress = PLACEHOLDER.address;
+    if (r.requestId !== undefined) s.requestId = PLACEHOLDER.request;
+    if (r.resource !== undefined) {
+      const stand = (part: string, placeholder: string): string => (part === 'p' ? placeholder : NOT_AN_ID);
+      s.resource = {
+        type: r.resource.type,
+        ...(id !== '-' ? { id: stand(id, PLACEHOLDER.id) } : {}),
+        ...(version !== '-' ? { versionId: stand(version, PLACEHOLDER.version) } : {}),
+      };
+    }
+    if (r.query !== undefined) s.query = { ...(r.query.resourceType !== undefined ? { resourceType: r.query.resourceType } : {}), query: query === 'e' ? '' : 'q' };
+    if (r.patient !== undefined) s.patient = patient === 'p' ? `Patient/${PLACEHOLDER.patient}` : NOT_AN_ID;
+    return s;
+  };
+  return { signature, values, record };
 }
 
 /** Conditions for one alternative: exact keys (any of them matches) or LIKE patterns on the row's keys. */

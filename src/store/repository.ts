@@ -4,6 +4,7 @@
  * https://hl7.org/fhir/R4/http.html
  */
 import { randomUUID } from 'node:crypto';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import type { AuditShapes, SqlClient, SqlPool, SqlQueryable } from './sql.js';
 import { fhirError } from '../fhir/errors.js';
 import type { JsonResource } from '../fhir/resource.js';
@@ -16,7 +17,7 @@ import { GroupCommit, type Outcome } from './group-commit.js';
 import { storeMessages, type StoredMessage } from './hl7-store.js';
 import { insertJob, type NewDeliveryJob } from './delivery-jobs.js';
 import { countSql, estimateSql, pageSql, whereSql, Params } from './search-sql.js';
-import { AUDIT_EVENT_TYPE, auditJson, auditJsonSql, auditRecordOf, auditReferencesFromSql, auditReferencesToSql, auditRowOf, auditRowOfRecord, RECORD_FORMAT } from './audit-events.js';
+import { AUDIT_EVENT_TYPE, auditJson, auditJsonSql, auditRecordOf, auditReferencesFromSql, auditReferencesToSql, auditRowOf, auditRowOfRecord, RECORD_FORMAT, type AuditRow } from './audit-events.js';
 import type { AuditInput } from '../audit/events.js';
 
 
@@ -285,18 +286,23 @@ export class Repository {
   async appendAuditEvents(events: (AuditInput | JsonResource)[]): Promise<void> {
     if (this.client) throw new Error('appendAuditEvents runs outside any transaction');
     for (let i = 0; i < events.length; i += CREATE_BATCH) {
-      const chunk = events.slice(i, i + CREATE_BATCH).map((event) => {
+      const chunk: { id: string; lastUpdated: string; format: number; content: object; row: AuditRow }[] = [];
+      for (const event of events.slice(i, i + CREATE_BATCH)) {
+        // Background work: requests get the event loop between slices (a batch of 500 takes some
+        // 15 ms to build, a slice under 1 ms), so that none waits for a whole batch.
+        if (chunk.length > 0 && chunk.length % AUDIT_BUILD_SLICE === 0) await nextTurn();
         const lastUpdated = new Date().toISOString();
         const id = randomUUID();
         if (!('resourceType' in event)) {
           // The audit log's own: its record is stored, and its search values are those of the AuditEvent made of it.
           const record = auditRecordOf(event, id, lastUpdated);
-          return { id, lastUpdated, format: RECORD_FORMAT, content: record, row: auditRowOfRecord(record, this.fhirBase) };
+          chunk.push({ id, lastUpdated, format: RECORD_FORMAT, content: record, row: auditRowOfRecord(record, this.fhirBase) });
+          continue;
         }
         if (event.resourceType !== AUDIT_EVENT_TYPE) throw new Error(`appendAuditEvents takes AuditEvents, not ${event.resourceType}`);
         const content = withServerMeta(event, id, 1, lastUpdated);
-        return { id, lastUpdated, format: 0, content, row: auditRowOf(content, this.fhirBase) };
-      });
+        chunk.push({ id, lastUpdated, format: 0, content, row: auditRowOf(content, this.fhirBase) });
+      }
       // Shapes this repository has not written yet go with the batch (a conflict on one another
       // writer stored meanwhile is ignored); the others are named by their digest only.
       const shapes = new Map<string, string[]>();
@@ -971,6 +977,8 @@ const INSERT_FIRST_VERSION = `
   VALUES ($1, $2, $3, $4, $5, $7::jsonb)`;
 
 const CREATE_BATCH = 500;
+/** Audit events built between two turns of the event loop (appendAuditEvents). */
+const AUDIT_BUILD_SLICE = 32;
 
 /** Groups of plain creates in flight at once; more creates wait and go together in the next group. */
 const GROUP_SLOTS = Number(process.env.GROUP_SLOTS ?? 1);
