@@ -119,6 +119,23 @@ describe('migrations', function () {
       await db.close();
     }
   });
+  it('migration 20 makes the audit keys\' GIN index merge its pending list at 64 kB, in the public schema and a tenant\'s own', async () => {
+    const db = await openDatabase({ dataDir: 'memory://' });
+    try {
+      await migrate(db.pool);
+      // The first tenant has the public schema, the next one a schema of its own.
+      await createTenant(db, 'gin-a');
+      const own = await createTenant(db, 'gin-b');
+      const options = await db.pool.query<{ schema: string; options: string[] | null }>(
+        `SELECT n.nspname AS schema, c.reloptions AS options FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = 'audit_event_keys' ORDER BY 1`,
+      );
+      assert.deepEqual(options.rows.map((r) => r.schema).sort(), [own, 'public'].sort());
+      for (const row of options.rows) assert.deepEqual(row.options, ['gin_pending_list_limit=64'], row.schema);
+    } finally {
+      await db.close();
+    }
+  });
+
   it('migration 8 gives the tenant of a database from before tenants the public schema, where its data is; later tenants get schemas of their own', async () => {
     const db = await openDatabase({ dataDir: 'memory://' });
     try {

@@ -244,6 +244,18 @@ export const MIGRATIONS: readonly Migration[] = [
       ALTER TABLE audit_event ALTER COLUMN content SET STATISTICS 0;
     `,
   },
+  {
+    version: 20,
+    name: 'audit: the GIN index of event keys merges its pending entries in small steps',
+    scope: 'tenant',
+    // A GIN index gathers new entries in a pending list and merges it into the index once it
+    // holds gin_pending_list_limit (4 MB by default), inside the insert that fills it: with some
+    // 12 keys per event, a merge every few thousand events that took up to 232 ms, one core's
+    // worth of PostgreSQL while requests waited (30,000 events in batches of 5: 8 inserts over
+    // 10 ms, 820 ms in all). At 64 kB (the least) the longest took 8.8 ms, for the same CPU per
+    // event (95 against 100 µs).
+    sql: `ALTER INDEX audit_event_keys SET (gin_pending_list_limit = 64);`,
+  },
 ];
 
 /** Applies the migrations due in `public` (`pool` is the database's public-schema pool). */
