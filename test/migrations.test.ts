@@ -119,6 +119,7 @@ describe('migrations', function () {
       await db.close();
     }
   });
+
   it('migration 20 makes the audit keys\' GIN index merge its pending list at 64 kB, in the public schema and a tenant\'s own', async () => {
     const db = await openDatabase({ dataDir: 'memory://' });
     try {
