@@ -219,6 +219,64 @@ describe('inbound HL7 v2 over MLLP', function () {
     );
   });
 
+  it('with several batches of a connection at once (concurrency): messages about one patient still apply in the order sent', async () => {
+    const { ctx, db } = await testContext();
+    const inbound = new Hl7Inbound(ctx, ctx.tenants!, new Hl7Routes(db.pool), silentLogger);
+    let running = 0;
+    let most = 0;
+    const concurrent = await startMllpServer(inbound.handle, {
+      port: 0,
+      host: '127.0.0.1',
+      concurrency: 4,
+      maxBatch: 4,
+      batchHandler: async (batch, meta) => {
+        most = Math.max(most, ++running);
+        try {
+          return await inbound.handleBatch(batch, meta);
+        } finally {
+          running--;
+        }
+      },
+    });
+    try {
+      // Patient Q0 registered, then moved twice, her messages spread over batches that run
+      // beside batches about other patients. The first batch stores three messages from a facility
+      // routed nowhere before it starts its transaction: the second, about Q0 too, must wait for
+      // it rather than take her locks first.
+      const moves = ['418 Birch Ln', '7 Elm St', '9 Oak Ave'];
+      const q0 = (n: number): string =>
+        sample('adt-a04-knee-oa.hl7', facility, { E4471023: `E${RUN}Q0`, RVS000123: `Q${RUN}0-${n}`, ...(n > 0 ? { 'ADT^A04': 'ADT^A08', 'EVN|A04': 'EVN|A08', '418 Birch Ln': moves[n]! } : {}) });
+      const other = (n: number): string => sample('adt-a04-knee-oa.hl7', facility, { E4471023: `E${RUN}Q${n}`, RVS000123: `Q${RUN}${n}` });
+      const strangers = [1, 2, 3].map((n) => sample('adt-a04-knee-oa.hl7', `NOWHERE-${RUN}`, { RVS000123: `Q${RUN}X${n}`, E4471023: `E${RUN}QX${n}` }));
+      const sent = [...strangers, q0(0), q0(1), ...[1, 2, 3, 4, 5, 6].map(other), q0(2), ...[7, 8, 9].map(other)];
+      const socket = connect(concurrent.port, '127.0.0.1');
+      await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+      const decoder = new MllpDecoder({});
+      const replies: string[] = [];
+      const done = new Promise<void>((resolve) => socket.on('data', (chunk: Buffer) => (replies.push(...decoder.push(chunk)), replies.length >= sent.length && resolve())));
+      socket.write(Buffer.concat(sent.map((m) => frame(m))));
+      await done;
+      socket.destroy();
+      assert.deepEqual(
+        replies.map((r) => readAck(r)?.code),
+        sent.map((m) => (strangers.includes(m) ? 'AR' : 'AA')),
+      );
+      assert.deepEqual(
+        replies.map((r) => readAck(r)?.controlId),
+        sent.map((m) => m.split('\r')[0]!.split('|')[9]),
+      );
+      assert.ok(most > 1, `batches ran at once (${most})`);
+      const [q] = await patientsWith(`E${RUN}Q0`);
+      assert.deepEqual([q!.meta?.versionId, q!.address?.[0]?.line?.[0]], ['3', '9 Oak Ave']);
+      assert.equal((await conditionsOf(q!.id!)).length, 3);
+      for (let n = 1; n <= 9; n++) assert.equal((await patientsWith(`E${RUN}Q${n}`)).length, 1);
+      const stored = (await messages()).filter((m) => m.control_id.startsWith(`Q${RUN}0-`)).map((m) => m.control_id);
+      assert.deepEqual(stored, [0, 1, 2].map((n) => `Q${RUN}0-${n}`));
+    } finally {
+      await concurrent.close();
+    }
+  });
+
   it('answers AR to a message from a facility routed to no tenant, and to one it cannot parse; both stored', async () => {
     const { db } = await testContext();
     const stranger = sample('adt-a04-knee-oa.hl7', `NOWHERE-${RUN}`, { RVS000123: `C${RUN}5`, E4471023: `E${RUN}5` });

@@ -1,6 +1,6 @@
 /**
  * src/hl7/mllp.ts and src/hl7/mllp-client.ts: MLLP framing, one-at-a-time processing per
- * connection in arrival order, hostile byte streams, shutdown, idle and reply timeouts. Real TCP on
+ * connection in arrival order (or several batches at once, ACKs in arrival order), hostile byte streams, shutdown, idle and reply timeouts. Real TCP on
  * loopback; every server listens on port 0.
  */
 import assert from 'node:assert/strict';
@@ -132,6 +132,57 @@ describe('hl7 mllp', () => {
       await sleep(50);
       assert.equal(handled.length, 1000, 'no handler call after the last ACK');
       peer.socket.end();
+    });
+
+    it('with concurrency 3: 1,000 pipelined messages in batches, up to 3 batches at once, each message handled once, ACKs in arrival order', async () => {
+      const handled: string[] = [];
+      let inFlight = 0;
+      let maxInFlight = 0;
+      let batches = 0;
+      const work = async (messages: string[]): Promise<string[]> => {
+        inFlight++;
+        batches++;
+        maxInFlight = Math.max(maxInFlight, inFlight);
+        const results = messages.map((m) => parseAdt(m));
+        for (const r of results) handled.push(r.kind === 'ok' ? r.controlId : 'not ok');
+        // Later batches often finish first: their ACKs must still follow the earlier ones'.
+        await sleep(Math.floor(Math.random() * 8));
+        inFlight--;
+        return messages.map((m, i) => ackFor(m, results[i]!));
+      };
+      const server = await start((m) => work([m]).then((a) => a[0]!), { batchHandler: (ms) => work(ms), concurrency: 3, maxBatch: 16 });
+      const peer = await rawPeer(server.port);
+      const ids = Array.from({ length: 1000 }, (_, i) => `K${String(i).padStart(4, '0')}`);
+      for (let i = 0; i < ids.length; i += 50) peer.socket.write(Buffer.concat(ids.slice(i, i + 50).map((id) => frame(adt(id)))));
+      await peer.waitFor(1000);
+      assert.deepEqual(handled, ids, 'every message handed to a handler once, in arrival order');
+      assert.deepEqual(peer.frames.map(controlIdOfAck), ids);
+      assert.equal(maxInFlight, 3);
+      assert.ok(batches < 1000, `${batches} batches`);
+      peer.socket.end();
+    });
+
+    it('with concurrency 2: a batch whose handler throws closes the connection; neither it nor any later batch is acknowledged', async () => {
+      const errors: unknown[] = [];
+      const started: string[][] = [];
+      const work = async (messages: string[]): Promise<string[]> => {
+        const ids = messages.map((m) => (parseAdt(m) as { controlId: string }).controlId);
+        started.push(ids);
+        if (ids.includes('F3')) throw new Error('storage down');
+        // The batch after the failing one finishes later, without error: its ACKs are never written.
+        await sleep(ids.includes('F1') || ids.includes('F2') ? 0 : 100);
+        return messages.map((m) => ackFor(m, parseAdt(m)));
+      };
+      const server = await start((m) => work([m]).then((a) => a[0]!), { batchHandler: (ms) => work(ms), concurrency: 2, maxBatch: 2, onError: (e) => errors.push(e) });
+      const peer = await rawPeer(server.port);
+      peer.socket.write(Buffer.concat(['F1', 'F2'].map((id) => frame(adt(id)))));
+      await peer.waitFor(2);
+      peer.socket.write(Buffer.concat(['F3', 'F4', 'F5', 'F6'].map((id) => frame(adt(id)))));
+      await peer.closed;
+      assert.deepEqual(peer.frames.map(controlIdOfAck), ['F1', 'F2']);
+      assert.deepEqual(started.flat(), ['F1', 'F2', 'F3', 'F4', 'F5', 'F6']);
+      assert.ok(started.length > 2 && started.length <= 6);
+      assert.match(String(errors[0]), /storage down/);
     });
 
     it('answers a sender that waits for each ACK (MllpClient), 1,000 round trips', async () => {

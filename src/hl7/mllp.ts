@@ -7,8 +7,11 @@
  * re-runs all earlier ones) and node-hl7-client's decoder cannot split two frames in one chunk.
  *
  * Guarantees of the server, per connection:
- * - frames are handled strictly one at a time in arrival order: the next frame's handler starts
- *   only after the previous frame's ACK was handed to the kernel (write callback);
+ * - frames are handled in arrival order: with `concurrency` 1 (the default) strictly one at a
+ *   time, the next frame's handler starting only after the previous frame's ACK was handed to the
+ *   kernel (write callback); with more, up to that many batches (batchHandler) are in the
+ *   handlers' hands at once, started in arrival order, and their ACKs are written in arrival
+ *   order whatever order they finish in (what may run together is the handler's to decide);
  * - a frame may arrive split over any number of TCP chunks, and a chunk may hold several frames;
  * - bytes outside a frame are discarded and reported through `onGarbage`;
  * - an unterminated frame over `maxFrameBytes` closes the connection (`onError`);
@@ -169,6 +172,13 @@ export interface MllpServerOptions {
   batchHandler?: MllpBatchHandler;
   /** Most messages in one batch (default 100). */
   maxBatch?: number;
+  /**
+   * Batches in the handlers' hands at once on a connection (default 1), for a sender with several
+   * messages in flight: the server's work on one batch then overlaps the database's on another.
+   * The queued messages are shared out over the free places (a batch of 32 with two places free
+   * is two of 16). Only with batchHandler; ACKs are written in arrival order.
+   */
+  concurrency?: number;
   host?: string;
   /** Largest frame accepted, in bytes (default 16 MB). */
   maxFrameBytes?: number;
@@ -229,12 +239,16 @@ export async function startMllpServer(handler: MllpHandler, options: MllpServerO
   };
 }
 
-/** One accepted socket: decodes frames into a queue and works the queue one frame at a time. */
+/** One accepted socket: decodes frames into a queue and works the queue in order (pump). */
 class Connection {
   private readonly meta: MllpMeta;
   private readonly decoder: MllpDecoder;
   private readonly queue: string[] = [];
-  private busy = false;
+  /** Batches taken from the queue whose ACKs are not written yet. */
+  private inFlight = 0;
+  /** The ACK write of the batch taken last: the next batch's ACKs are written after it. */
+  private lastWrite: Promise<void> = Promise.resolve();
+  private failed = false;
   private idleTimer: NodeJS.Timeout | undefined;
   private readonly closed: Promise<void>;
 
@@ -257,7 +271,7 @@ class Connection {
 
   /** Stop after the running handler (if any); resolves when the socket is closed. */
   shutdown(): Promise<void> {
-    if (!this.busy) this.end();
+    if (this.inFlight === 0) this.end();
     return this.closed;
   }
 
@@ -278,28 +292,53 @@ class Connection {
     if (messages.length === 0) return;
     this.queue.push(...messages);
     if (this.queue.length >= QUEUE_HIGH_WATER) this.socket.pause();
-    if (!this.busy) void this.drain();
+    this.pump();
   }
 
-  private async drain(): Promise<void> {
-    this.busy = true;
-    try {
-      const batch = this.options.batchHandler;
-      while (this.queue.length > 0 && !this.isClosing() && !this.socket.destroyed) {
-        const messages = this.queue.splice(0, batch ? (this.options.maxBatch ?? 100) : 1);
-        if (this.queue.length < QUEUE_HIGH_WATER / 2 && this.socket.isPaused()) this.socket.resume();
-        const acks = batch && messages.length > 1 ? await batch(messages, this.meta) : [await this.handler(messages[0] as string, this.meta)];
-        if (acks.length !== messages.length) throw new Error(`MLLP batch handler answered ${acks.length} ACKs for ${messages.length} messages`);
-        await this.write(Buffer.concat(acks.map((ack) => frame(ack))));
-        this.touch();
+  /**
+   * Starts handlers for the queued messages while there is room (concurrency), in arrival order,
+   * and chains each batch's ACK write after the previous one's. A handler that throws (or answers
+   * the wrong number of ACKs) closes the connection: neither its messages nor any later ones are
+   * acknowledged, so the sender sends them again.
+   */
+  private pump(): void {
+    const batch = this.options.batchHandler;
+    const limit = batch ? Math.max(1, this.options.concurrency ?? 1) : 1;
+    const maxBatch = batch ? Math.max(1, this.options.maxBatch ?? 100) : 1;
+    while (this.inFlight < limit && this.queue.length > 0 && !this.failed && !this.isClosing() && !this.socket.destroyed) {
+      const size = Math.min(maxBatch, Math.ceil(this.queue.length / (limit - this.inFlight)));
+      const messages = this.queue.splice(0, size);
+      if (this.queue.length < QUEUE_HIGH_WATER / 2 && this.socket.isPaused()) this.socket.resume();
+      this.inFlight++;
+      let acks: Promise<string[]>;
+      try {
+        acks = batch && messages.length > 1 ? batch(messages, this.meta) : this.handler(messages[0] as string, this.meta).then((ack) => [ack]);
+      } catch (err) {
+        acks = Promise.reject(err instanceof Error ? err : new Error(String(err)));
       }
-    } catch (err) {
-      this.options.onError?.(err, this.meta);
-      this.socket.destroy();
-    } finally {
-      this.busy = false;
+      // Rejections are handled where the ACKs are awaited, in order; this only keeps them from
+      // being reported as unhandled while an earlier batch is still being written.
+      acks.catch(() => undefined);
+      this.lastWrite = this.lastWrite.then(async () => {
+        try {
+          if (this.failed) return;
+          const answers = await acks;
+          if (answers.length !== messages.length) throw new Error(`MLLP batch handler answered ${answers.length} ACKs for ${messages.length} messages`);
+          await this.write(Buffer.concat(answers.map((ack) => frame(ack))));
+          this.touch();
+        } catch (err) {
+          if (!this.failed) {
+            this.failed = true;
+            this.options.onError?.(err, this.meta);
+            this.socket.destroy();
+          }
+        } finally {
+          this.inFlight--;
+          this.pump();
+          if (this.inFlight === 0 && (this.isClosing() || this.failed)) this.end();
+        }
+      });
     }
-    if (this.isClosing()) this.end();
   }
 
   private write(data: Buffer): Promise<void> {
@@ -324,7 +363,7 @@ class Connection {
     if (idle <= 0) return;
     clearTimeout(this.idleTimer);
     this.idleTimer = setTimeout(() => {
-      if (this.busy) this.touch();
+      if (this.inFlight > 0) this.touch();
       else this.end();
     }, idle);
     this.idleTimer.unref();

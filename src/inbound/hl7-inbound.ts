@@ -17,7 +17,7 @@ import type { Logger } from 'pino';
 import { FhirError, fhirError } from '../fhir/errors.js';
 import { tokenSearchValue } from '../fhir/search-value.js';
 import type { JsonResource } from '../fhir/resource.js';
-import { ack, ackFor, mshField, parseAdt, type AdtOk } from '../hl7/adt.js';
+import { ack, ackFor, mshField, parseAdt, type AdtOk, type AdtResult } from '../hl7/adt.js';
 import type { MllpMeta } from '../hl7/mllp.js';
 import { conditionOf } from '../interactions/conditions.js';
 import type { FhirContext } from '../interactions/types.js';
@@ -34,7 +34,21 @@ interface Applicable {
 }
 type Routed = { kind: 'answered'; ack: string } | Applicable;
 
+/** A batch (or message) of a connection being applied: the identifiers it writes by, and when it is done. */
+interface InFlight {
+  keys: ReadonlySet<string>;
+  done: Promise<void>;
+}
+
 export class Hl7Inbound {
+  /**
+   * Each connection's batches in the handlers' hands (the MLLP server runs up to `concurrency` at
+   * once): a batch that writes by an identifier an earlier one of the same connection writes by
+   * waits until that one is done, so that messages about one patient or diagnosis apply in the
+   * order they were sent; batches about other patients and diagnoses run at the same time.
+   */
+  private readonly inFlight = new WeakMap<MllpMeta, InFlight[]>();
+
   constructor(
     private readonly ctx: FhirContext,
     private readonly tenants: Tenants,
@@ -44,7 +58,12 @@ export class Hl7Inbound {
 
   /** The MLLP handler: one message in, its ACK out (see the module comment). */
   handle = async (message: string, meta: MllpMeta): Promise<string> => {
-    const routed = await this.route(message, meta);
+    const parsed = parseAdt(message);
+    return this.inOrder(meta, [parsed], () => this.handleOne(message, parsed, meta));
+  };
+
+  private async handleOne(message: string, parsed: AdtResult, meta: MllpMeta): Promise<string> {
+    const routed = await this.route(message, parsed, meta);
     if (routed.kind === 'answered') return routed.ack;
     try {
       await routed.repo.transaction((tx) => this.applyOne(tx, routed));
@@ -58,18 +77,42 @@ export class Hl7Inbound {
       await routed.repo.recordHl7Message({ ...routed.base, status: 'error', detail: reason });
       return ack(message, 'AE', reason, { code: 207 });
     }
-  };
+  }
 
   /**
    * The MLLP batch handler: messages that arrived together on one connection (a sender that does
-   * not wait for each ACK), in order, each of a tenant applied in one transaction with a savepoint
+   * not wait for each ACK; after any earlier batch of the connection about the same patients or
+   * diagnoses, inOrder), in order, each of a tenant applied in one transaction with a savepoint
    * per message: one commit for the lot, and a message that cannot be applied is undone alone and
    * stored with its reason (AE) while the others go on. Should the transaction fail as a whole
    * (database down), none is acknowledged.
    */
   handleBatch = async (messages: string[], meta: MllpMeta): Promise<string[]> => {
+    const parsed = messages.map((message) => parseAdt(message));
+    return this.inOrder(meta, parsed, () => this.applyBatch(messages, parsed, meta));
+  };
+
+  /**
+   * Runs `work` once no earlier batch of the connection `meta` that writes by one of the same
+   * identifiers (MRN, DG1) as `parsed` is still running (inFlight). Registers the batch before it
+   * waits for anything: the MLLP server starts the connection's next batch as soon as this call
+   * returns its promise.
+   */
+  private inOrder<T>(meta: MllpMeta, parsed: AdtResult[], work: () => Promise<T>): Promise<T> {
+    const keys = new Set(parsed.flatMap((p) => (p.kind === 'ok' ? writeKeysOf(p) : [])));
+    const running = this.inFlight.get(meta) ?? [];
+    const before = running.filter((r) => [...keys].some((k) => r.keys.has(k))).map((r) => r.done);
+    const result = (before.length === 0 ? work() : Promise.all(before).then(work));
+    const entry: InFlight = { keys, done: result.then(() => undefined, () => undefined) };
+    running.push(entry);
+    this.inFlight.set(meta, running);
+    void entry.done.then(() => running.splice(running.indexOf(entry), 1));
+    return result;
+  }
+
+  private async applyBatch(messages: string[], parsed: AdtResult[], meta: MllpMeta): Promise<string[]> {
     const routed = [];
-    for (const message of messages) routed.push(await this.route(message, meta));
+    for (const [i, message] of messages.entries()) routed.push(await this.route(message, parsed[i] as AdtResult, meta));
     const acks: string[] = [];
     for (let i = 0; i < routed.length; ) {
       const first = routed[i] as Routed;
@@ -113,11 +156,10 @@ export class Hl7Inbound {
       );
     }
     return acks;
-  };
+  }
 
   /** Parses and routes a message: answered at once (AR, or AE for one we understand but refuse), or to apply. */
-  private async route(message: string, meta: MllpMeta): Promise<Routed> {
-    const result = parseAdt(message);
+  private async route(message: string, result: AdtResult, meta: MllpMeta): Promise<Routed> {
     if (result.kind === 'reject') {
       await this.routes.storeUnrouted(message, result.reason, meta.remoteAddress);
       return { kind: 'answered', ack: ackFor(message, result) };
@@ -175,7 +217,7 @@ export class Hl7Inbound {
     let round: AdtOk[] = [];
     const seen = new Set<string>();
     for (const adt of adts) {
-      const keys = [`Patient|${adt.mrn.system}|${adt.mrn.value}`, ...adt.conditions.map((c) => `Condition|${c.identifier?.[0]?.system ?? ''}|${c.identifier?.[0]?.value ?? ''}`)];
+      const keys = writeKeysOf(adt);
       if (keys.some((k) => seen.has(k))) {
         await this.applyRound(tx, round);
         round = [];
@@ -252,6 +294,11 @@ export class Hl7Inbound {
     }
     await tx.createMany(created);
   }
+}
+
+/** The identifiers a message's resources are matched by: its MRN's and each DG1's. */
+function writeKeysOf(adt: AdtOk): string[] {
+  return [`Patient|${adt.mrn.system}|${adt.mrn.value}`, ...adt.conditions.map((c) => `Condition|${c.identifier?.[0]?.system ?? ''}|${c.identifier?.[0]?.value ?? ''}`)];
 }
 
 /** The Provenance of one message: what it wrote, the sender, the message. */
