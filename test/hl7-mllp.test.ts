@@ -264,6 +264,29 @@ describe('hl7 mllp', () => {
       assert.deepEqual(started, ['S1'], 'the queued frame is left for the sender to resend');
     });
 
+    it('with concurrency 2, close() lets both running batches finish and write their ACKs in order, and starts no queued one', async () => {
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      const started: string[][] = [];
+      const work = async (messages: string[]): Promise<string[]> => {
+        started.push(messages.map((m) => (parseAdt(m) as { controlId: string }).controlId));
+        await gate;
+        return messages.map((m) => ackFor(m, parseAdt(m)));
+      };
+      const server = await start((m) => work([m]).then((a) => a[0]!), { batchHandler: (ms) => work(ms), concurrency: 2, maxBatch: 2 });
+      const peer = await rawPeer(server.port);
+      peer.socket.write(Buffer.concat(['D1', 'D2', 'D3', 'D4'].map((id) => frame(adt(id)))));
+      while (started.length < 2) await sleep(5);
+      peer.socket.write(frame(adt('D5')));
+      await sleep(20);
+      const closing = server.close();
+      release();
+      await closing;
+      await peer.closed;
+      assert.deepEqual(started, [['D1', 'D2'], ['D3', 'D4']]);
+      assert.deepEqual(peer.frames.map(controlIdOfAck), ['D1', 'D2', 'D3', 'D4']);
+    });
+
     it('closes a connection idle longer than idleTimeoutMs, but not one whose handler is still running', async () => {
       const server = await start(async (m) => (await sleep(300), ackFor(m, parseAdt(m))), { idleTimeoutMs: 100 });
       const idle = await rawPeer(server.port);
