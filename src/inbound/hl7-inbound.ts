@@ -127,8 +127,7 @@ export class Hl7Inbound {
       for (let r = routed[i]; r?.kind === 'apply' && r.repo === first.repo; r = routed[++i]) run.push(r);
       const together = await first.repo
         .transaction(async (tx) => {
-          await this.applyAll(tx, run.map((item) => item.result));
-          await tx.recordHl7Messages(run.map((item) => this.applied(item)));
+          await this.applyAll(tx, run.map((item) => item.result), run.map((item) => this.applied(item)));
           return run.map((item) => ackFor(item.base.raw, item.result));
         })
         .catch(() => undefined);
@@ -182,8 +181,7 @@ export class Hl7Inbound {
 
   /** Applies a message and stores it as applied, in the transaction `tx`. */
   private async applyOne(tx: Repository, item: Applicable): Promise<void> {
-    await this.apply(tx, item.result);
-    await tx.recordHl7Message(this.applied(item));
+    await this.applyAll(tx, [item.result], [this.applied(item)]);
   }
 
   private applied(item: Applicable): StoredMessage {
@@ -196,11 +194,6 @@ export class Hl7Inbound {
     return 'the message could not be applied';
   }
 
-  /** One message: see applyAll. */
-  private apply(tx: Repository, adt: AdtOk): Promise<void> {
-    return this.applyAll(tx, [adt]);
-  }
-
   /**
    * Messages in order, in the transaction `tx`: for each, the Patient (matched by MRN, else
    * created), a Condition per DG1 (matched by its identifier, else created) and a Provenance. In
@@ -208,12 +201,13 @@ export class Hl7Inbound {
    * keys a conditional update takes), one lookup of all the Patients and all the DG1s' Conditions
    * by identifier, an update per resource that exists already, and one statement creating
    * everything new. Messages that share an MRN or a DG1 go in separate rounds, in order, so that a later one
-   * sees what an earlier one wrote.
+   * sees what an earlier one wrote. `stored`, the messages' rows (status applied), go with the
+   * lock statement: should a message fail, the transaction (or its savepoint) undoes them too.
    */
-  private async applyAll(tx: Repository, adts: AdtOk[]): Promise<void> {
+  private async applyAll(tx: Repository, adts: AdtOk[], stored: StoredMessage[]): Promise<void> {
     // Every key of every message first, in one sorted statement: two batches that share patients
     // in another order cannot deadlock.
-    await tx.lockKeys(adts.flatMap((adt) => this.lockKeysOf(adt)));
+    await tx.lockKeysAndRecordHl7(adts.flatMap((adt) => this.lockKeysOf(adt)), stored);
     let round: AdtOk[] = [];
     const seen = new Set<string>();
     for (const adt of adts) {

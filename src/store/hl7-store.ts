@@ -81,17 +81,25 @@ export class Hl7Routes {
 /** Stores a tenant's messages with their status, in order, with one statement (on the transaction that applied them, or alone). */
 export async function storeMessages(db: SqlQueryable, messages: StoredMessage[]): Promise<void> {
   if (messages.length === 0) return;
-  await db.query(
-    `INSERT INTO hl7_message (sending_facility, control_id, message_type, status, detail, raw)
-     SELECT f, c, t, s, d, r FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) WITH ORDINALITY AS m(f, c, t, s, d, r, n) ORDER BY n`,
-    [
-      messages.map((m) => m.sendingFacility ?? null),
-      messages.map((m) => m.controlId ?? null),
-      messages.map((m) => m.messageType ?? null),
-      messages.map((m) => m.status),
-      messages.map((m) => m.detail ?? null),
-      messages.map((m) => m.raw),
-    ],
-  );
+  await db.query(messagesInsert(1), messagesValues(messages));
+}
+
+/** The INSERT of storeMessages, its six parameters numbered from `first`. */
+export function messagesInsert(first: number): string {
+  const p = (i: number): string => `$${first + i}::text[]`;
+  return `INSERT INTO hl7_message (sending_facility, control_id, message_type, status, detail, raw)
+     SELECT f, c, t, s, d, r FROM unnest(${p(0)}, ${p(1)}, ${p(2)}, ${p(3)}, ${p(4)}, ${p(5)}) WITH ORDINALITY AS m(f, c, t, s, d, r, n) ORDER BY n`;
+}
+
+/** The six parameters of messagesInsert, column by column. */
+export function messagesValues(messages: StoredMessage[]): (string | null)[][] {
+  return [
+    messages.map((m) => m.sendingFacility ?? null),
+    messages.map((m) => m.controlId ?? null),
+    messages.map((m) => m.messageType ?? null),
+    messages.map((m) => m.status),
+    messages.map((m) => m.detail ?? null),
+    messages.map((m) => m.raw),
+  ];
 }
 
