@@ -14,6 +14,7 @@ import type { NextFunction, Request, Response } from 'express';
 import pino from 'pino';
 import { generateSigningJwk, issueAccessToken, signingKeyFromJwk } from '../src/auth/index.js';
 import { callerOf, requireScope, requireToken, type AuthOptions } from '../src/http/auth.js';
+import { median } from './proc.js';
 
 export interface AuthCost {
   /** Per request with a token verified before: bearer check and scope check, in microseconds. */
@@ -75,6 +76,5 @@ export async function measureAuthCost(): Promise<AuthCost> {
   for (let i = 0; i < REQUESTS; i++) await pass(token);
   const perRequestUs = Number(process.hrtime.bigint() - t0) / 1e3 / REQUESTS;
 
-  const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
   return { perRequestUs, firstVerificationMs: median(verified), issueMs: median(issued), requests: REQUESTS, tokens: TOKENS };
 }

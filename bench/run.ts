@@ -52,7 +52,7 @@ import { runSearchPhase, type SearchPhaseResult } from './search-phase.js';
 import { authorization, registerBenchClient, routeHl7, runAdmin, startAuth, stopAuth, type BenchClient } from './auth.js';
 import { HL7_FACILITY, runHl7Phase, type Hl7Result } from './hl7.js';
 import { measureAuthCost, type AuthCost } from './auth-cost.js';
-import { machineCpu, openWindow, percentile, readRssKiB, round, RSS_SAMPLE_MS, type CpuFigures } from './proc.js';
+import { machineCpu, median, openWindow, percentile, readRssKiB, round, RSS_SAMPLE_MS, type CpuFigures } from './proc.js';
 import { EHR_SCOPES, EHR_TENANT, PDF_RENDERINGS, runDeliveryPhase, SUMMARY_CONCURRENCY, SUMMARY_PATIENTS, type DeliveryResult, type EhrPeer } from './delivery.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -235,8 +235,8 @@ interface AuditPair {
    * whose requests would each take auth.perRequestUs less CPU (creates: the server is the bound,
    * so that many more per second) and less time (the read p99).
    */
-  createCostWithAuth?: number;
-  readCostWithAuth?: number;
+  createCostWithAuth: number;
+  readCostWithAuth: number;
 }
 
 interface AuditComparison {
@@ -244,10 +244,10 @@ interface AuditComparison {
   createCostMedian: number;
   readCostMedian: number;
   /** Authentication's own cost per request and per token (bench/auth-cost.ts), measured after the pairs. */
-  auth?: AuthCost;
+  auth: AuthCost;
   /** Issue #5's figures: authentication and audit together (AuditPair), medians over the pairs. */
-  createCostWithAuthMedian?: number;
-  readCostWithAuthMedian?: number;
+  createCostWithAuthMedian: number;
+  readCostWithAuthMedian: number;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -607,7 +607,7 @@ async function runAuditPairs(dbName: string, dataDir: string, logPath: string, s
     configs.push({ label, name, client, server, ids });
   }
   await checkpoint();
-  const pairs: AuditPair[] = [];
+  const measured: Omit<AuditPair, 'createCostWithAuth' | 'readCostWithAuth'>[] = [];
   for (let i = 0; i < AUDIT_PAIRS; i++) {
     const order = i % 2 === 0 ? configs : [...configs].reverse();
     const create: Record<string, number> = {};
@@ -643,7 +643,7 @@ async function runAuditPairs(dbName: string, dataDir: string, logPath: string, s
     }
     const createPerSecond = { off: create.off ?? 0, on: create.on ?? 0 };
     const readP99Ms = { off: readP99.off ?? 0, on: readP99.on ?? 0 };
-    pairs.push({
+    measured.push({
       first: order[0]?.label ?? 'off',
       createPerSecond,
       readP99Ms,
@@ -660,27 +660,21 @@ async function runAuditPairs(dbName: string, dataDir: string, logPath: string, s
   await checkpoint();
   log('authentication: its work per request and per token, in this process (bench/auth-cost.ts)');
   const auth = await measureAuthCost();
-  for (const p of pairs) {
-    // The share of a create's server CPU authentication takes: without it, as many more creates
-    // per second (the server is their bound); the read p99 without it, that much shorter.
-    const share = auth.perRequestUs / 1000 / p.serverCpuMsPerRequest.create;
-    p.createCostWithAuth = round(1 - (p.createPerSecond.on / p.createPerSecond.off) * (1 - share), 3);
-    p.readCostWithAuth = round(p.readP99Ms.on / (p.readP99Ms.off - auth.perRequestUs / 1000) - 1, 3);
-  }
+  // The share of a create's server CPU authentication takes: without it, as many more creates
+  // per second (the server is their bound); the read p99 without it, that much shorter.
+  const pairs: AuditPair[] = measured.map((p) => ({
+    ...p,
+    createCostWithAuth: round(1 - (p.createPerSecond.on / p.createPerSecond.off) * (1 - auth.perRequestUs / 1000 / p.serverCpuMsPerRequest.create), 3),
+    readCostWithAuth: round(p.readP99Ms.on / (p.readP99Ms.off - auth.perRequestUs / 1000) - 1, 3),
+  }));
   return {
     pairs,
     createCostMedian: median(pairs.map((p) => p.createCost)),
     readCostMedian: median(pairs.map((p) => p.readCost)),
     auth,
-    createCostWithAuthMedian: median(pairs.map((p) => p.createCostWithAuth ?? 0)),
-    readCostWithAuthMedian: median(pairs.map((p) => p.readCostWithAuth ?? 0)),
+    createCostWithAuthMedian: median(pairs.map((p) => p.createCostWithAuth)),
+    readCostWithAuthMedian: median(pairs.map((p) => p.readCostWithAuth)),
   };
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1 ? (sorted[mid] ?? 0) : ((sorted[mid - 1] ?? 0) + (sorted[mid] ?? 0)) / 2;
 }
 
 async function createBenchDatabase(name: string): Promise<Record<string, string>> {
@@ -895,9 +889,9 @@ function evaluateTargets(report: Report): TargetResult[] {
   if (report.audit && report.audit.pairs.length > 0) {
     const a = report.audit;
     const pct = (x: number): string => `${fmt(x * 100, 1)}%`;
-    const auth = a.auth ? `; authentication ${fmt(a.auth.perRequestUs, 2)} µs per request, median server CPU per create ${fmt(median(a.pairs.map((p) => p.serverCpuMsPerRequest.create)), 3)} ms` : '';
-    const createCost = a.createCostWithAuthMedian ?? a.createCostMedian;
-    const readCost = a.readCostWithAuthMedian ?? a.readCostMedian;
+    const auth = `; authentication ${fmt(a.auth.perRequestUs, 2)} µs per request, median server CPU per create ${fmt(median(a.pairs.map((p) => p.serverCpuMsPerRequest.create)), 3)} ms`;
+    const createCost = a.createCostWithAuthMedian;
+    const readCost = a.readCostWithAuthMedian;
     targets.push({
       name: `authentication and audit log cost on create throughput (median of ${a.pairs.length} alternated pairs)`,
       target: `≤ ${AUDIT_COST_MAX * 100}% fewer creates/s than without either`,

@@ -566,21 +566,21 @@ export class Repository {
 
   /** Inside transaction(): lockKey() for several keys, in one statement (in a fixed order: no deadlock). */
   async lockKeys(keys: string[]): Promise<void> {
-    if (!this.client) throw new Error('lockKeys needs a transaction');
-    const client = this.client;
-    await this.run(() => client.query(LOCK_KEYS, [[...new Set(keys)].sort()]));
+    await this.lockKeysAndRecordHl7(keys, []);
   }
 
   /**
    * Inside transaction(): lockKeys, and the inbound HL7 messages being applied stored with their
-   * status (recordHl7Messages) in the same statement, a round trip fewer per transaction. The
-   * rows are the transaction's like everything it writes: undone with it should a message fail.
+   * status (as recordHl7Message stores one) in the same statement, a round trip fewer per
+   * transaction. The rows are the transaction's like everything it writes: undone with it should
+   * a message fail.
    */
   async lockKeysAndRecordHl7(keys: string[], messages: StoredMessage[]): Promise<void> {
-    if (!this.client) throw new Error('lockKeysAndRecordHl7 needs a transaction');
+    if (!this.client) throw new Error('lockKeys needs a transaction');
     const client = this.client;
-    if (messages.length === 0) return this.lockKeys(keys);
-    await this.run(() => client.query(`WITH stored AS (${messagesInsert(2)}) ${LOCK_KEYS}`, [[...new Set(keys)].sort(), ...messagesValues(messages)]));
+    const sorted = [...new Set(keys)].sort();
+    const [text, values] = messages.length === 0 ? [LOCK_KEYS, [sorted]] : [`WITH stored AS (${messagesInsert(2)}) ${LOCK_KEYS}`, [sorted, ...messagesValues(messages)]];
+    await this.run(() => client.query(text, values));
   }
 
   /**
@@ -713,12 +713,7 @@ export class Repository {
 
   /** Records an HL7 v2 message with its status (inside the transaction that applied it, or alone). */
   async recordHl7Message(message: StoredMessage): Promise<void> {
-    await this.recordHl7Messages([message]);
-  }
-
-  /** Several HL7 v2 messages with their status, in order, with one statement. */
-  async recordHl7Messages(messages: StoredMessage[]): Promise<void> {
-    await this.write((client) => storeMessages(client, messages));
+    await this.write((client) => storeMessages(client, [message]));
   }
 
   /**
