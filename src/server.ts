@@ -46,6 +46,15 @@ const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url),
  */
 const MLLP_CONCURRENCY = 4;
 
+/**
+ * Inbound HL7 batches running at once over all MLLP connections, each in a transaction of its own:
+ * half the database pool (at least one), so that HL7 senders, however many and however pipelined,
+ * never hold the connections the FHIR API needs.
+ */
+export function hl7Handlers(poolSize: number): number {
+  return Math.max(1, Math.floor(poolSize / 2));
+}
+
 /** Versions written between two ANALYZE runs. */
 const ANALYZE_EVERY = 5_000;
 
@@ -154,7 +163,7 @@ export async function startServer(given: Readonly<Config>, logger: Logger, extra
     const tenants = ctx.tenants;
     if (!tenants) throw new Error('the HL7 listener needs the tenants of the context');
     const inbound = new Hl7Inbound(ctx, tenants, new Hl7Routes(db.pool), logger);
-    mllp = await startMllpServer(inbound.handle, { batchHandler: inbound.handleBatch, concurrency: MLLP_CONCURRENCY, port: config.hl7Port, host: config.host, onError: (err) => logger.warn({ err }, 'MLLP connection error') });
+    mllp = await startMllpServer(inbound.handle, { batchHandler: inbound.handleBatch, concurrency: MLLP_CONCURRENCY, maxHandlers: hl7Handlers(config.dbPoolSize), port: config.hl7Port, host: config.host, onError: (err) => logger.warn({ err }, 'MLLP connection error') });
     logger.info({ port: mllp.port }, 'HL7 v2 MLLP listener ready');
   }
   // Documents queued by $send-summary go out from here (DELIVERY=off leaves them to another process).

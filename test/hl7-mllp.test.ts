@@ -162,6 +162,39 @@ describe('hl7 mllp', () => {
       peer.socket.end();
     });
 
+    it('maxHandlers 3 over three connections of concurrency 2: never more than 3 handlers at once, every connection served, ACKs in order on each', async () => {
+      let running = 0;
+      let maxRunning = 0;
+      const byConnection = new Map<string, number>();
+      const work = async (messages: string[]): Promise<string[]> => {
+        running++;
+        maxRunning = Math.max(maxRunning, running);
+        const results = messages.map((m) => parseAdt(m));
+        for (const r of results) {
+          const prefix = r.kind === 'ok' ? r.controlId.slice(0, 1) : '?';
+          byConnection.set(prefix, (byConnection.get(prefix) ?? 0) + 1);
+        }
+        await sleep(1 + Math.floor(Math.random() * 4));
+        running--;
+        return messages.map((m, i) => ackFor(m, results[i]!));
+      };
+      const server = await start((m) => work([m]).then((a) => a[0]!), { batchHandler: (ms) => work(ms), concurrency: 2, maxBatch: 4, maxHandlers: 3 });
+      const peers = await Promise.all(['A', 'B', 'C'].map(() => rawPeer(server.port)));
+      const ids = ['A', 'B', 'C'].map((p) => Array.from({ length: 200 }, (_, i) => `${p}${String(i).padStart(3, '0')}`));
+      // A fourth connection put in line and then closed is forgotten: the others go on.
+      const quitter = await rawPeer(server.port);
+      peers.forEach((peer, n) => {
+        for (let i = 0; i < 200; i += 20) peer.socket.write(Buffer.concat(ids[n]!.slice(i, i + 20).map((id) => frame(adt(id)))));
+      });
+      quitter.socket.write(Buffer.concat(['Q1', 'Q2', 'Q3'].map((id) => frame(adt(id)))));
+      quitter.socket.destroy();
+      await Promise.all(peers.map((peer) => peer.waitFor(200)));
+      peers.forEach((peer, n) => assert.deepEqual(peer.frames.map(controlIdOfAck), ids[n], `connection ${n}: every message acknowledged, in order`));
+      assert.equal(maxRunning, 3, 'at most maxHandlers handlers at once (and that many used)');
+      for (const p of ['A', 'B', 'C']) assert.equal(byConnection.get(p), 200);
+      for (const peer of peers) peer.socket.end();
+    });
+
     it('with concurrency 2: a batch whose handler throws closes the connection; neither it nor any later batch is acknowledged', async () => {
       const errors: unknown[] = [];
       const started: string[][] = [];

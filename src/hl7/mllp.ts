@@ -20,7 +20,8 @@
  * - `close()` stops accepting, starts no new handler, lets running handlers finish and write their
  *   ACK, then closes the sockets. Frames received but not started are never acknowledged, so the
  *   sender sends them again (at-least-once; the consumer deduplicates).
- * Connections are independent: order is kept within a connection, not across connections.
+ * Connections are independent: order is kept within a connection, not across connections; they
+ * share only `maxHandlers`, the handlers running at once over all of them.
  *
  * Text: frames are decoded as UTF-8. HL7's default character set is ASCII (MSH-18 empty), and
  * UTF-8 is a superset of ASCII, so ASCII senders are read exactly; 8859-1 senders' bytes above
@@ -179,6 +180,13 @@ export interface MllpServerOptions {
    * is two of 16). Only with batchHandler; ACKs are written in arrival order.
    */
   concurrency?: number;
+  /**
+   * Batches (or single messages) in the handlers' hands at once over all connections (default: no
+   * limit). Each holds a database connection while it runs: the server passes half its pool, so
+   * that senders, however many and however pipelined, leave the rest to the FHIR API. A connection
+   * with no place free waits for one, the longest-waiting first.
+   */
+  maxHandlers?: number;
   host?: string;
   /** Largest frame accepted, in bytes (default 16 MB). */
   maxFrameBytes?: number;
@@ -200,10 +208,14 @@ export interface MllpServer {
 export async function startMllpServer(handler: MllpHandler, options: MllpServerOptions): Promise<MllpServer> {
   const connections = new Set<Connection>();
   let closing = false;
+  const places = new Places(options.maxHandlers);
   const server: Server = createServer((socket) => {
-    const connection = new Connection(socket, handler, options, () => closing);
+    const connection = new Connection(socket, handler, options, () => closing, places);
     connections.add(connection);
-    socket.once('close', () => connections.delete(connection));
+    socket.once('close', () => {
+      connections.delete(connection);
+      places.forget(connection);
+    });
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -239,6 +251,41 @@ export async function startMllpServer(handler: MllpHandler, options: MllpServerO
   };
 }
 
+/**
+ * The handlers' places shared by a server's connections (maxHandlers): taken when a batch starts,
+ * given back once its ACKs are written (or it failed); a connection that found none waits in line.
+ */
+class Places {
+  private used = 0;
+  private readonly waiting = new Set<Connection>();
+
+  constructor(private readonly limit = Infinity) {}
+
+  /** Takes a place for `connection`, or puts it in line (once) and answers false. */
+  take(connection: Connection): boolean {
+    if (this.used < this.limit) {
+      this.used++;
+      return true;
+    }
+    this.waiting.add(connection);
+    return false;
+  }
+
+  /** Gives a place back: the connections in line try again, the longest-waiting first. */
+  give(): void {
+    this.used--;
+    for (const c of [...this.waiting]) {
+      if (this.used >= this.limit) break;
+      this.waiting.delete(c);
+      c.pump();
+    }
+  }
+
+  forget(connection: Connection): void {
+    this.waiting.delete(connection);
+  }
+}
+
 /** One accepted socket: decodes frames into a queue and works the queue in order (pump). */
 class Connection {
   private readonly meta: MllpMeta;
@@ -257,6 +304,7 @@ class Connection {
     private readonly handler: MllpHandler,
     private readonly options: MllpServerOptions,
     private readonly isClosing: () => boolean,
+    private readonly places: Places,
   ) {
     this.meta = { remoteAddress: socket.remoteAddress, remotePort: socket.remotePort };
     this.decoder = new MllpDecoder({ maxFrameBytes: options.maxFrameBytes, onGarbage: (n) => options.onGarbage?.(n, this.meta) });
@@ -296,16 +344,18 @@ class Connection {
   }
 
   /**
-   * Starts handlers for the queued messages while there is room (concurrency), in arrival order,
+   * Starts handlers for the queued messages while there is room (concurrency on this connection, a
+   * place among the server's maxHandlers; without one it waits in line), in arrival order,
    * and chains each batch's ACK write after the previous one's. A handler that throws (or answers
    * the wrong number of ACKs) closes the connection: neither its messages nor any later ones are
    * acknowledged, so the sender sends them again.
    */
-  private pump(): void {
+  pump(): void {
     const batch = this.options.batchHandler;
     const limit = batch ? Math.max(1, this.options.concurrency ?? 1) : 1;
     const maxBatch = batch ? Math.max(1, this.options.maxBatch ?? 100) : 1;
     while (this.inFlight < limit && this.queue.length > 0 && !this.failed && !this.isClosing() && !this.socket.destroyed) {
+      if (!this.places.take(this)) return;
       const size = Math.min(maxBatch, Math.ceil(this.queue.length / (limit - this.inFlight)));
       const messages = this.queue.splice(0, size);
       if (this.queue.length < QUEUE_HIGH_WATER / 2 && this.socket.isPaused()) this.socket.resume();
@@ -334,6 +384,7 @@ class Connection {
           }
         } finally {
           this.inFlight--;
+          this.places.give();
           this.pump();
           if (this.inFlight === 0 && (this.isClosing() || this.failed)) this.end();
         }
@@ -363,7 +414,8 @@ class Connection {
     if (idle <= 0) return;
     clearTimeout(this.idleTimer);
     this.idleTimer = setTimeout(() => {
-      if (this.inFlight > 0) this.touch();
+      // Busy, or waiting for a handler's place: not idle.
+      if (this.inFlight > 0 || this.queue.length > 0) this.touch();
       else this.end();
     }, idle);
     this.idleTimer.unref();
