@@ -1,11 +1,23 @@
 /** A database created before the search index (migration 1 only) gets its resources indexed at start. */
 import assert from 'node:assert/strict';
 import { openDatabase } from '../src/store/database.js';
-import { MIGRATIONS, migrate, REINDEX_MIGRATIONS, SEARCH_INDEX_MIGRATION } from '../src/store/migrations.js';
+import { MIGRATIONS, migrate, REINDEX_MIGRATIONS, SEARCH_INDEX_MIGRATION, UNION_PARAMS_21 } from '../src/store/migrations.js';
+import { searchRegistry } from '../src/search/definitions.js';
+import { RESOURCE_TYPES } from '../src/fhir/resource-types.js';
 import { Repository } from '../src/store/repository.js';
+import type { SqlPool } from '../src/store/sql.js';
 import { parseSearch } from '../src/search/parse.js';
 import { ClientStore } from '../src/store/clients.js';
 import { createTenant, Tenants } from '../src/store/tenants.js';
+
+/** Applies the migrations before `version`, as a server of that time would have. */
+async function migrateBefore(pool: SqlPool, version: number): Promise<void> {
+  await pool.query('CREATE TABLE schema_migration (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())');
+  for (const m of MIGRATIONS.filter((m) => m.version < version)) {
+    await pool.query(m.sql);
+    await pool.query('INSERT INTO schema_migration (version, name) VALUES ($1, $2)', [m.version, m.name]);
+  }
+}
 
 describe('migrations', function () {
   this.timeout(60_000);
@@ -38,14 +50,67 @@ describe('migrations', function () {
     }
   });
 
+  it('migration 21 deletes the rows of parameters that are unions of others (the registry\'s unions are its list); their searches still find what they found', async () => {
+    const unions: Record<string, string[]> = {};
+    for (const type of RESOURCE_TYPES) for (const d of searchRegistry().params(type)) if (d.indexedAs) (unions[type] ??= []).push(d.code);
+    assert.deepEqual(unions, UNION_PARAMS_21);
+    assert.deepEqual(searchRegistry().get('Observation', 'combo-code')?.indexedAs, ['code', 'component-code']);
+    const db = await openDatabase({ dataDir: 'memory://' });
+    try {
+      await migrateBefore(db.pool, 21);
+      const repo = new Repository(db.pool, 'http://fhir.test/fhir');
+      const bp = await repo.create({
+        resourceType: 'Observation',
+        status: 'final',
+        code: { coding: [{ system: 'http://loinc.org', code: '85354-9' }] },
+        component: [
+          { code: { coding: [{ system: 'http://loinc.org', code: '8480-6' }] }, valueQuantity: { value: 142, unit: 'mmHg', system: 'http://unitsofmeasure.org', code: 'mm[Hg]' } },
+          { code: { coding: [{ system: 'http://loinc.org', code: '8462-4' }] }, valueQuantity: { value: 91, unit: 'mmHg', system: 'http://unitsofmeasure.org', code: 'mm[Hg]' } },
+        ],
+      });
+      const id = bp.version.id;
+      const count = async (param: string): Promise<number> => {
+        const found = await db.pool.query<{ n: number }>(
+          `SELECT (SELECT count(*) FROM sp_token WHERE id = $1 AND param = $2) + (SELECT count(*) FROM sp_quantity WHERE id = $1 AND param = $2) + (SELECT count(*) FROM sp_token_quantity WHERE id = $1 AND param = $2) AS n`,
+          [id, param],
+        );
+        return Number(found.rows[0]?.n);
+      };
+      assert.equal(await count('combo-code'), 0, 'a union has no rows of its own');
+      assert.equal(await count('component-code'), 2);
+      const members = await count('component-code-value-quantity');
+      assert.ok(members > 0);
+      // Rows as a server before migration 21 wrote them.
+      await db.pool.query(`INSERT INTO sp_token (resource_type, id, param, grp, system, code) VALUES ('Observation', $1, 'combo-code', 0, 'http://loinc.org', '85354-9'), ('Observation', $1, 'combo-code', 1, 'http://loinc.org', '8480-6')`, [id]);
+      await db.pool.query(`INSERT INTO sp_quantity (resource_type, id, param, grp, system, code, lo, hi) VALUES ('Observation', $1, 'combo-value-quantity', 0, 'http://unitsofmeasure.org', 'mm[Hg]', 141.5, 142.5)`, [id]);
+      await db.pool.query(`INSERT INTO sp_token_quantity (resource_type, id, param, grp, system, code, unit_system, unit_code, lo, hi) VALUES ('Observation', $1, 'combo-code-value-quantity', 0, 'http://loinc.org', '8480-6', 'http://unitsofmeasure.org', 'mm[Hg]', 141.5, 142.5)`, [id]);
+      assert.deepEqual(await migrate(db.pool), [21]);
+      for (const param of ['combo-code', 'combo-value-quantity', 'combo-code-value-quantity']) assert.equal(await count(param), 0, param);
+      assert.equal(await count('component-code-value-quantity'), members, 'the members\' rows stay');
+      const search = async (params: Record<string, string[]>): Promise<string[]> =>
+        (await repo.search(parseSearch('Observation', params, { fhirBase: 'http://fhir.test/fhir', lenient: false }).query)).rows.map((r) => r.id);
+      for (const params of [
+        { 'combo-code': ['8480-6'] },
+        { 'combo-code': ['http://loinc.org|85354-9'] },
+        { 'combo-value-quantity': ['gt140'] },
+        { 'combo-code-value-quantity': ['http://loinc.org|8462-4$lt100'] },
+        { 'combo-code:missing': ['false'] },
+        { 'combo-code:not': ['1234-5'] },
+      ] as Record<string, string[]>[]) {
+        assert.deepEqual(await search(params), [id], JSON.stringify(params));
+      }
+      for (const params of [{ 'combo-value-quantity': ['gt150'] }, { 'combo-code-value-quantity': ['http://loinc.org|8480-6$lt100'] }, { 'combo-code:missing': ['true'] }, { 'combo-code:not': ['8462-4'] }] as Record<string, string[]>[]) {
+        assert.deepEqual(await search(params), [], JSON.stringify(params));
+      }
+    } finally {
+      await db.close();
+    }
+  });
+
   it('migration 6 moves token-and-quantity composites to their own table; reindex() fills it', async () => {
     const db = await openDatabase({ dataDir: 'memory://' });
     try {
-      await db.pool.query('CREATE TABLE schema_migration (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())');
-      for (const m of MIGRATIONS.filter((m) => m.version < 6)) {
-        await db.pool.query(m.sql);
-        await db.pool.query('INSERT INTO schema_migration (version, name) VALUES ($1, $2)', [m.version, m.name]);
-      }
+      await migrateBefore(db.pool, 6);
       const obs = {
         resourceType: 'Observation',
         id: 'old-obs',
@@ -140,11 +205,7 @@ describe('migrations', function () {
   it('migration 8 gives the tenant of a database from before tenants the public schema, where its data is; later tenants get schemas of their own', async () => {
     const db = await openDatabase({ dataDir: 'memory://' });
     try {
-      await db.pool.query('CREATE TABLE schema_migration (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())');
-      for (const m of MIGRATIONS.filter((m) => m.version < 8)) {
-        await db.pool.query(m.sql);
-        await db.pool.query('INSERT INTO schema_migration (version, name) VALUES ($1, $2)', [m.version, m.name]);
-      }
+      await migrateBefore(db.pool, 8);
       await db.pool.query("INSERT INTO tenant (name) VALUES ('default')");
       const before = new Repository(db.pool, 'http://fhir.test/fhir');
       const { version } = await before.create({ resourceType: 'Basic', code: { text: 'before tenants' } });

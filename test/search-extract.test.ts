@@ -53,6 +53,7 @@ describe('search index extraction', function () {
       }
     }
     assert.deepEqual(differences.slice(0, 10), []);
-    assert.ok(rows > 100_000, `index rows compared: ${rows}`);
+    // 86,227 (Observation's combo-* parameters, unions of others, have no rows of their own).
+    assert.ok(rows > 80_000, `index rows compared: ${rows}`);
   });
 });

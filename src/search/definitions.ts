@@ -56,6 +56,12 @@ export interface SearchParamDef {
    * component's own parameter matches.
    */
   rooted?: boolean;
+  /**
+   * Parameters whose values are exactly this one's, split between them (`combo-code` is `code` |
+   * `component-code`): this one has no index rows of its own, its searches read theirs
+   * (SearchRegistry.unions).
+   */
+  indexedAs?: readonly string[];
 }
 
 /** Search parameters handled by the engine itself rather than by the index. */
@@ -263,10 +269,20 @@ function joinEvaluates(list: Evaluate[]): Evaluate {
   return (resource) => list.flatMap((e) => e(resource));
 }
 
+/**
+ * What decides whether one parameter's values are another's: its type and, for a composite, each
+ * component's type and expression (relative to the base); the values then come from its union parts.
+ */
+interface UnionShape {
+  parts: string[];
+  signature: string;
+}
+
 export class SearchRegistry {
   private readonly byType = new Map<string, Map<string, SearchParamDef>>();
 
   constructor(parameters: readonly SearchParameter[]) {
+    const shapes = new Map<SearchParamDef, UnionShape>();
     const byUrl = new Map(parameters.map((p) => [p.url, p]));
     for (const type of RESOURCE_TYPES) this.byType.set(type, new Map());
     for (const sp of parameters) {
@@ -280,14 +296,17 @@ export class SearchRegistry {
           return root === type || root === 'Resource' || root === 'DomainResource';
         });
         if (parts.length === 0) continue;
+        const normalised = parts.map((p) => p.replace(/^(\(*\s*)(Resource|DomainResource)\./, `$1${type}.`).trim());
         const def: SearchParamDef = {
           code: sp.code,
           type: sp.type,
           url: sp.url,
           description: sp.description,
           targets: sp.target ?? [],
-          evaluate: joinEvaluates(parts.map((p) => compilePart(p.replace(/^(\(*\s*)(Resource|DomainResource)\./, `$1${type}.`)))),
+          evaluate: joinEvaluates(normalised.map((p) => compilePart(p))),
         };
+        const components = (sp.component ?? []).map((c) => `${byUrl.get(c.definition)?.type ?? '?'}:${c.expression}`);
+        shapes.set(def, { parts: normalised, signature: `${sp.type}(${components.join(',')})` });
         if (sp.type === 'composite') {
           const components: CompositeComponent[] = [];
           for (const c of sp.component ?? []) {
@@ -320,6 +339,13 @@ export class SearchRegistry {
         this.byType.get(type)?.set(sp.code, def);
       }
     }
+    for (const [type, defs] of this.byType) {
+      if (type === 'AuditEvent') continue; // its own store keys every parameter (store/audit-events.ts)
+      for (const def of defs.values()) {
+        const members = unionMembers(def, [...defs.values()], shapes);
+        if (members) def.indexedAs = members;
+      }
+    }
   }
 
   get(resourceType: string, code: string): SearchParamDef | undefined {
@@ -330,6 +356,33 @@ export class SearchRegistry {
   params(resourceType: string): SearchParamDef[] {
     return [...(this.byType.get(resourceType)?.values() ?? [])].sort((a, b) => a.code.localeCompare(b.code));
   }
+}
+
+/**
+ * The parameters whose values are exactly `def`'s, split between them: of its type (a composite:
+ * with the same components' types and expressions, and kept in one row, token and quantity),
+ * each with a part of its expression, together every part, none shared. Reference parameters are
+ * left alone (chains, _include and _has read their rows by name), as are composites kept in
+ * several rows (joined on their own name). Undefined when there are none.
+ */
+function unionMembers(def: SearchParamDef, defs: readonly SearchParamDef[], shapes: Map<SearchParamDef, UnionShape>): string[] | undefined {
+  const shape = shapes.get(def);
+  if (!shape || shape.parts.length < 2 || def.type === 'reference') return undefined;
+  if (def.type === 'composite' && !(def.components?.length === 2 && def.components[0]?.param.type === 'token' && def.components[1]?.param.type === 'quantity')) return undefined;
+  const wanted = new Set(shape.parts);
+  const candidates = defs
+    .filter((d) => d !== def && shapes.get(d)?.signature === shape.signature)
+    .map((d) => ({ code: d.code, parts: shapes.get(d)?.parts ?? [] }))
+    .filter((c) => c.parts.length > 0 && c.parts.length < wanted.size && c.parts.every((p) => wanted.has(p)))
+    .sort((a, b) => b.parts.length - a.parts.length || a.code.localeCompare(b.code));
+  const covered = new Set<string>();
+  const members: string[] = [];
+  for (const c of candidates) {
+    if (c.parts.some((p) => covered.has(p))) continue;
+    for (const p of c.parts) covered.add(p);
+    members.push(c.code);
+  }
+  return covered.size === wanted.size && members.length > 1 ? members.sort() : undefined;
 }
 
 let registry: SearchRegistry | undefined;

@@ -265,7 +265,8 @@ function indexTokenQuantity(builder: IndexBuilder, param: string, grp: number, [
 export function extractIndex(resource: { resourceType: string }, fhirBase: string): IndexRows {
   const builder = new IndexBuilder(fhirBase);
   for (const def of searchRegistry().params(resource.resourceType)) {
-    if (ENGINE_PARAMS.has(def.code)) continue;
+    // A union of other parameters (combo-code) has their rows, not its own copies (definitions.ts).
+    if (ENGINE_PARAMS.has(def.code) || def.indexedAs) continue;
     indexParam(builder, def, resource);
   }
   // The same value reached twice (an AuditEvent naming one Patient as two entities, say) is one

@@ -22,6 +22,19 @@ const UNINDEXED_ROWS = INDEX_TABLES.map(
   (table) => `DELETE FROM sp_${table} WHERE resource_type = 'AuditEvent' AND param NOT IN (${AUDIT_EVENT_PARAMS_14.map((c) => `'${c}'`).join(', ')});`,
 ).join('\n');
 
+/**
+ * Migration 21 as it shipped: the parameters that are unions of others (definitions.ts
+ * unionMembers; test/migrations.test.ts holds the registry to this list), whose rows were copies.
+ */
+export const UNION_PARAMS_21: Readonly<Record<string, readonly string[]>> = {
+  Observation: ['combo-code', 'combo-code-value-quantity', 'combo-data-absent-reason', 'combo-value-concept', 'combo-value-quantity'],
+};
+const UNION_ROWS = Object.entries(UNION_PARAMS_21)
+  .flatMap(([type, codes]) =>
+    ['token', 'quantity', 'token_quantity'].map((table) => `DELETE FROM sp_${table} WHERE resource_type = '${type}' AND param IN (${codes.map((c) => `'${c}'`).join(', ')});`),
+  )
+  .join('\n');
+
 const MIGRATION_LOCK = 7_310_001;
 
 /** The migration that adds the search index; resources stored before it need reindexing. */
@@ -255,6 +268,15 @@ export const MIGRATIONS: readonly Migration[] = [
     // 10 ms, 820 ms in all). At 64 kB (the least) the longest took 8.8 ms, for the same CPU per
     // event (95 against 100 µs).
     sql: `ALTER INDEX audit_event_keys SET (gin_pending_list_limit = 64);`,
+  },
+  {
+    version: 21,
+    name: 'search index: no rows of their own for parameters that are unions of others',
+    scope: 'tenant',
+    // combo-code is code | component-code, and so on (definitions.ts unionMembers): its rows were
+    // copies of theirs, half of sp_quantity's and sp_token_quantity's and a fifth of sp_token's
+    // for MET assessments. Its searches read its members' rows now.
+    sql: UNION_ROWS,
   },
 ];
 

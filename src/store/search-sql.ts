@@ -10,6 +10,7 @@
  */
 import type { Alternative, Cursor, Filter, SearchQuery, SortKey } from '../search/query.js';
 import { escapeLike } from '../search/values.js';
+import { searchRegistry } from '../search/definitions.js';
 import { fhirError } from '../fhir/errors.js';
 import { alternativeKeys, AUDIT_EVENT_TYPE, auditJsonSql, auditKeysSql, K, key, likeMatcher } from './audit-events.js';
 import { Params, type AuditShapes } from './sql.js';
@@ -147,6 +148,16 @@ function tableOf(t: string): Table {
 }
 
 let aliasCounter = 0;
+/**
+ * The condition that an index row `x` is of parameter `param` of `resourceType`: of one of its
+ * members for a parameter that is a union of others (combo-code: code or component-code), whose
+ * rows it reads, having none of its own (definitions.ts unionMembers).
+ */
+function paramSql(x: string, resourceType: string, param: string, p: Params): string {
+  const members = searchRegistry().get(resourceType, param)?.indexedAs;
+  return members ? `${x}.param = ANY(${p.add([...members])}::text[])` : `${x}.param = ${p.add(param)}`;
+}
+
 function alias(prefix: string): string {
   aliasCounter = (aliasCounter + 1) % 1_000_000;
   return `${prefix}${aliasCounter}`;
@@ -161,12 +172,12 @@ function indexRowsSql(filter: Extract<Filter, { kind: 'param' | 'composite' }>, 
   if (filter.kind === 'param') {
     const x = name ?? alias('x');
     const alternatives = filter.alternatives.map((a) => `(${alternativeSql(a, x, p)})`).join(' OR ');
-    return { alias: x, from: `sp_${tableOf(filter.table)} ${x}`, where: `${x}.resource_type = ${p.add(resourceType)} AND ${x}.param = ${p.add(filter.param)} AND (${alternatives})` };
+    return { alias: x, from: `sp_${tableOf(filter.table)} ${x}`, where: `${x}.resource_type = ${p.add(resourceType)} AND ${paramSql(x, resourceType, filter.param, p)} AND (${alternatives})` };
   }
   if (filter.tables.length === 2 && filter.tables[0] === 'token' && filter.tables[1] === 'quantity') {
     const x = name ?? alias('x');
     const alternatives = filter.alternatives.map((a) => `(${tokenQuantitySql(a, x, p)})`).join(' OR ');
-    return { alias: x, from: `sp_token_quantity ${x}`, where: `${x}.resource_type = ${p.add(resourceType)} AND ${x}.param = ${p.add(filter.param)} AND (${alternatives})` };
+    return { alias: x, from: `sp_token_quantity ${x}`, where: `${x}.resource_type = ${p.add(resourceType)} AND ${paramSql(x, resourceType, filter.param, p)} AND (${alternatives})` };
   }
   const names = filter.tables.map((_, i) => (i === 0 && name) || alias('c'));
   const first = names[0] as string;
@@ -210,7 +221,7 @@ export function filterSql(filter: Filter, r: string, resourceType: string, p: Pa
     }
     case 'missing': {
       const x = alias('x');
-      const sub = `SELECT ${x}.id FROM sp_${tableOf(filter.table)} ${x} WHERE ${x}.resource_type = ${p.add(resourceType)} AND ${x}.param = ${p.add(filter.param)}`;
+      const sub = `SELECT ${x}.id FROM sp_${tableOf(filter.table)} ${x} WHERE ${x}.resource_type = ${p.add(resourceType)} AND ${paramSql(x, resourceType, filter.param, p)}`;
       return filter.missing ? `${r}.id NOT IN (${sub})` : `${r}.id IN (${sub})`;
     }
     case 'composite': {
@@ -277,7 +288,7 @@ interface SortColumn {
   descending: boolean;
 }
 
-function sortColumn(key: SortKey, p: Params): SortColumn {
+function sortColumn(key: SortKey, resourceType: string, p: Params): SortColumn {
   if (key.param === '_id') return { expression: 'r.id', sqlType: 'text', descending: key.descending };
   if (key.param === '_lastUpdated') return { expression: 'r.last_updated', sqlType: 'timestamptz', descending: key.descending };
   const table = tableOf(key.table ?? 'token');
@@ -293,7 +304,7 @@ function sortColumn(key: SortKey, p: Params): SortColumn {
   };
   const sqlType = table === 'date' ? 'timestamptz' : table === 'number' || table === 'quantity' ? 'numeric' : 'text';
   return {
-    expression: `(SELECT ${agg}(${column[table]}) FROM sp_${table} x WHERE x.resource_type = r.resource_type AND x.id = r.id AND x.param = ${p.add(key.param)})`,
+    expression: `(SELECT ${agg}(${column[table]}) FROM sp_${table} x WHERE x.resource_type = r.resource_type AND x.id = r.id AND ${paramSql('x', resourceType, key.param, p)})`,
     sqlType,
     descending: key.descending,
   };
@@ -356,7 +367,7 @@ function pageOrder(columns: SortColumn[], reversed: boolean): { orderBy: string;
 export function pageSql(query: SearchQuery, limit: number, auditShapes?: AuditShapes): PageSql {
   if (query.resourceType === AUDIT_EVENT_TYPE) return auditPageSql(query, limit, auditShapes);
   const p = new Params(auditShapes);
-  const columns = columnSortKeys(query).map((k) => sortColumn(k, p));
+  const columns = columnSortKeys(query).map((k) => sortColumn(k, query.resourceType, p));
   const source = sourceSql(query, p);
   const reversed = query.cursor?.direction === 'previous';
   const select = columns.map((c, i) => `${c.expression} AS k${i}`).join(', ');
