@@ -5,7 +5,8 @@
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { extractionOptions } from '../src/search/definitions.js';
+import type { SearchParameter } from 'fhir/r4.js';
+import { extractionOptions, SearchRegistry } from '../src/search/definitions.js';
 import { extractIndex, INDEX_TABLES, type IndexRows } from '../src/search/extract.js';
 
 const DATA = new URL('../../shared/data/', import.meta.url).pathname;
@@ -55,5 +56,36 @@ describe('search index extraction', function () {
     assert.deepEqual(differences.slice(0, 10), []);
     // 86,227 (Observation's combo-* parameters, unions of others, have no rows of their own).
     assert.ok(rows > 80_000, `index rows compared: ${rows}`);
+  });
+
+  it('a parameter that is a union of others has no rows of its own and reads members that have theirs, however the unions nest', () => {
+    const param = (code: string, expression: string, type: SearchParameter['type'] = 'token'): SearchParameter => ({
+      resourceType: 'SearchParameter',
+      url: `http://example.org/sp/${code}`,
+      name: code,
+      status: 'active',
+      description: code,
+      code,
+      base: ['Observation'],
+      type,
+      expression,
+    });
+    const registry = new SearchRegistry([
+      param('all', 'Observation.code | Observation.category | Observation.method'),
+      param('two', 'Observation.code | Observation.category'),
+      param('code', 'Observation.code'),
+      param('category', 'Observation.category'),
+      param('method', 'Observation.method'),
+      // Of another type, or overlapping without covering: not unions.
+      param('code-as-string', 'Observation.code | Observation.method', 'string'),
+      param('overlap', 'Observation.code | Observation.interpretation'),
+    ]);
+    assert.deepEqual(registry.get('Observation', 'two')?.indexedAs, ['category', 'code']);
+    assert.deepEqual(registry.get('Observation', 'all')?.indexedAs, ['category', 'code', 'method'], 'never through "two", which has no rows');
+    for (const code of ['code', 'category', 'method', 'code-as-string', 'overlap']) assert.equal(registry.get('Observation', code)?.indexedAs, undefined, code);
+    // The published registry: combo-code (code | component-code) gets no rows.
+    const observation = { resourceType: 'Observation', code: { coding: [{ system: 's', code: 'c' }] }, category: [{ coding: [{ system: 's', code: 'k' }] }] };
+    const rows = extractIndex(observation, BASE);
+    assert.deepEqual([...new Set(rows.token.map((r) => r.param))].sort(), ['category', 'code'], 'no combo-code rows');
   });
 });

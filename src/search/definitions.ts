@@ -59,7 +59,7 @@ export interface SearchParamDef {
   /**
    * Parameters whose values are exactly this one's, split between them (`combo-code` is `code` |
    * `component-code`): this one has no index rows of its own, its searches read theirs
-   * (SearchRegistry.unions).
+   * (unionMembers).
    */
   indexedAs?: readonly string[];
 }
@@ -341,9 +341,12 @@ export class SearchRegistry {
     }
     for (const [type, defs] of this.byType) {
       if (type === 'AuditEvent') continue; // its own store keys every parameter (store/audit-events.ts)
-      for (const def of defs.values()) {
-        const members = unionMembers(def, [...defs.values()], shapes);
+      // Fewest parts first: a union's members are decided before it, and have rows of their own.
+      const indexed: SearchParamDef[] = [];
+      for (const def of [...defs.values()].sort((a, b) => (shapes.get(a)?.parts.length ?? 0) - (shapes.get(b)?.parts.length ?? 0))) {
+        const members = unionMembers(def, indexed, shapes);
         if (members) def.indexedAs = members;
+        else indexed.push(def);
       }
     }
   }
@@ -359,18 +362,19 @@ export class SearchRegistry {
 }
 
 /**
- * The parameters whose values are exactly `def`'s, split between them: of its type (a composite:
+ * The parameters of `indexed` (those with rows of their own) whose values are exactly `def`'s,
+ * split between them: of its type (a composite:
  * with the same components' types and expressions, and kept in one row, token and quantity),
  * each with a part of its expression, together every part, none shared. Reference parameters are
  * left alone (chains, _include and _has read their rows by name), as are composites kept in
  * several rows (joined on their own name). Undefined when there are none.
  */
-function unionMembers(def: SearchParamDef, defs: readonly SearchParamDef[], shapes: Map<SearchParamDef, UnionShape>): string[] | undefined {
+function unionMembers(def: SearchParamDef, indexed: readonly SearchParamDef[], shapes: Map<SearchParamDef, UnionShape>): string[] | undefined {
   const shape = shapes.get(def);
   if (!shape || shape.parts.length < 2 || def.type === 'reference') return undefined;
   if (def.type === 'composite' && !(def.components?.length === 2 && def.components[0]?.param.type === 'token' && def.components[1]?.param.type === 'quantity')) return undefined;
   const wanted = new Set(shape.parts);
-  const candidates = defs
+  const candidates = indexed
     .filter((d) => d !== def && shapes.get(d)?.signature === shape.signature)
     .map((d) => ({ code: d.code, parts: shapes.get(d)?.parts ?? [] }))
     .filter((c) => c.parts.length > 0 && c.parts.length < wanted.size && c.parts.every((p) => wanted.has(p)))
