@@ -26,10 +26,7 @@ describe('migrations', function () {
     // Its own embedded database in memory, in both CI passes.
     const db = await openDatabase({ dataDir: 'memory://' });
     try {
-      const first = MIGRATIONS[0] as { version: number; name: string; sql: string };
-      await db.pool.query('CREATE TABLE schema_migration (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())');
-      await db.pool.query(first.sql);
-      await db.pool.query('INSERT INTO schema_migration (version, name) VALUES ($1, $2)', [first.version, first.name]);
+      await migrateBefore(db.pool, SEARCH_INDEX_MIGRATION);
       const patient = { resourceType: 'Patient', id: 'old-1', meta: { versionId: '1', lastUpdated: '2025-01-01T00:00:00.000Z' }, name: [{ family: 'Before' }] };
       await db.pool.query(
         `INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content) VALUES ('Patient', 'old-1', 1, '2025-01-01T00:00:00Z', false, $1::jsonb)`,

@@ -305,8 +305,8 @@ export class SearchRegistry {
           targets: sp.target ?? [],
           evaluate: joinEvaluates(normalised.map((p) => compilePart(p))),
         };
-        const components = (sp.component ?? []).map((c) => `${byUrl.get(c.definition)?.type ?? '?'}:${c.expression}`);
-        shapes.set(def, { parts: normalised, signature: `${sp.type}(${components.join(',')})` });
+        const componentSignature = (sp.component ?? []).map((c) => `${byUrl.get(c.definition)?.type ?? '?'}:${c.expression}`).join(',');
+        shapes.set(def, { parts: normalised, signature: `${sp.type}(${componentSignature})` });
         if (sp.type === 'composite') {
           const components: CompositeComponent[] = [];
           for (const c of sp.component ?? []) {
@@ -363,9 +363,9 @@ export class SearchRegistry {
 
 /**
  * The parameters of `indexed` (those with rows of their own) whose values are exactly `def`'s,
- * split between them: of its type (a composite:
- * with the same components' types and expressions, and kept in one row, token and quantity),
- * each with a part of its expression, together every part, none shared. Reference parameters are
+ * split between them: of its type (a composite: with the same components' types and expressions,
+ * and kept in one row, token and quantity), each with a part of its expression, together every
+ * part, none shared. Reference parameters are
  * left alone (chains, _include and _has read their rows by name), as are composites kept in
  * several rows (joined on their own name). Undefined when there are none.
  */
